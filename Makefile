@@ -1,0 +1,43 @@
+# numa-topology-exporter: `make run` and `make test` are all a newcomer needs (see README.md).
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests use for real: the peers (hwloc, node_exporter), Prometheus/promtool,
+# the hwdb for device names (udev), gcc for the fake libnvidia-ml.so.1, bzip2 for the hwloc trees.
+DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv
+LISTEN      ?= 127.0.0.1:9709
+
+.PHONY: run test check lint system-deps install fuzz bench clean
+
+system-deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+lint: install
+	$(VENV)/bin/ruff check exporter tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: system-deps install lint
+	$(VENV)/bin/pytest
+
+run: install
+	$(VENV)/bin/numa-topology-exporter snapshot --format table
+
+bench: system-deps install
+	$(PY) bench/discovery.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

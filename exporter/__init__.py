@@ -1,0 +1,3 @@
+"""numa-topology-exporter: makes NUMA topology visible and schedulable."""
+
+__version__ = "0.1.0"

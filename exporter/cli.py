@@ -1,0 +1,93 @@
+"""The command line: `snapshot`, `doctor` and `serve` over one set of common flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from exporter import __version__
+from exporter.errors import ExporterError
+from exporter.paths import DEFAULT_KUBELET_DIR, DEFAULT_POD_LOGS, DEFAULT_PROCFS, DEFAULT_SYSFS, HostPaths
+
+log = logging.getLogger("exporter")
+
+SNAPSHOT_FORMATS = ("table", "json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="numa-topology-exporter",
+        description="Makes a node's NUMA topology visible (Prometheus) and schedulable (NodeResourceTopology).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    snapshot = commands.add_parser("snapshot", help="discover once and print the result")
+    snapshot.add_argument("--format", choices=SNAPSHOT_FORMATS, default="table", help="output format")
+    _add_common(snapshot)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("host paths and identity")
+    group.add_argument("--path.sysfs", dest="sysfs", type=Path, default=DEFAULT_SYSFS, help="sysfs mount point")
+    group.add_argument("--path.procfs", dest="procfs", type=Path, default=DEFAULT_PROCFS, help="procfs mount point")
+    group.add_argument(
+        "--path.kubelet", dest="kubelet_dir", type=Path, default=DEFAULT_KUBELET_DIR, help="kubelet root directory"
+    )
+    group.add_argument(
+        "--path.pod-logs", dest="pod_logs", type=Path, default=DEFAULT_POD_LOGS, help="kubelet pod log directory"
+    )
+    group.add_argument(
+        "--kubelet-config",
+        dest="kubelet_config",
+        type=Path,
+        default=None,
+        help="kubelet configuration file (default: <path.kubelet>/config.yaml)",
+    )
+    group.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME") or socket.gethostname(),
+        help="Kubernetes node name (default: $NODE_NAME, then the hostname)",
+    )
+    group.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
+    group.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+
+
+def host_paths(args: argparse.Namespace) -> HostPaths:
+    return HostPaths(
+        sysfs=args.sysfs,
+        procfs=args.procfs,
+        kubelet_dir=args.kubelet_dir,
+        pod_logs=args.pod_logs,
+        kubelet_config_file=args.kubelet_config,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "snapshot":
+            return _snapshot(args)
+    except ExporterError as exc:
+        print(f"numa-topology-exporter: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    from exporter.discovery import discover  # noqa: PLC0415
+    from exporter.render import render_json, render_topology  # noqa: PLC0415
+
+    topology = discover(host_paths(args), use_nvml=args.nvml)
+    sys.stdout.write(render_json(topology) if args.format == "json" else render_topology(topology))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Discovery: every hardware source read once and joined into one Topology.
+
+The joins live here, not in the sources: a GPU's NUMA node is the `numa_node` of its PCI address in
+sysfs, and a PCI device's human name comes from udev.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from exporter.errors import SourceError, SourceMissing, SourceUnavailable
+from exporter.model import UNKNOWN_NUMA_NODE, Gpu, PciDevice, SourceStatus, Topology
+from exporter.paths import HostPaths
+from exporter.sources import cpus, numa, nvml, pci, udev
+
+log = logging.getLogger(__name__)
+
+SYSFS = "sysfs"
+
+
+def discover(
+    paths: HostPaths,
+    *,
+    use_nvml: bool = True,
+    nvml_library: nvml.NvmlLibrary | None = None,
+    use_udev: bool | None = None,
+) -> Topology:
+    """Read the host. Raises SourceMissing when `paths.sysfs` holds no CPU or NUMA information at all."""
+    if not paths.cpus_dir.is_dir() and not paths.numa_nodes_dir.is_dir():
+        raise SourceMissing(SYSFS, f"{paths.sysfs} has no devices/system/cpu or devices/system/node")
+    online = cpus.read_online_cpus(paths)
+    numa_reading = numa.read_numa_nodes(paths, online_cpus=online)
+    devices = pci.read_pci_devices(paths)
+    statuses = [SourceStatus(source=SYSFS, up=True)]
+    warnings = list(numa_reading.warnings)
+
+    gpus: tuple[Gpu, ...] = ()
+    if use_nvml:
+        try:
+            gpus = nvml.read_gpus(nvml_library)
+            statuses.append(SourceStatus(source=nvml.SOURCE, up=True))
+        except SourceError as exc:
+            statuses.append(_status_of(exc))
+        gpus = _place_gpus(gpus, devices)
+
+    if use_udev if use_udev is not None else paths.is_real_sysfs:
+        try:
+            names = udev.read_pci_names()
+            devices = tuple(
+                dataclasses.replace(dev, vendor_name=names[dev.address].vendor, model_name=names[dev.address].model)
+                if dev.address in names
+                else dev
+                for dev in devices
+            )
+            statuses.append(SourceStatus(source=udev.SOURCE, up=True))
+        except SourceError as exc:
+            statuses.append(_status_of(exc))
+
+    return Topology(
+        numa_nodes=numa_reading.numa_nodes,
+        cpus=cpus.read_cpus(paths, online=online),
+        pci_devices=devices,
+        gpus=gpus,
+        warnings=tuple(warnings),
+        sources=tuple(statuses),
+    )
+
+
+def _place_gpus(gpus: tuple[Gpu, ...], devices: tuple[PciDevice, ...]) -> tuple[Gpu, ...]:
+    by_address = {dev.address: dev for dev in devices}
+    placed = []
+    for gpu in gpus:
+        device = by_address.get(gpu.pci_address)
+        numa_node = device.numa_node if device is not None else UNKNOWN_NUMA_NODE
+        placed.append(dataclasses.replace(gpu, numa_node=numa_node))
+    return tuple(placed)
+
+
+def _status_of(exc: SourceError) -> SourceStatus:
+    if isinstance(exc, SourceUnavailable):
+        log.info("%s", exc)
+        return SourceStatus(source=exc.source, up=False, available=False, reason=exc.reason, message=exc.message)
+    log.warning("%s", exc)
+    return SourceStatus(source=exc.source, up=False, reason=exc.reason, message=exc.message)

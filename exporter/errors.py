@@ -1,0 +1,71 @@
+"""The exporter's exceptions.
+
+    ExporterError
+     +-- SourceError              reading one host source failed; carries `source` and `reason`
+     |    +-- SourceUnavailable   an optional source is absent (no NVIDIA driver): normal, not counted
+     |    +-- SourceMissing       a file the source needs does not exist (reason "missing")
+     |    +-- SourceTooLarge      a file is over its size bound (reason "too_large")
+     |    +-- SourceNotAFile      a directory or device where a file should be (reason "not_a_file")
+     |    +-- SourceReadError     the read itself failed: permission, I/O (reason "io" / "permission")
+     |    +-- SourceParseError    the text is not what the format says (reason "parse")
+     |    +-- SourceFormatError   a layout this version does not know (reason "format")
+     |    +-- SourceChecksumError the kubelet's checksum does not verify (reason "checksum")
+     +-- ConfigError              the exporter's own configuration (flags, profiles file) is wrong
+
+`reason` is the value of the `reason` label of `numa_topology_source_errors_total`.
+"""
+
+from __future__ import annotations
+
+
+class ExporterError(Exception):
+    """Base of every error the exporter raises on purpose."""
+
+
+class SourceError(ExporterError):
+    reason = "error"
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"{source}: {message}")
+        self.source = source
+        self.message = message
+
+
+class SourceUnavailable(SourceError):
+    reason = "unavailable"
+
+
+class SourceMissing(SourceError):
+    reason = "missing"
+
+
+class SourceTooLarge(SourceError):
+    reason = "too_large"
+
+
+class SourceNotAFile(SourceError):
+    reason = "not_a_file"
+
+
+class SourceReadError(SourceError):
+    reason = "io"
+
+
+class SourcePermissionError(SourceReadError):
+    reason = "permission"
+
+
+class SourceParseError(SourceError):
+    reason = "parse"
+
+
+class SourceFormatError(SourceError):
+    reason = "format"
+
+
+class SourceChecksumError(SourceError):
+    reason = "checksum"
+
+
+class ConfigError(ExporterError):
+    """A flag, profile file or other exporter configuration is invalid."""

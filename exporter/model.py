@@ -1,0 +1,122 @@
+"""Value types shared by every layer: what the host has and what the kubelet holds.
+
+All are frozen, slotted and keyword-only; mappings inside them are never mutated after construction.
+NUMA ids are called `numa_node`; the word "node" alone means the Kubernetes node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from exporter.cpuset import CpuSet
+
+UNKNOWN_NUMA_NODE = -1
+
+DeviceKind = Literal["gpu", "nic", "vf", "other"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HugepagePool:
+    size_bytes: int
+    total_pages: int
+    free_pages: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NumaNode:
+    numa_node: int
+    cpus: CpuSet
+    memory_total_bytes: int
+    memory_free_bytes: int
+    hugepages: tuple[HugepagePool, ...]
+    distances: Mapping[int, int]
+    numastat: Mapping[str, int]
+
+    def hugepage_pool(self, size_bytes: int) -> HugepagePool | None:
+        return next((pool for pool in self.hugepages if pool.size_bytes == size_bytes), None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cpu:
+    cpu: int
+    core_id: int
+    socket_id: int
+    siblings: CpuSet
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PciDevice:
+    address: str
+    vendor_id: str
+    device_id: str
+    class_code: int
+    numa_node: int
+    kind: DeviceKind
+    category: str
+    driver: str | None = None
+    net_interfaces: tuple[str, ...] = ()
+    rdma_devices: tuple[str, ...] = ()
+    physfn: str | None = None
+    sriov_totalvfs: int | None = None
+    sriov_numvfs: int | None = None
+    vfs: tuple[str, ...] = ()
+    vendor_name: str | None = None
+    model_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MigDevice:
+    index: int
+    uuid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_total_bytes: int
+    pci_address: str
+    numa_node: int
+    mig_enabled: bool
+    mig_devices: tuple[MigDevice, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceStatus:
+    """How the last read of one source went. `available` False means absent on purpose, not broken."""
+
+    source: str
+    up: bool
+    available: bool = True
+    reason: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Topology:
+    """Everything discovery learned about the host's hardware."""
+
+    numa_nodes: tuple[NumaNode, ...]
+    cpus: tuple[Cpu, ...]
+    pci_devices: tuple[PciDevice, ...]
+    gpus: tuple[Gpu, ...]
+    warnings: tuple[str, ...] = ()
+    sources: tuple[SourceStatus, ...] = ()
+
+    @property
+    def numa_node_ids(self) -> tuple[int, ...]:
+        return tuple(numa.numa_node for numa in self.numa_nodes)
+
+    def numa_node_of_cpu(self) -> Mapping[int, int]:
+        """CPU id -> NUMA node (the lowest one when firmware lists a CPU twice)."""
+        owner: dict[int, int] = {}
+        for numa in self.numa_nodes:
+            for cpu in numa.cpus:
+                owner.setdefault(cpu, numa.numa_node)
+        return owner
+
+    def pci_device(self, address: str) -> PciDevice | None:
+        return next((dev for dev in self.pci_devices if dev.address == address), None)

@@ -1,0 +1,74 @@
+"""Every host path the exporter reads, built once from the flags.
+
+No other module spells `/sys`, `/proc` or `/var/lib/kubelet`; tests point a HostPaths at fixture trees.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_SYSFS = Path("/sys")
+DEFAULT_PROCFS = Path("/proc")
+DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet")
+DEFAULT_POD_LOGS = Path("/var/log/pods")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostPaths:
+    sysfs: Path = DEFAULT_SYSFS
+    procfs: Path = DEFAULT_PROCFS
+    kubelet_dir: Path = DEFAULT_KUBELET_DIR
+    pod_logs: Path = DEFAULT_POD_LOGS
+    kubelet_config_file: Path | None = None
+
+    @property
+    def numa_nodes_dir(self) -> Path:
+        return self.sysfs / "devices" / "system" / "node"
+
+    @property
+    def cpus_dir(self) -> Path:
+        return self.sysfs / "devices" / "system" / "cpu"
+
+    @property
+    def pci_devices_dir(self) -> Path:
+        return self.sysfs / "bus" / "pci" / "devices"
+
+    @property
+    def net_class_dir(self) -> Path:
+        return self.sysfs / "class" / "net"
+
+    @property
+    def infiniband_class_dir(self) -> Path:
+        return self.sysfs / "class" / "infiniband"
+
+    @property
+    def cpu_manager_state(self) -> Path:
+        return self.kubelet_dir / "cpu_manager_state"
+
+    @property
+    def memory_manager_state(self) -> Path:
+        return self.kubelet_dir / "memory_manager_state"
+
+    @property
+    def device_plugins_dir(self) -> Path:
+        return self.kubelet_dir / "device-plugins"
+
+    @property
+    def device_checkpoint(self) -> Path:
+        return self.device_plugins_dir / "kubelet_internal_checkpoint"
+
+    @property
+    def kubelet_config(self) -> Path:
+        if self.kubelet_config_file is not None:
+            return self.kubelet_config_file
+        return self.kubelet_dir / "config.yaml"
+
+    @property
+    def is_real_sysfs(self) -> bool:
+        """True when reading the running machine's own /sys (udev and NVML describe only that one)."""
+        try:
+            return os.path.samefile(self.sysfs, DEFAULT_SYSFS)
+        except OSError:
+            return False

@@ -1,0 +1,143 @@
+"""Printing a snapshot for people (an aligned table) and for tools (JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from exporter.cpuset import format_cpuset
+from exporter.model import Topology
+from exporter.units import hugepage_size_name, human_bytes
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses to dicts, sets to sorted lists, mappings with stringified keys."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, frozenset | set):
+        return sorted(to_jsonable(item) for item in value)
+    if isinstance(value, Mapping):
+        return {str(key): to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [to_jsonable(item) for item in value]
+    return value
+
+
+def render_json(value: Any) -> str:
+    return json.dumps(to_jsonable(value), indent=2, sort_keys=False) + "\n"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    cells = [list(headers)] + [[str(cell) for cell in row] for row in rows]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(headers))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def render_topology(topology: Topology) -> str:
+    out = []
+    sockets = {cpu.socket_id for cpu in topology.cpus}
+    out.append(
+        f"{len(topology.numa_nodes)} NUMA nodes, {len(topology.cpus)} online CPUs, {len(sockets)} sockets, "
+        f"{len(topology.gpus)} GPUs (NVML), {len(topology.pci_devices)} PCI devices of interest\n\n"
+    )
+    cpu_by_id = {cpu.cpu: cpu for cpu in topology.cpus}
+    devices_by_numa: dict[int, Counter[str]] = {}
+    for device in topology.pci_devices:
+        devices_by_numa.setdefault(device.numa_node, Counter())[device.kind] += 1
+    rows = []
+    for numa in topology.numa_nodes:
+        members = [cpu_by_id[cpu] for cpu in sorted(numa.cpus) if cpu in cpu_by_id]
+        cores = {(cpu.socket_id, cpu.core_id) for cpu in members}
+        hugepages = " ".join(
+            f"{hugepage_size_name(pool.size_bytes)}:{pool.free_pages}/{pool.total_pages}" for pool in numa.hugepages
+        )
+        devices = devices_by_numa.get(numa.numa_node, Counter())
+        rows.append(
+            (
+                numa.numa_node,
+                format_cpuset(numa.cpus) or "-",
+                len(cores),
+                ",".join(str(s) for s in sorted({cpu.socket_id for cpu in members})) or "-",
+                human_bytes(numa.memory_total_bytes),
+                human_bytes(numa.memory_free_bytes),
+                hugepages or "-",
+                ", ".join(f"{kind} {count}" for kind, count in sorted(devices.items())) or "-",
+            )
+        )
+    out.append(
+        table(("NUMA", "CPUS", "CORES", "SOCKETS", "MEMORY", "FREE", "HUGEPAGES free/total", "DEVICES"), rows)
+    )
+    ids = topology.numa_node_ids
+    if any(numa.distances for numa in topology.numa_nodes):
+        out.append("\nDistances (SLIT)\n")
+        out.append(
+            table(
+                ("FROM\\TO", *map(str, ids)),
+                ((numa.numa_node, *(numa.distances.get(other, "-") for other in ids)) for numa in topology.numa_nodes),
+            )
+        )
+    if topology.pci_devices:
+        out.append("\nDevices\n")
+        out.append(
+            table(
+                ("ADDRESS", "KIND", "CATEGORY", "NUMA", "DRIVER", "ID", "NAME", "INTERFACES", "SR-IOV"),
+                (
+                    (
+                        dev.address,
+                        dev.kind,
+                        dev.category,
+                        dev.numa_node,
+                        dev.driver or "-",
+                        f"{dev.vendor_id}:{dev.device_id}",
+                        " ".join(name for name in (dev.vendor_name, dev.model_name) if name) or "-",
+                        ",".join(dev.net_interfaces + dev.rdma_devices) or "-",
+                        _sriov(dev.sriov_numvfs, dev.sriov_totalvfs, dev.physfn),
+                    )
+                    for dev in topology.pci_devices
+                ),
+            )
+        )
+    if topology.gpus:
+        out.append("\nGPUs (NVML)\n")
+        out.append(
+            table(
+                ("INDEX", "NAME", "UUID", "PCI", "NUMA", "MEMORY", "MIG"),
+                (
+                    (
+                        gpu.index,
+                        gpu.name,
+                        gpu.uuid,
+                        gpu.pci_address,
+                        gpu.numa_node,
+                        human_bytes(gpu.memory_total_bytes),
+                        f"on, {len(gpu.mig_devices)} devices" if gpu.mig_enabled else "off",
+                    )
+                    for gpu in topology.gpus
+                ),
+            )
+        )
+    out.append("\nSources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in topology.sources))
+    out.append("\n")
+    for warning in topology.warnings:
+        out.append(f"warning: {warning}\n")
+    return "".join(out)
+
+
+def _sriov(numvfs: int | None, totalvfs: int | None, physfn: str | None) -> str:
+    if physfn:
+        return f"VF of {physfn}"
+    if totalvfs:
+        return f"PF {numvfs or 0}/{totalvfs} VFs"
+    return "-"
+
+
+def _source_text(source: str, up: bool, available: bool, message: str | None) -> str:
+    if up:
+        return f"{source} ok"
+    if not available:
+        return f"{source} unavailable ({message})"
+    return f"{source} DOWN ({message})"

@@ -1,0 +1,120 @@
+"""PCI devices that matter for NUMA placement, from sysfs: GPUs, NICs, SR-IOV PFs and VFs, RDMA, accelerators.
+
+Reads `<sysfs>/bus/pci/devices/<address>/{class, vendor, device, numa_node, driver, sriov_totalvfs,
+sriov_numvfs, virtfn<N>, physfn, net/, infiniband/}`. A `numa_node` of -1 (firmware gave no locality)
+is kept as -1: unknown, never guessed. Bridges, USB and storage controllers are left out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from exporter.model import UNKNOWN_NUMA_NODE, DeviceKind, PciDevice
+from exporter.paths import HostPaths
+from exporter.sources.files import read_sysfs_int, read_sysfs_text
+
+PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+
+_CLASS_DISPLAY = 0x03
+_CLASS_NETWORK = 0x02
+_CLASS_INFINIBAND = 0x0C06
+_CLASS_COPROCESSOR = 0x0B40
+_CLASS_ACCELERATOR = 0x12
+
+
+def read_pci_devices(paths: HostPaths) -> tuple[PciDevice, ...]:
+    try:
+        addresses = sorted(name for name in os.listdir(paths.pci_devices_dir) if PCI_ADDRESS.match(name))
+    except OSError:
+        return ()
+    devices = []
+    for address in addresses:
+        device = read_pci_device(paths.pci_devices_dir / address, address=address)
+        if device is not None:
+            devices.append(device)
+    return tuple(devices)
+
+
+def read_pci_device(device_dir: Path, *, address: str) -> PciDevice | None:
+    """One device, or None when it is not a kind the exporter reports (or vanished while read)."""
+    class_code = read_sysfs_int(device_dir / "class")
+    if class_code is None:
+        return None
+    net = _list_dir(device_dir / "net")
+    rdma = _list_dir(device_dir / "infiniband")
+    physfn = _link_name(device_dir / "physfn")
+    totalvfs = read_sysfs_int(device_dir / "sriov_totalvfs")
+    category = classify(class_code=class_code, has_net=bool(net), has_rdma=bool(rdma))
+    if category is None and physfn is None and not totalvfs:
+        return None
+    numa_node = read_sysfs_int(device_dir / "numa_node")
+    vfs = sorted(
+        (name for name in _list_dir(device_dir) if name.startswith("virtfn") and name[6:].isdigit()),
+        key=lambda name: int(name[6:]),
+    )
+    return PciDevice(
+        address=address,
+        vendor_id=_hex_id(read_sysfs_text(device_dir / "vendor")),
+        device_id=_hex_id(read_sysfs_text(device_dir / "device")),
+        class_code=class_code,
+        numa_node=UNKNOWN_NUMA_NODE if numa_node is None or numa_node < 0 else numa_node,
+        kind=device_kind(category=category, is_vf=physfn is not None),
+        category=category or "other",
+        driver=_link_name(device_dir / "driver"),
+        net_interfaces=tuple(sorted(net)),
+        rdma_devices=tuple(sorted(rdma)),
+        physfn=physfn,
+        sriov_totalvfs=totalvfs,
+        sriov_numvfs=read_sysfs_int(device_dir / "sriov_numvfs") if totalvfs is not None else None,
+        vfs=tuple(name for name in (_link_name(device_dir / vf) for vf in vfs) if name),
+    )
+
+
+def classify(*, class_code: int, has_net: bool, has_rdma: bool) -> str | None:
+    """A device's category from its PCI class (24-bit `class` file value), or None if not reported."""
+    base = class_code >> 16
+    base_sub = class_code >> 8
+    if base == _CLASS_DISPLAY:
+        return "gpu"
+    if base_sub == _CLASS_INFINIBAND or has_rdma:
+        return "infiniband"
+    if base == _CLASS_NETWORK or has_net:
+        return "ethernet"
+    if base == _CLASS_ACCELERATOR:
+        return "accelerator"
+    if base_sub == _CLASS_COPROCESSOR:
+        return "coprocessor"
+    return None
+
+
+def device_kind(*, category: str | None, is_vf: bool) -> DeviceKind:
+    if is_vf:
+        return "vf"
+    if category == "gpu":
+        return "gpu"
+    if category in ("ethernet", "infiniband"):
+        return "nic"
+    return "other"
+
+
+def _hex_id(text: str | None) -> str:
+    if not text:
+        return ""
+    value = text.strip().lower()
+    return value[2:] if value.startswith("0x") else value
+
+
+def _list_dir(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _link_name(link: Path) -> str | None:
+    try:
+        return os.path.basename(os.readlink(link))
+    except OSError:
+        return None

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hosttree import HostTree, fixture_machine
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HWLOC_FIXTURES = FIXTURES / "hwloc"
+KUBELET_FIXTURES = FIXTURES / "kubelet"
+HWLOC_NAMES = sorted(path.name.removesuffix(".tar.bz2") for path in HWLOC_FIXTURES.glob("*.tar.bz2"))
+
+
+@pytest.fixture(scope="session")
+def hwloc_trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every hwloc fixture unpacked once per session: name -> fsroot (holds sys/ and proc/)."""
+    root = tmp_path_factory.mktemp("hwloc")
+    trees = {}
+    for name in HWLOC_NAMES:
+        # GNU tar: ten times faster than tarfile on these trees of thousands of small files.
+        subprocess.run(["tar", "-xjf", str(HWLOC_FIXTURES / f"{name}.tar.bz2"), "-C", str(root)], check=True)
+        trees[name] = root / name
+    return trees
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> HostTree:
+    return HostTree(tmp_path / "host")
+
+
+@pytest.fixture
+def machine(tmp_path: Path) -> HostTree:
+    """The 2-NUMA, 32-CPU, 4-GPU, 8-VF machine the kubelet fixtures assume."""
+    return fixture_machine(tmp_path / "machine")
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/fakenvml/fake_nvml.c compiled with gcc as libnvidia-ml.so.1 and loaded into this process.
+
+    Loading it first by full path makes pynvml's own `CDLL("libnvidia-ml.so.1")` find it by soname, so the
+    real pynvml code runs against it. Its behaviour comes from $FAKE_NVML_CONFIG at nvmlInit time.
+    """
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is required to build the fake NVML library (make test installs it)")
+    directory = tmp_path_factory.mktemp("fakenvml")
+    library = directory / "libnvidia-ml.so.1"
+    source = Path(__file__).parent / "fakenvml" / "fake_nvml.c"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(library), str(source)],
+        check=True,
+    )
+    ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
+    return library
+
+
+@pytest.fixture
+def nvml_config(fake_nvml_library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A path to write the fake NVML configuration to; $FAKE_NVML_CONFIG points at it for this test."""
+    config = tmp_path / "nvml.conf"
+    config.write_text("")
+    monkeypatch.setenv("FAKE_NVML_CONFIG", str(config))
+    yield config

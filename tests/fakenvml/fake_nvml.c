@@ -1,0 +1,171 @@
+/*
+ * A small fake libnvidia-ml.so.1 for tests, so that the real pynvml code path runs.
+ *
+ * Configuration: the file named by $FAKE_NVML_CONFIG, read at nvmlInitWithFlags time, one line each:
+ *   init_error <nvmlReturn_t>                        nvmlInitWithFlags fails with that code (9: driver not loaded)
+ *   gpu <uuid> <name> <memory-bytes> <bus-id> <mig-mode 0|1> [<mig-uuid> ...]
+ * Without $FAKE_NVML_CONFIG the library behaves as a host whose driver is not loaded.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_GPUS 16
+#define MAX_MIG 8
+#define NVML_SUCCESS 0
+#define NVML_ERROR_UNINITIALIZED 1
+#define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NOT_FOUND 6
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_DRIVER_NOT_LOADED 9
+
+typedef struct {
+    char uuid[96];
+    char name[96];
+    unsigned long long memory;
+    char bus_id[32];
+    unsigned int mig_mode;
+    int mig_count;
+    char mig_uuid[MAX_MIG][96];
+    int parent; /* -1 for a full GPU, else index of the parent */
+} device_t;
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+typedef struct {
+    unsigned long long total, free, used;
+} nvmlMemory_t;
+
+static device_t gpus[MAX_GPUS];
+static device_t migs[MAX_GPUS * MAX_MIG];
+static int gpu_count = 0;
+static int initialised = 0;
+
+static int load_config(void) {
+    const char *path = getenv("FAKE_NVML_CONFIG");
+    gpu_count = 0;
+    if (path == NULL || *path == '\0') return NVML_ERROR_DRIVER_NOT_LOADED;
+    FILE *file = fopen(path, "r");
+    if (file == NULL) return NVML_ERROR_DRIVER_NOT_LOADED;
+    char line[2048];
+    int result = NVML_SUCCESS;
+    while (fgets(line, sizeof line, file) != NULL) {
+        char *word = strtok(line, " \t\n");
+        if (word == NULL) continue;
+        if (strcmp(word, "init_error") == 0) {
+            result = atoi(strtok(NULL, " \t\n"));
+        } else if (strcmp(word, "gpu") == 0 && gpu_count < MAX_GPUS) {
+            device_t *gpu = &gpus[gpu_count];
+            memset(gpu, 0, sizeof *gpu);
+            gpu->parent = -1;
+            snprintf(gpu->uuid, sizeof gpu->uuid, "%s", strtok(NULL, " \t\n"));
+            snprintf(gpu->name, sizeof gpu->name, "%s", strtok(NULL, " \t\n"));
+            for (char *c = gpu->name; *c; c++) if (*c == '_') *c = ' ';
+            gpu->memory = strtoull(strtok(NULL, " \t\n"), NULL, 10);
+            snprintf(gpu->bus_id, sizeof gpu->bus_id, "%s", strtok(NULL, " \t\n"));
+            gpu->mig_mode = (unsigned int)atoi(strtok(NULL, " \t\n"));
+            char *mig;
+            while ((mig = strtok(NULL, " \t\n")) != NULL && gpu->mig_count < MAX_MIG) {
+                device_t *m = &migs[gpu_count * MAX_MIG + gpu->mig_count];
+                memset(m, 0, sizeof *m);
+                snprintf(m->uuid, sizeof m->uuid, "%s", mig);
+                m->parent = gpu_count;
+                gpu->mig_count++;
+            }
+            gpu_count++;
+        }
+    }
+    fclose(file);
+    return result;
+}
+
+int nvmlInitWithFlags(unsigned int flags) {
+    (void)flags;
+    int result = load_config();
+    initialised = result == NVML_SUCCESS;
+    return result;
+}
+int nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+int nvmlShutdown(void) { initialised = 0; return NVML_SUCCESS; }
+
+const char *nvmlErrorString(int result) {
+    switch (result) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    default: return "Unknown Error";
+    }
+}
+
+int nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    snprintf(version, length, "%s", "999.99.99-fake");
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    *count = (unsigned int)gpu_count;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetHandleByIndex_v2(unsigned int index, device_t **device) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (index >= (unsigned int)gpu_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = &gpus[index];
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetUUID(device_t *device, char *uuid, unsigned int length) {
+    if (strlen(device->uuid) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    snprintf(uuid, length, "%s", device->uuid);
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetName(device_t *device, char *name, unsigned int length) {
+    snprintf(name, length, "%s", device->parent < 0 ? device->name : "MIG device");
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetMemoryInfo(device_t *device, nvmlMemory_t *memory) {
+    memory->total = device->memory;
+    memory->free = device->memory;
+    memory->used = 0;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetPciInfo_v3(device_t *device, nvmlPciInfo_t *pci) {
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busId, sizeof pci->busId, "%s", device->bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%.15s", device->bus_id);
+    unsigned int domain = 0, bus = 0, dev = 0;
+    sscanf(device->bus_id, "%x:%x:%x", &domain, &bus, &dev);
+    pci->domain = domain; pci->bus = bus; pci->device = dev;
+    pci->pciDeviceId = 0x233010de;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetMigMode(device_t *device, unsigned int *current, unsigned int *pending) {
+    if (device->parent >= 0) return NVML_ERROR_NOT_SUPPORTED;
+    *current = device->mig_mode;
+    *pending = device->mig_mode;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetMaxMigDeviceCount(device_t *device, unsigned int *count) {
+    *count = device->mig_mode ? MAX_MIG : 0;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetMigDeviceHandleByIndex(device_t *device, unsigned int index, device_t **mig) {
+    int parent = (int)(device - gpus);
+    if (index >= MAX_MIG || (int)index >= device->mig_count) return NVML_ERROR_NOT_FOUND;
+    *mig = &migs[parent * MAX_MIG + index];
+    return NVML_SUCCESS;
+}
