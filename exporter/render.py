@@ -68,9 +68,7 @@ def render_topology(topology: Topology) -> str:
                 ", ".join(f"{kind} {count}" for kind, count in sorted(devices.items())) or "-",
             )
         )
-    out.append(
-        table(("NUMA", "CPUS", "CORES", "SOCKETS", "MEMORY", "FREE", "HUGEPAGES free/total", "DEVICES"), rows)
-    )
+    out.append(table(("NUMA", "CPUS", "CORES", "SOCKETS", "MEMORY", "FREE", "HUGEPAGES free/total", "DEVICES"), rows))
     ids = topology.numa_node_ids
     if any(numa.distances for numa in topology.numa_nodes):
         out.append("\nDistances (SLIT)\n")
@@ -120,7 +118,9 @@ def render_topology(topology: Topology) -> str:
                 ),
             )
         )
-    out.append("\nSources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in topology.sources))
+    out.append(
+        "\nSources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in topology.sources)
+    )
     out.append("\n")
     for warning in topology.warnings:
         out.append(f"warning: {warning}\n")

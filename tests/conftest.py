@@ -52,7 +52,17 @@ def fake_nvml_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     library = directory / "libnvidia-ml.so.1"
     source = Path(__file__).parent / "fakenvml" / "fake_nvml.c"
     subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-Wall", "-Werror", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(library), str(source)],
+        [
+            "gcc",
+            "-shared",
+            "-fPIC",
+            "-Wall",
+            "-Werror",
+            "-Wl,-soname,libnvidia-ml.so.1",
+            "-o",
+            str(library),
+            str(source),
+        ],
         check=True,
     )
     ctypes.CDLL(str(library), mode=ctypes.RTLD_GLOBAL)
@@ -65,4 +75,4 @@ def nvml_config(fake_nvml_library: Path, tmp_path: Path, monkeypatch: pytest.Mon
     config = tmp_path / "nvml.conf"
     config.write_text("")
     monkeypatch.setenv("FAKE_NVML_CONFIG", str(config))
-    yield config
+    return config

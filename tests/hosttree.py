@@ -96,7 +96,7 @@ class HostTree:
             (pool / "surplus_hugepages").write_text("0\n")
         if distances is not None:
             (node / "distance").write_text(" ".join(map(str, distances)) + "\n")
-        stats = numastat if numastat is not None else {field: 1000 * (numa + 1) for field in NUMASTAT_FIELDS}
+        stats = numastat if numastat is not None else dict.fromkeys(NUMASTAT_FIELDS, 1000 * (numa + 1))
         (node / "numastat").write_text("".join(f"{key} {value}\n" for key, value in stats.items()))
 
     def pci_device(
@@ -171,7 +171,7 @@ def fixture_machine(root: Path) -> HostTree:
         tree.pci_device(address, class_code=0x030200, numa_node=numa, vendor="0x10de", device="0x2330", driver="nvidia")
     for pf, numa in (("0000:3b:00.0", 0), ("0000:af:00.0", 1)):
         tree.pci_device(pf, class_code=0x020000, numa_node=numa, driver="i40e", net=[f"ens{numa}f0"], totalvfs=64)
-        bus = pf[:7]
+        bus = pf[:8]
         for function in range(4):
             tree.pci_device(
                 f"{bus}02.{function}",

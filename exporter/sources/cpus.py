@@ -6,6 +6,8 @@ thread_siblings_list}}`. Only online CPUs are reported: an offline CPU cannot be
 
 from __future__ import annotations
 
+import os
+
 from exporter.cpuset import CpuSet, parse_sysfs_cpulist
 from exporter.model import Cpu
 from exporter.paths import HostPaths
@@ -25,10 +27,11 @@ def read_online_cpus(paths: HostPaths) -> CpuSet:
 
 
 def read_cpus(paths: HostPaths, *, online: CpuSet) -> tuple[Cpu, ...]:
+    base = os.fspath(paths.cpus_dir)
     cpus = []
     for cpu in sorted(online):
-        topology = paths.cpus_dir / f"cpu{cpu}" / "topology"
-        siblings_text = read_sysfs_text(topology / "thread_siblings_list")
+        topology = f"{base}/cpu{cpu}/topology"
+        siblings_text = read_sysfs_text(f"{topology}/thread_siblings_list")
         try:
             siblings = parse_sysfs_cpulist(siblings_text) & online if siblings_text else frozenset({cpu})
         except ValueError:
@@ -36,8 +39,8 @@ def read_cpus(paths: HostPaths, *, online: CpuSet) -> tuple[Cpu, ...]:
         cpus.append(
             Cpu(
                 cpu=cpu,
-                core_id=_int_or(read_sysfs_int(topology / "core_id"), cpu),
-                socket_id=_int_or(read_sysfs_int(topology / "physical_package_id"), 0),
+                core_id=_int_or(read_sysfs_int(f"{topology}/core_id"), cpu),
+                socket_id=_int_or(read_sysfs_int(f"{topology}/physical_package_id"), 0),
                 siblings=siblings or frozenset({cpu}),
             )
         )

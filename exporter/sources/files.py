@@ -59,16 +59,25 @@ def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def read_sysfs_text(path: Path) -> str | None:
-    """A small sysfs attribute as text, or None when it is absent or unreadable (normal in sysfs)."""
+def read_sysfs_text(path: str | Path) -> str | None:
+    """A small sysfs attribute as text, or None when it is absent or unreadable (normal in sysfs).
+
+    Plain os.open/os.read on purpose: discovery reads thousands of these per refresh, and the io and
+    pathlib layers would cost more than the system calls.
+    """
     try:
-        with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read(1 << 16)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        return os.read(fd, 1 << 16).decode("ascii", "replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def read_sysfs_int(path: Path) -> int | None:
+def read_sysfs_int(path: str | Path) -> int | None:
     text = read_sysfs_text(path)
     if text is None:
         return None
@@ -78,7 +87,15 @@ def read_sysfs_int(path: Path) -> int | None:
         return None
 
 
-def list_prefixed_ids(directory: Path, prefix: str) -> list[int]:
+def list_dir(directory: str | Path) -> list[str]:
+    """Entry names of a directory; [] when it is absent or unreadable."""
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def list_prefixed_ids(directory: str | Path, prefix: str) -> list[int]:
     """Numeric suffixes of entries named `<prefix><N>` in a directory, sorted; [] when it is absent."""
     try:
         names = os.listdir(directory)

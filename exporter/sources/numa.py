@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from exporter.cpuset import CpuSet, parse_cpumask, parse_sysfs_cpulist
 from exporter.model import HugepagePool, NumaNode
@@ -19,7 +18,6 @@ from exporter.paths import HostPaths
 from exporter.sources.files import list_prefixed_ids, read_sysfs_int, read_sysfs_text
 
 _HUGEPAGES_DIR = re.compile(r"^hugepages-(\d+)kB$")
-_MEMINFO_LINE = re.compile(r"^Node\s+\d+\s+([\w()]+):\s+(\d+)(?:\s+kB)?\s*$")
 _PROC_MEMINFO_LINE = re.compile(r"^([\w()]+):\s+(\d+)(?:\s+kB)?\s*$")
 
 
@@ -33,9 +31,10 @@ def parse_node_meminfo(text: str) -> dict[str, int]:
     """`Node 0 MemTotal: 134204252 kB` lines -> {"MemTotal": bytes}; counts without `kB` stay counts."""
     values: dict[str, int] = {}
     for line in text.splitlines():
-        match = _MEMINFO_LINE.match(line)
-        if match:
-            values[match.group(1)] = int(match.group(2)) * (1024 if line.rstrip().endswith("kB") else 1)
+        fields = line.split()
+        if len(fields) < 4 or fields[0] != "Node" or not fields[2].endswith(":") or not fields[3].isdigit():
+            continue
+        values[fields[2][:-1]] = int(fields[3]) * (1024 if fields[-1] == "kB" else 1)
     return values
 
 
@@ -63,16 +62,17 @@ def parse_numastat(text: str) -> dict[str, int]:
 
 
 def read_numa_nodes(paths: HostPaths, *, online_cpus: CpuSet) -> NumaReading:
-    ids = list_prefixed_ids(paths.numa_nodes_dir, "node")
+    base = os.fspath(paths.numa_nodes_dir)
+    ids = list_prefixed_ids(base, "node")
     if not ids:
         return _single_node_machine(paths, online_cpus=online_cpus)
     warnings: list[str] = []
-    rows = {numa: _read_distance_row(paths, numa) for numa in ids}
+    rows = {numa: _read_distance_row(f"{base}/node{numa}") for numa in ids}
     nodes: list[NumaNode] = []
     for numa in ids:
-        node_dir = paths.numa_nodes_dir / f"node{numa}"
+        node_dir = f"{base}/node{numa}"
         cpus = _read_node_cpus(node_dir) & online_cpus
-        meminfo = parse_node_meminfo(read_sysfs_text(node_dir / "meminfo") or "")
+        meminfo = parse_node_meminfo(read_sysfs_text(f"{node_dir}/meminfo") or "")
         row = rows[numa]
         distances: dict[int, int] = {}
         if row and len(row) == len(ids):
@@ -89,27 +89,27 @@ def read_numa_nodes(paths: HostPaths, *, online_cpus: CpuSet) -> NumaReading:
                 memory_free_bytes=meminfo.get("MemFree", 0),
                 hugepages=_read_hugepages(node_dir),
                 distances=distances,
-                numastat=parse_numastat(read_sysfs_text(node_dir / "numastat") or ""),
+                numastat=parse_numastat(read_sysfs_text(f"{node_dir}/numastat") or ""),
             )
         )
     warnings.extend(_overlap_warnings(nodes))
     return NumaReading(numa_nodes=tuple(nodes), warnings=tuple(warnings))
 
 
-def _read_distance_row(paths: HostPaths, numa: int) -> tuple[int, ...]:
-    text = read_sysfs_text(paths.numa_nodes_dir / f"node{numa}" / "distance")
+def _read_distance_row(node_dir: str) -> tuple[int, ...]:
+    text = read_sysfs_text(f"{node_dir}/distance")
     try:
         return parse_distance(text) if text else ()
     except ValueError:
         return ()
 
 
-def _read_node_cpus(node_dir: Path) -> CpuSet:
-    cpulist = read_sysfs_text(node_dir / "cpulist")
+def _read_node_cpus(node_dir: str) -> CpuSet:
+    cpulist = read_sysfs_text(f"{node_dir}/cpulist")
     try:
         if cpulist is not None:
             return parse_sysfs_cpulist(cpulist)
-        cpumap = read_sysfs_text(node_dir / "cpumap")
+        cpumap = read_sysfs_text(f"{node_dir}/cpumap")
         if cpumap is not None:
             return parse_cpumask(cpumap)
     except ValueError:
@@ -121,8 +121,8 @@ def _read_node_cpus(node_dir: Path) -> CpuSet:
     return frozenset(int(name[3:]) for name in names if name.startswith("cpu") and name[3:].isdigit())
 
 
-def _read_hugepages(node_dir: Path) -> tuple[HugepagePool, ...]:
-    base = node_dir / "hugepages"
+def _read_hugepages(node_dir: str) -> tuple[HugepagePool, ...]:
+    base = f"{node_dir}/hugepages"
     try:
         names = os.listdir(base)
     except OSError:
@@ -132,11 +132,9 @@ def _read_hugepages(node_dir: Path) -> tuple[HugepagePool, ...]:
         match = _HUGEPAGES_DIR.match(name)
         if not match:
             continue
-        total = read_sysfs_int(base / name / "nr_hugepages")
-        free = read_sysfs_int(base / name / "free_hugepages")
-        pools.append(
-            HugepagePool(size_bytes=int(match.group(1)) * 1024, total_pages=total or 0, free_pages=free or 0)
-        )
+        total = read_sysfs_int(f"{base}/{name}/nr_hugepages")
+        free = read_sysfs_int(f"{base}/{name}/free_hugepages")
+        pools.append(HugepagePool(size_bytes=int(match.group(1)) * 1024, total_pages=total or 0, free_pages=free or 0))
     return tuple(sorted(pools, key=lambda pool: pool.size_bytes))
 
 

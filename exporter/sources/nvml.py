@@ -8,7 +8,7 @@ their parent GPU, as the NVIDIA device plugin advertises them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 from exporter.errors import SourceReadError, SourceUnavailable
@@ -103,10 +103,8 @@ def _session(nvml: NvmlLibrary) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with suppress(pynvml.NVMLError):
             nvml.nvmlShutdown()
-        except pynvml.NVMLError:
-            pass
 
 
 def _call(function: Any, *args: Any) -> Any:

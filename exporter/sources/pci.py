@@ -3,17 +3,17 @@
 Reads `<sysfs>/bus/pci/devices/<address>/{class, vendor, device, numa_node, driver, sriov_totalvfs,
 sriov_numvfs, virtfn<N>, physfn, net/, infiniband/}`. A `numa_node` of -1 (firmware gave no locality)
 is kept as -1: unknown, never guessed. Bridges, USB and storage controllers are left out.
+Paths are plain strings here: a large host has hundreds of PCI functions and this runs on every refresh.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from exporter.model import UNKNOWN_NUMA_NODE, DeviceKind, PciDevice
 from exporter.paths import HostPaths
-from exporter.sources.files import read_sysfs_int, read_sysfs_text
+from exporter.sources.files import list_dir, read_sysfs_int, read_sysfs_text
 
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -25,50 +25,49 @@ _CLASS_ACCELERATOR = 0x12
 
 
 def read_pci_devices(paths: HostPaths) -> tuple[PciDevice, ...]:
-    try:
-        addresses = sorted(name for name in os.listdir(paths.pci_devices_dir) if PCI_ADDRESS.match(name))
-    except OSError:
-        return ()
+    base = os.fspath(paths.pci_devices_dir)
     devices = []
-    for address in addresses:
-        device = read_pci_device(paths.pci_devices_dir / address, address=address)
+    for address in sorted(name for name in list_dir(base) if PCI_ADDRESS.match(name)):
+        device = read_pci_device(f"{base}/{address}", address=address)
         if device is not None:
             devices.append(device)
     return tuple(devices)
 
 
-def read_pci_device(device_dir: Path, *, address: str) -> PciDevice | None:
+def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     """One device, or None when it is not a kind the exporter reports (or vanished while read)."""
-    class_code = read_sysfs_int(device_dir / "class")
+    entries = set(list_dir(device_dir))
+    if "class" not in entries:
+        return None
+    class_code = read_sysfs_int(f"{device_dir}/class")
     if class_code is None:
         return None
-    net = _list_dir(device_dir / "net")
-    rdma = _list_dir(device_dir / "infiniband")
-    physfn = _link_name(device_dir / "physfn")
-    totalvfs = read_sysfs_int(device_dir / "sriov_totalvfs")
+    net = list_dir(f"{device_dir}/net") if "net" in entries else []
+    rdma = list_dir(f"{device_dir}/infiniband") if "infiniband" in entries else []
+    physfn = _link_name(f"{device_dir}/physfn") if "physfn" in entries else None
+    totalvfs = read_sysfs_int(f"{device_dir}/sriov_totalvfs") if "sriov_totalvfs" in entries else None
     category = classify(class_code=class_code, has_net=bool(net), has_rdma=bool(rdma))
     if category is None and physfn is None and not totalvfs:
         return None
-    numa_node = read_sysfs_int(device_dir / "numa_node")
+    numa_node = read_sysfs_int(f"{device_dir}/numa_node") if "numa_node" in entries else None
     vfs = sorted(
-        (name for name in _list_dir(device_dir) if name.startswith("virtfn") and name[6:].isdigit()),
-        key=lambda name: int(name[6:]),
+        (name for name in entries if name.startswith("virtfn") and name[6:].isdigit()), key=lambda n: int(n[6:])
     )
     return PciDevice(
         address=address,
-        vendor_id=_hex_id(read_sysfs_text(device_dir / "vendor")),
-        device_id=_hex_id(read_sysfs_text(device_dir / "device")),
+        vendor_id=_hex_id(read_sysfs_text(f"{device_dir}/vendor")),
+        device_id=_hex_id(read_sysfs_text(f"{device_dir}/device")),
         class_code=class_code,
         numa_node=UNKNOWN_NUMA_NODE if numa_node is None or numa_node < 0 else numa_node,
         kind=device_kind(category=category, is_vf=physfn is not None),
         category=category or "other",
-        driver=_link_name(device_dir / "driver"),
+        driver=_link_name(f"{device_dir}/driver") if "driver" in entries else None,
         net_interfaces=tuple(sorted(net)),
         rdma_devices=tuple(sorted(rdma)),
         physfn=physfn,
         sriov_totalvfs=totalvfs,
-        sriov_numvfs=read_sysfs_int(device_dir / "sriov_numvfs") if totalvfs is not None else None,
-        vfs=tuple(name for name in (_link_name(device_dir / vf) for vf in vfs) if name),
+        sriov_numvfs=read_sysfs_int(f"{device_dir}/sriov_numvfs") if totalvfs is not None else None,
+        vfs=tuple(name for name in (_link_name(f"{device_dir}/{vf}") for vf in vfs) if name),
     )
 
 
@@ -106,14 +105,7 @@ def _hex_id(text: str | None) -> str:
     return value[2:] if value.startswith("0x") else value
 
 
-def _list_dir(directory: Path) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except OSError:
-        return []
-
-
-def _link_name(link: Path) -> str | None:
+def _link_name(link: str) -> str | None:
     try:
         return os.path.basename(os.readlink(link))
     except OSError:

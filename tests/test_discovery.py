@@ -1,0 +1,126 @@
+"""Discovery on host trees built for the edge cases real machines have."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.discovery import discover
+from exporter.errors import SourceMissing
+from exporter.paths import HostPaths
+from tests.hosttree import HostTree
+
+
+def topology_of(host: HostTree):  # type: ignore[no-untyped-def]
+    return discover(host.paths, use_nvml=False, use_udev=False)
+
+
+def test_offline_cpus_are_not_reported(host: HostTree) -> None:
+    host.cpus(present=range(8), online=[0, 1, 2, 3, 5, 6])
+    host.numa_node(0, cpus=range(4), memory_kb=1 << 20, distances=[10, 20])
+    host.numa_node(1, cpus=range(4, 8), memory_kb=1 << 20, distances=[20, 10])
+    topology = topology_of(host)
+    assert [numa.cpus for numa in topology.numa_nodes] == [{0, 1, 2, 3}, {5, 6}]
+    assert [cpu.cpu for cpu in topology.cpus] == [0, 1, 2, 3, 5, 6]
+
+
+def test_memory_only_node_and_missing_node_zero(host: HostTree) -> None:
+    host.cpus(present=range(4))
+    host.numa_node(1, cpus=range(4), memory_kb=8 << 20, free_kb=1 << 20, distances=[10, 30])
+    host.numa_node(3, memory_kb=32 << 20, free_kb=32 << 20, distances=[30, 10])
+    topology = topology_of(host)
+    assert topology.numa_node_ids == (1, 3)
+    cxl = topology.numa_nodes[1]
+    assert cxl.cpus == frozenset()
+    assert cxl.memory_total_bytes == 32 << 30
+    assert cxl.memory_free_bytes == 32 << 30
+    assert dict(topology.numa_nodes[0].distances) == {1: 10, 3: 30}
+    assert dict(cxl.distances) == {1: 30, 3: 10}
+    assert topology.warnings == ()
+
+
+def test_distance_row_of_the_wrong_length_is_dropped_with_a_warning(host: HostTree) -> None:
+    host.cpus(present=range(2))
+    host.numa_node(0, cpus=[0], memory_kb=1024, distances=[10, 20, 30])
+    host.numa_node(1, cpus=[1], memory_kb=1024, distances=[20, 10])
+    topology = topology_of(host)
+    assert dict(topology.numa_nodes[0].distances) == {}
+    assert any("distance row has 3 entries" in warning for warning in topology.warnings)
+
+
+def test_hugepage_size_on_some_nodes_only(host: HostTree) -> None:
+    host.cpus(present=range(4))
+    host.numa_node(0, cpus=[0, 1], memory_kb=1 << 20, hugepages={2048: (512, 100), 1048576: (4, 3)})
+    host.numa_node(1, cpus=[2, 3], memory_kb=1 << 20, hugepages={2048: (256, 256)})
+    topology = topology_of(host)
+    first, second = topology.numa_nodes
+    assert [(p.size_bytes, p.total_pages, p.free_pages) for p in first.hugepages] == [
+        (2 << 20, 512, 100),
+        (1 << 30, 4, 3),
+    ]
+    assert [(p.size_bytes, p.total_pages, p.free_pages) for p in second.hugepages] == [(2 << 20, 256, 256)]
+    assert second.hugepage_pool(1 << 30) is None
+
+
+def test_numastat_counters(host: HostTree) -> None:
+    host.cpus(present=[0])
+    host.numa_node(0, cpus=[0], memory_kb=1024, numastat={"numa_hit": 42, "numa_miss": 7, "other_node": 3})
+    assert dict(topology_of(host).numa_nodes[0].numastat) == {"numa_hit": 42, "numa_miss": 7, "other_node": 3}
+
+
+def test_pci_unknown_numa_vfs_and_device_kinds(host: HostTree) -> None:
+    host.cpus(present=range(2))
+    host.numa_node(0, cpus=[0], memory_kb=1024)
+    host.numa_node(1, cpus=[1], memory_kb=1024)
+    host.pci_device("0000:17:00.0", class_code=0x030200, numa_node=-1, vendor="0x10de", device="0x2330")
+    host.pci_device(
+        "0000:3b:00.0",
+        class_code=0x020000,
+        numa_node=1,
+        driver="mlx5_core",
+        net=["ens1f0"],
+        rdma=["mlx5_0"],
+        totalvfs=8,
+    )
+    host.pci_device("0000:3b:00.2", class_code=0x020000, numa_node=1, driver="mlx5_core", physfn="0000:3b:00.0")
+    host.pci_device("0000:3b:00.3", class_code=0x020000, numa_node=1, driver="mlx5_core", physfn="0000:3b:00.0")
+    host.pci_device("0000:5e:00.0", class_code=0x120000, numa_node=None, vendor="0x1da3", device="0x1020")
+    host.pci_device("0000:00:1f.0", class_code=0x060100, numa_node=0)  # an ISA bridge: not reported
+    devices = {dev.address: dev for dev in topology_of(host).pci_devices}
+    assert sorted(devices) == ["0000:17:00.0", "0000:3b:00.0", "0000:3b:00.2", "0000:3b:00.3", "0000:5e:00.0"]
+    gpu = devices["0000:17:00.0"]
+    assert (gpu.kind, gpu.numa_node, gpu.vendor_id, gpu.device_id) == ("gpu", -1, "10de", "2330")
+    pf = devices["0000:3b:00.0"]
+    assert (pf.kind, pf.category, pf.numa_node) == ("nic", "infiniband", 1)
+    assert (pf.sriov_totalvfs, pf.sriov_numvfs, pf.vfs) == (8, 2, ("0000:3b:00.2", "0000:3b:00.3"))
+    assert (pf.net_interfaces, pf.rdma_devices, pf.driver) == (("ens1f0",), ("mlx5_0",), "mlx5_core")
+    vf = devices["0000:3b:00.3"]
+    assert (vf.kind, vf.physfn, vf.numa_node) == ("vf", "0000:3b:00.0", 1)
+    accelerator = devices["0000:5e:00.0"]
+    assert (accelerator.kind, accelerator.category, accelerator.numa_node) == ("other", "accelerator", -1)
+
+
+def test_kernel_without_numa_is_one_node(host: HostTree) -> None:
+    host.cpus(present=range(4))
+    host.node_dir.rmdir()
+    host.write("proc/meminfo", "MemTotal:       16384 kB\nMemFree:         8192 kB\n")
+    topology = topology_of(host)
+    assert topology.numa_node_ids == (0,)
+    assert topology.numa_nodes[0].cpus == {0, 1, 2, 3}
+    assert topology.numa_nodes[0].memory_total_bytes == 16384 * 1024
+    assert topology.warnings
+
+
+def test_an_empty_sysfs_is_a_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(SourceMissing, match="no devices/system/cpu"):
+        discover(HostPaths(sysfs=tmp_path), use_nvml=False, use_udev=False)
+
+
+def test_cpu_topology_cores_sockets_siblings(machine: HostTree) -> None:
+    topology = topology_of(machine)
+    by_id = {cpu.cpu: cpu for cpu in topology.cpus}
+    assert by_id[3].siblings == {3, 19}
+    assert (by_id[19].core_id, by_id[19].socket_id) == (3, 0)
+    assert (by_id[9].core_id, by_id[9].socket_id) == (9, 1)
+    assert len({(cpu.socket_id, cpu.core_id) for cpu in topology.cpus}) == 16
