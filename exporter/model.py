@@ -7,7 +7,7 @@ NUMA ids are called `numa_node`; the word "node" alone means the Kubernetes node
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from exporter.cpuset import CpuSet
@@ -120,3 +120,110 @@ class Topology:
 
     def pci_device(self, address: str) -> PciDevice | None:
         return next((dev for dev in self.pci_devices if dev.address == address), None)
+
+
+# --- what the kubelet's state files hold -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CpuManagerState:
+    """`cpu_manager_state`. v1 entries have no pod UID: they sit under pod UID "" keyed by container ID."""
+
+    version: str
+    policy_name: str
+    default_cpuset: CpuSet
+    entries: Mapping[str, Mapping[str, CpuSet]]
+    pod_entries: Mapping[str, CpuSet]
+    checksum_verified: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryTable:
+    total_bytes: int
+    system_reserved_bytes: int
+    allocatable_bytes: int
+    reserved_bytes: int
+    free_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryNumaState:
+    numa_node: int
+    number_of_assignments: int
+    memory_map: Mapping[str, MemoryTable]
+    cells: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryBlock:
+    numa_affinity: tuple[int, ...]
+    resource: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryManagerState:
+    version: str
+    policy_name: str
+    machine_state: Mapping[int, MemoryNumaState]
+    entries: Mapping[str, Mapping[str, tuple[MemoryBlock, ...]]]
+    pod_entries: Mapping[str, tuple[MemoryBlock, ...]]
+
+    @property
+    def is_static(self) -> bool:
+        return self.policy_name.casefold() == "static"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceAllocation:
+    """One (pod, container, resource) entry. NUMA key -1: the plugin gave no topology (and all of v1)."""
+
+    pod_uid: str
+    container: str
+    resource: str
+    devices_by_numa: Mapping[int, tuple[str, ...]]
+
+    @property
+    def device_ids(self) -> frozenset[str]:
+        return frozenset(device for devices in self.devices_by_numa.values() for device in devices)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceCheckpoint:
+    version: str
+    allocations: tuple[DeviceAllocation, ...]
+    registered: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeletConfig:
+    """The fields of KubeletConfiguration (kubelet.config.k8s.io/v1beta1) NUMA alignment depends on,
+    with the kubelet's defaults applied (docs/reference.md section 5)."""
+
+    cpu_manager_policy: str = "none"
+    cpu_manager_policy_options: Mapping[str, str] = field(default_factory=dict)
+    memory_manager_policy: str = "None"
+    topology_manager_policy: str = "none"
+    topology_manager_scope: str = "container"
+    topology_manager_policy_options: Mapping[str, str] = field(default_factory=dict)
+    reserved_system_cpus: CpuSet = frozenset()
+    reserved_memory: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
+    system_reserved: Mapping[str, str] = field(default_factory=dict)
+    kube_reserved: Mapping[str, str] = field(default_factory=dict)
+    from_file: bool = False
+
+    @property
+    def strict_cpu_reservation(self) -> bool:
+        return self.cpu_manager_policy_options.get("strict-cpu-reservation", "false").lower() == "true"
+
+    @property
+    def max_allowable_numa_nodes(self) -> int:
+        value = self.topology_manager_policy_options.get("max-allowable-numa-nodes", "8")
+        return int(value) if value.isdigit() else 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodRef:
+    uid: str
+    namespace: str
+    name: str

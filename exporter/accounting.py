@@ -1,0 +1,257 @@
+"""Per-NUMA accounting: capacity >= allocatable >= available >= 0 for every resource (docs/product.md).
+
+Pure functions of discovery (Topology) and the kubelet's records (KubeletState). A resource whose kubelet
+source has never been read has `available=None`: unknown, never guessed. Fit, stranded and the alignment
+audit build on the accounts (fit.py, alignment.py); `account()` runs them all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from exporter.cpuset import CpuSet
+from exporter.devices import DeviceRecord, device_inventory, device_numa_nodes
+from exporter.model import (
+    UNKNOWN_NUMA_NODE,
+    CpuManagerState,
+    DeviceCheckpoint,
+    KubeletConfig,
+    MemoryManagerState,
+    MemoryTable,
+    PodRef,
+    Topology,
+)
+from exporter.units import hugepage_resource, parse_quantity
+
+HUGEPAGES_PREFIX = "hugepages-"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeletState:
+    """The last good reading of each kubelet source; None where a source has never been read."""
+
+    config: KubeletConfig = field(default_factory=KubeletConfig)
+    cpu: CpuManagerState | None = None
+    memory: MemoryManagerState | None = None
+    devices: DeviceCheckpoint | None = None
+    pods: tuple[PodRef, ...] | None = None
+
+    @property
+    def cpu_policy(self) -> str:
+        return self.cpu.policy_name if self.cpu is not None else self.config.cpu_manager_policy
+
+    @property
+    def memory_policy(self) -> str:
+        return self.memory.policy_name if self.memory is not None else self.config.memory_manager_policy
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceAccount:
+    numa_node: int
+    resource: str
+    capacity: int
+    allocatable: int
+    available: int | None
+    stranded: int = 0
+
+    @property
+    def unit(self) -> str:
+        return resource_unit(self.resource)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReservedCpus:
+    cpus: CpuSet
+    source: str  # "reservedSystemCPUs", "derived" (from kube/system-reserved cpu) or "none"
+
+
+def resource_unit(resource: str) -> str:
+    if resource == "cpu":
+        return "core"
+    if resource == "memory" or resource.startswith(HUGEPAGES_PREFIX):
+        return "byte"
+    return "integer"
+
+
+def numa_accounted_resources(state: KubeletState, accounts: Iterable[ResourceAccount]) -> frozenset[str]:
+    """cpu under the static CPU manager; memory and hugepages under the Static memory manager; devices always."""
+    accounted = set()
+    cpu_static = state.cpu_policy == "static"
+    memory_static = state.memory_policy.casefold() == "static"
+    for account in accounts:
+        name = account.resource
+        if (
+            (name == "cpu" and cpu_static)
+            or ((name == "memory" or name.startswith(HUGEPAGES_PREFIX)) and memory_static)
+            or resource_unit(name) == "integer"
+        ):
+            accounted.add(name)
+    return frozenset(accounted)
+
+
+def reserved_cpus(topology: Topology, config: KubeletConfig) -> ReservedCpus:
+    if config.reserved_system_cpus:
+        return ReservedCpus(cpus=config.reserved_system_cpus, source="reservedSystemCPUs")
+    try:
+        quantity = sum(
+            parse_quantity(reserved.get("cpu", "0")) for reserved in (config.kube_reserved, config.system_reserved)
+        )
+    except ValueError:
+        quantity = 0
+    count = math.ceil(quantity)
+    if count <= 0:
+        return ReservedCpus(cpus=frozenset(), source="none")
+    return ReservedCpus(cpus=take_by_topology(topology, count), source="derived")
+
+
+def take_by_topology(topology: Topology, count: int) -> CpuSet:
+    """The kubelet's choice of `count` reserved CPUs, approximated: whole sockets, then whole cores, then
+    single threads, each in ascending order (cpumanager takeByTopology on an all-free machine)."""
+    sockets: dict[int, list[int]] = {}
+    cores: dict[tuple[int, int], list[int]] = {}
+    for cpu in topology.cpus:
+        sockets.setdefault(cpu.socket_id, []).append(cpu.cpu)
+        cores.setdefault((cpu.socket_id, cpu.core_id), []).append(cpu.cpu)
+    taken: list[int] = []
+    for cpus in (sockets[socket] for socket in sorted(sockets)):
+        if count - len(taken) >= len(cpus):
+            taken.extend(cpus)
+    for cpus in sorted(cores.values(), key=min):
+        if not set(cpus) & set(taken) and count - len(taken) >= len(cpus):
+            taken.extend(cpus)
+    for cpu in sorted(c.cpu for c in topology.cpus):
+        if len(taken) >= count:
+            break
+        if cpu not in taken:
+            taken.append(cpu)
+    return frozenset(taken[:count])
+
+
+def resource_accounts(topology: Topology, state: KubeletState, *, reserved: CpuSet) -> tuple[ResourceAccount, ...]:
+    accounts: list[ResourceAccount] = []
+    cpu_static = state.cpu_policy == "static"
+    memory_static = state.memory_policy.casefold() == "static"
+    reserved_memory = state.config.reserved_memory
+    for numa in topology.numa_nodes:
+        n = numa.numa_node
+        capacity = len(numa.cpus)
+        allocatable = len(numa.cpus - reserved)
+        if not cpu_static:
+            available: int | None = allocatable
+        elif state.cpu is None:
+            available = None
+        else:
+            available = len((state.cpu.default_cpuset & numa.cpus) - reserved)
+        accounts.append(_bounded(n, "cpu", capacity, allocatable, available))
+
+        tables: Mapping[str, MemoryTable] = {}
+        if memory_static and state.memory is not None and n in state.memory.machine_state:
+            tables = state.memory.machine_state[n].memory_map
+        hugepage_bytes = sum(pool.total_pages * pool.size_bytes for pool in numa.hugepages)
+        reserved_here = reserved_memory.get(n, {})
+        accounts.append(
+            _memory_account(
+                n,
+                "memory",
+                numa.memory_total_bytes,
+                numa.memory_total_bytes - hugepage_bytes - reserved_here.get("memory", 0),
+                tables.get("memory"),
+                static=memory_static,
+                state_read=state.memory is not None,
+            )
+        )
+        for pool in numa.hugepages:
+            resource = hugepage_resource(pool.size_bytes)
+            capacity = pool.total_pages * pool.size_bytes
+            accounts.append(
+                _memory_account(
+                    n,
+                    resource,
+                    capacity,
+                    capacity - reserved_here.get(resource, 0),
+                    tables.get(resource),
+                    static=memory_static,
+                    state_read=state.memory is not None,
+                )
+            )
+    accounts.extend(device_accounts(topology, state.devices))
+    return tuple(accounts)
+
+
+def _memory_account(
+    numa: int,
+    resource: str,
+    capacity: int,
+    unpinned_allocatable: int,
+    table: MemoryTable | None,
+    *,
+    static: bool,
+    state_read: bool,
+) -> ResourceAccount:
+    if not static:
+        return _bounded(numa, resource, capacity, unpinned_allocatable, unpinned_allocatable)
+    if table is None:
+        # Static, but the state file has never been read or has no row for this NUMA node / size.
+        return _bounded(numa, resource, capacity, unpinned_allocatable, 0 if state_read else None)
+    return _bounded(numa, resource, capacity, table.allocatable_bytes, table.free_bytes)
+
+
+def _bounded(numa: int, resource: str, capacity: int, allocatable: int, available: int | None) -> ResourceAccount:
+    """Clamp so that capacity >= allocatable >= available >= 0 holds whatever a file claims."""
+    capacity = max(capacity, 0)
+    allocatable = min(max(allocatable, 0), capacity)
+    bounded = None if available is None else min(max(available, 0), allocatable)
+    return ResourceAccount(
+        numa_node=numa, resource=resource, capacity=capacity, allocatable=allocatable, available=bounded
+    )
+
+
+def device_accounts(topology: Topology, checkpoint: DeviceCheckpoint | None) -> list[ResourceAccount]:
+    if checkpoint is None:
+        return []
+    placement = device_numa_nodes(topology, checkpoint)
+    accounts = []
+    for resource in sorted(checkpoint.registered):
+        registered = set(checkpoint.registered[resource])
+        allocated = {
+            device
+            for allocation in checkpoint.allocations
+            if allocation.resource == resource
+            for device in allocation.device_ids
+            if device in registered
+        }
+        numas = sorted({numa for device in registered for numa in placement[device]})
+        for numa in numas:
+            capacity = sum(1 for device in registered if numa in placement[device])
+            used = sum(1 for device in allocated if numa in placement[device])
+            accounts.append(_bounded(numa, resource, capacity, capacity, capacity - used))
+    return accounts
+
+
+def inventory(topology: Topology, checkpoint: DeviceCheckpoint | None) -> tuple[DeviceRecord, ...]:
+    return device_inventory(topology, checkpoint, device_numa_nodes(topology, checkpoint))
+
+
+def stale_entries(state: KubeletState) -> dict[str, int]:
+    """Entries for pods no longer on the node, per source; {} when the pods on the node are unknown."""
+    if state.pods is None:
+        return {}
+    live = {pod.uid for pod in state.pods}
+    stale = {}
+    if state.cpu is not None:
+        stale["cpu_manager_state"] = sum(
+            len(containers) for pod, containers in state.cpu.entries.items() if pod and pod not in live
+        )
+    if state.memory is not None:
+        stale["memory_manager_state"] = sum(
+            len(containers) for pod, containers in state.memory.entries.items() if pod not in live
+        )
+    if state.devices is not None:
+        stale["device_checkpoint"] = sum(1 for entry in state.devices.allocations if entry.pod_uid not in live)
+    return stale
+
+
+def unknown_numa(account: ResourceAccount) -> bool:
+    return account.numa_node == UNKNOWN_NUMA_NODE

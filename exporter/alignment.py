@@ -1,0 +1,75 @@
+"""The per-container alignment audit: which NUMA nodes each exclusive resource of a container spans.
+
+CPUs through the container's cpuset, memory and hugepages through its blocks' `numaAffinity` (blocks
+shrunk to 0 by init-container reuse hold nothing), devices through their NUMA node. A container is aligned
+when all of them together sit on exactly one known NUMA node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from exporter.accounting import KubeletState
+from exporter.devices import UNKNOWN, device_numa_nodes
+from exporter.model import UNKNOWN_NUMA_NODE, Topology
+
+POD_SCOPE = "(pod)"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerAlignment:
+    pod_uid: str
+    namespace: str
+    pod: str
+    container: str
+    numa_nodes: Mapping[str, frozenset[int]]
+
+    @property
+    def aligned(self) -> bool:
+        spanned = frozenset().union(*self.numa_nodes.values())
+        return len(spanned) == 1 and UNKNOWN_NUMA_NODE not in spanned
+
+
+def container_alignment(topology: Topology, state: KubeletState) -> tuple[ContainerAlignment, ...]:
+    spans: dict[tuple[str, str], dict[str, set[int]]] = {}
+
+    def add(pod: str, container: str, resource: str, numas: frozenset[int] | set[int]) -> None:
+        spans.setdefault((pod, container), {}).setdefault(resource, set()).update(numas)
+
+    if state.cpu is not None and state.cpu_policy == "static":
+        cpu_numa = topology.numa_node_of_cpu()
+        for pod, containers in state.cpu.entries.items():
+            for container, cpus in containers.items():
+                add(pod, container, "cpu", {cpu_numa.get(cpu, UNKNOWN_NUMA_NODE) for cpu in cpus})
+        for pod, cpus in state.cpu.pod_entries.items():
+            add(pod, POD_SCOPE, "cpu", {cpu_numa.get(cpu, UNKNOWN_NUMA_NODE) for cpu in cpus})
+    if state.memory is not None and state.memory.is_static:
+        for pod, containers in state.memory.entries.items():
+            for container, blocks in containers.items():
+                for block in blocks:
+                    if block.size_bytes > 0:
+                        add(pod, container, block.resource, set(block.numa_affinity) or {UNKNOWN_NUMA_NODE})
+    if state.devices is not None:
+        placement = device_numa_nodes(topology, state.devices)
+        for allocation in state.devices.allocations:
+            numas: set[int] = set()
+            for device in allocation.device_ids:
+                numas.update(placement.get(device, UNKNOWN))
+            if numas:
+                add(allocation.pod_uid, allocation.container, allocation.resource, numas)
+
+    names = {pod.uid: pod for pod in state.pods or ()}
+    result = []
+    for (pod_uid, container), resources in sorted(spans.items()):
+        ref = names.get(pod_uid)
+        result.append(
+            ContainerAlignment(
+                pod_uid=pod_uid,
+                namespace=ref.namespace if ref else "",
+                pod=ref.name if ref else "",
+                container=container,
+                numa_nodes={resource: frozenset(numas) for resource, numas in sorted(resources.items())},
+            )
+        )
+    return tuple(result)

@@ -1,0 +1,220 @@
+"""One consistent picture of the node: discovery + kubelet state + accounting, built by SnapshotBuilder.
+
+The builder owns the last good reading of every source. A source that fails to read, parse or verify
+keeps its last good value, is marked down and has its error counted by reason; a source that is absent on
+purpose (no NVIDIA driver, no kubelet on this machine, a `none` policy's file) is marked unavailable and
+counted nowhere. Snapshots are frozen: a refresh builds a new one, it never edits an old one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from exporter.accounting import (
+    KubeletState,
+    ReservedCpus,
+    ResourceAccount,
+    inventory,
+    numa_accounted_resources,
+    reserved_cpus,
+    resource_accounts,
+    stale_entries,
+)
+from exporter.alignment import ContainerAlignment, container_alignment
+from exporter.devices import DeviceRecord
+from exporter.discovery import discover
+from exporter.errors import SourceError, SourceMissing
+from exporter.fit import ProfileFit, profile_fits, with_stranded
+from exporter.model import KubeletConfig, PodRef, SourceStatus, Topology
+from exporter.paths import HostPaths
+from exporter.profiles import Profile, default_profiles
+from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager, nvml, pod_logs
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+KUBELET_SOURCES = ("kubelet_config", "cpu_manager_state", "memory_manager_state", "device_checkpoint")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accounting:
+    accounts: tuple[ResourceAccount, ...]
+    numa_accounted: frozenset[str]
+    profiles: tuple[Profile, ...]
+    fits: tuple[ProfileFit, ...]
+    containers: tuple[ContainerAlignment, ...]
+    stale_entries: Mapping[str, int]
+    reserved: ReservedCpus
+    devices: tuple[DeviceRecord, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    topology: Topology
+    kubelet: KubeletState
+    accounting: Accounting
+    sources: tuple[SourceStatus, ...]
+    errors_total: Mapping[tuple[str, str], int]
+    taken_at: float
+    duration_seconds: float
+
+    def source(self, name: str) -> SourceStatus | None:
+        return next((status for status in self.sources if status.source == name), None)
+
+
+def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile, ...] | None = None) -> Accounting:
+    """Every number the exporter publishes, from discovery and the kubelet's records. Pure."""
+    reserved = reserved_cpus(topology, state.config)
+    accounts = resource_accounts(topology, state, reserved=reserved.cpus)
+    accounted = numa_accounted_resources(state, accounts)
+    if profiles is None:
+        present = {a.resource for a in accounts if a.resource in accounted and a.capacity > 0}
+        units = {r: _hugepage_unit(r, topology) for r in present if r.startswith("hugepages-")}
+        profiles = default_profiles(numa_accounted=present, unit_of=units)
+    fits = profile_fits(accounts, profiles=profiles, numa_accounted=accounted, numa_nodes=topology.numa_node_ids)
+    return Accounting(
+        accounts=with_stranded(accounts, profiles=profiles, fits=fits, numa_accounted=accounted),
+        numa_accounted=accounted,
+        profiles=profiles,
+        fits=fits,
+        containers=container_alignment(topology, state),
+        stale_entries=stale_entries(state),
+        reserved=reserved,
+        devices=inventory(topology, state.devices),
+    )
+
+
+def _hugepage_unit(resource: str, topology: Topology) -> int:
+    from exporter.units import hugepage_resource  # noqa: PLC0415 - keeps the import list of this module short
+
+    for numa in topology.numa_nodes:
+        for pool in numa.hugepages:
+            if hugepage_resource(pool.size_bytes) == resource:
+                return pool.size_bytes
+    return 1
+
+
+class SnapshotBuilder:
+    """Reads every source, keeps the last good reading of each, and builds Snapshots. Not thread-safe:
+    one refresher owns it."""
+
+    def __init__(
+        self,
+        paths: HostPaths,
+        *,
+        profiles: tuple[Profile, ...] | None = None,
+        use_nvml: bool = True,
+        use_udev: bool | None = None,
+        nvml_library: nvml.NvmlLibrary | None = None,
+        pods_reader: Callable[[], tuple[PodRef, ...]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.paths = paths
+        self.profiles = profiles
+        self._use_nvml = use_nvml
+        self._use_udev = use_udev
+        self._nvml_library = nvml_library
+        self._pods_reader = pods_reader or (lambda: pod_logs.read_pods_from_logs(paths))
+        self._clock = clock
+        self._last: dict[str, Any] = {}
+        self._statuses: dict[str, SourceStatus] = {}
+        self.errors_total: Counter[tuple[str, str]] = Counter()
+
+    def build(self) -> Snapshot:
+        """A new Snapshot. Raises SourceError only when sysfs has never been readable."""
+        started = time.perf_counter()
+        topology = self._topology()
+        config = self._read("kubelet_config", lambda: kubelet_config.read_kubelet_config(self.paths), needed=False)
+        config = config or KubeletConfig()
+        state = KubeletState(
+            config=config,
+            cpu=self._read(
+                "cpu_manager_state",
+                lambda: cpu_manager.read_cpu_manager_state(self.paths),
+                needed=config.cpu_manager_policy == "static",
+            ),
+            memory=self._read(
+                "memory_manager_state",
+                lambda: memory_manager.read_memory_manager_state(self.paths),
+                needed=config.memory_manager_policy == "Static",
+            ),
+            devices=self._read(
+                "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
+            ),
+            pods=self._read("pods", self._pods_reader, needed=False),
+        )
+        accounting = account(topology, state, profiles=self.profiles)
+        return Snapshot(
+            topology=topology,
+            kubelet=state,
+            accounting=accounting,
+            sources=(*topology.sources, *(self._statuses[name] for name in (*KUBELET_SOURCES, "pods"))),
+            errors_total=dict(self.errors_total),
+            taken_at=self._clock(),
+            duration_seconds=time.perf_counter() - started,
+        )
+
+    def _topology(self) -> Topology:
+        try:
+            topology = discover(
+                self.paths, use_nvml=self._use_nvml, nvml_library=self._nvml_library, use_udev=self._use_udev
+            )
+        except SourceError as exc:
+            self._count(exc)
+            previous: Topology | None = self._last.get("sysfs")
+            if previous is None:
+                raise
+            down = SourceStatus(source="sysfs", up=False, reason=exc.reason, message=exc.message)
+            return dataclasses.replace(previous, sources=(down, *previous.sources[1:]))
+        for status in topology.sources:
+            if not status.up and status.available:
+                self.errors_total[(status.source, status.reason or "error")] += 1
+        nvml_status = next((s for s in topology.sources if s.source == nvml.SOURCE), None)
+        previous = self._last.get("sysfs")
+        if nvml_status is not None and not nvml_status.up and nvml_status.available and previous is not None:
+            topology = dataclasses.replace(topology, gpus=previous.gpus)  # keep the last good GPU list
+        self._last["sysfs"] = topology
+        return topology
+
+    def _read(self, source: str, reader: Callable[[], T], *, needed: bool) -> T | None:
+        previous: T | None = self._last.get(source)
+        try:
+            value = reader()
+        except SourceMissing as exc:
+            if previous is None and not needed:
+                self._set(
+                    source,
+                    SourceStatus(source=source, up=False, available=False, reason=exc.reason, message=exc.message),
+                )
+                return None
+            self._fail(source, exc)
+            return previous
+        except SourceError as exc:
+            self._fail(source, exc)
+            return previous
+        self._last[source] = value
+        self._set(source, SourceStatus(source=source, up=True))
+        return value
+
+    def _fail(self, source: str, exc: SourceError) -> None:
+        self._count(exc)
+        self._set(source, SourceStatus(source=source, up=False, reason=exc.reason, message=exc.message))
+
+    def _count(self, exc: SourceError) -> None:
+        self.errors_total[(exc.source, exc.reason)] += 1
+
+    def _set(self, source: str, status: SourceStatus) -> None:
+        if self._statuses.get(source) != status:
+            if status.up:
+                log.info("%s: read and verified", source)
+            elif status.available:
+                log.warning("%s: %s (%s); keeping the last good reading", source, status.message, status.reason)
+            else:
+                log.info("%s: not present (%s)", source, status.message)
+        self._statuses[source] = status

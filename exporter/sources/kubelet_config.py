@@ -1,0 +1,125 @@
+"""The kubelet configuration file (`KubeletConfiguration`, kubelet.config.k8s.io/v1beta1), defaults applied.
+
+kubeadm writes `/var/lib/kubelet/config.yaml`; other distributions pass `--config`: `--kubelet-config`
+points at it. Unset fields take the kubelet's defaults (K pkg/kubelet/apis/config/v1beta1/defaults.go).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from exporter.cpuset import parse_cpuset
+from exporter.errors import SourceFormatError, SourceParseError
+from exporter.model import KubeletConfig
+from exporter.paths import HostPaths
+from exporter.sources.files import read_bounded
+from exporter.units import parse_quantity
+
+SOURCE = "kubelet_config"
+LIMIT_BYTES = 1 << 20
+KIND = "KubeletConfiguration"
+
+CPU_POLICIES = ("none", "static")
+MEMORY_POLICIES = ("None", "Static")
+TOPOLOGY_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
+TOPOLOGY_SCOPES = ("container", "pod")
+
+
+def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
+    return parse_kubelet_config(read_bounded(paths.kubelet_config, source=SOURCE, limit_bytes=LIMIT_BYTES))
+
+
+def parse_kubelet_config(raw: bytes) -> KubeletConfig:
+    try:
+        document = yaml.safe_load(raw.decode("utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SourceParseError(SOURCE, f"not valid YAML ({_first_line(exc)})") from None
+    except RecursionError:
+        raise SourceParseError(SOURCE, "YAML nested too deeply") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise SourceParseError(SOURCE, "expected a YAML mapping")
+    kind = document.get("kind", KIND)
+    if kind != KIND:
+        raise SourceFormatError(SOURCE, f"kind is {kind!r}, expected {KIND}")
+
+    cpu_policy = _choice(document, "cpuManagerPolicy", "none", CPU_POLICIES, fold=False)
+    memory_policy = _choice(document, "memoryManagerPolicy", "None", MEMORY_POLICIES, fold=True)
+    topology_policy = _choice(document, "topologyManagerPolicy", "none", TOPOLOGY_POLICIES, fold=False)
+    scope = _choice(document, "topologyManagerScope", "container", TOPOLOGY_SCOPES, fold=False)
+    reserved_text = _string(document.get("reservedSystemCPUs"), "reservedSystemCPUs")
+    try:
+        reserved = parse_cpuset(reserved_text.replace(" ", ""))
+    except ValueError as exc:
+        raise SourceParseError(SOURCE, f"reservedSystemCPUs: {exc}") from None
+    return KubeletConfig(
+        cpu_manager_policy=cpu_policy,
+        cpu_manager_policy_options=_string_map(document, "cpuManagerPolicyOptions"),
+        memory_manager_policy=memory_policy,
+        topology_manager_policy=topology_policy,
+        topology_manager_scope=scope,
+        topology_manager_policy_options=_string_map(document, "topologyManagerPolicyOptions"),
+        reserved_system_cpus=reserved,
+        reserved_memory=_reserved_memory(document.get("reservedMemory")),
+        system_reserved=_string_map(document, "systemReserved"),
+        kube_reserved=_string_map(document, "kubeReserved"),
+        from_file=True,
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _string(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str | int):
+        raise SourceParseError(SOURCE, f"{what} must be a string")
+    return str(value)
+
+
+def _choice(document: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...], *, fold: bool) -> str:
+    value = _string(document.get(key), key) or default
+    for option in allowed:
+        if value == option or (fold and value.casefold() == option.casefold()):
+            return option
+    raise SourceFormatError(SOURCE, f"{key} {value!r} is not one of {', '.join(allowed)}")
+
+
+def _string_map(document: Mapping[str, Any], key: str) -> dict[str, str]:
+    value = document.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SourceParseError(SOURCE, f"{key} must be a mapping")
+    return {str(name): str(item).lower() if isinstance(item, bool) else str(item) for name, item in value.items()}
+
+
+def _reserved_memory(value: Any) -> dict[int, dict[str, int]]:
+    if value is None:
+        return {}
+    if not isinstance(value, list):
+        raise SourceParseError(SOURCE, "reservedMemory must be a list")
+    reserved: dict[int, dict[str, int]] = {}
+    for item in value:
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("numaNode"), int)
+            or isinstance(item["numaNode"], bool)
+        ):
+            raise SourceParseError(SOURCE, "reservedMemory entries need an integer numaNode")
+        limits = item.get("limits") or {}
+        if not isinstance(limits, dict):
+            raise SourceParseError(SOURCE, "reservedMemory limits must be a mapping")
+        per_numa = reserved.setdefault(item["numaNode"], {})
+        for resource, quantity in limits.items():
+            try:
+                per_numa[str(resource)] = per_numa.get(str(resource), 0) + int(parse_quantity(quantity))
+            except ValueError as exc:
+                raise SourceParseError(SOURCE, f"reservedMemory: {exc}") from None
+    return reserved
