@@ -121,11 +121,11 @@ def take_by_topology(topology: Topology, count: int) -> CpuSet:
     for cpus in sorted(cores.values(), key=min):
         if not set(cpus) & set(taken) and count - len(taken) >= len(cpus):
             taken.extend(cpus)
-    for cpu in sorted(c.cpu for c in topology.cpus):
+    for cpu_id in sorted(cpu.cpu for cpu in topology.cpus):
         if len(taken) >= count:
             break
-        if cpu not in taken:
-            taken.append(cpu)
+        if cpu_id not in taken:
+            taken.append(cpu_id)
     return frozenset(taken[:count])
 
 

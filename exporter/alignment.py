@@ -45,8 +45,8 @@ def container_alignment(topology: Topology, state: KubeletState) -> tuple[Contai
         for pod, cpus in state.cpu.pod_entries.items():
             add(pod, POD_SCOPE, "cpu", {cpu_numa.get(cpu, UNKNOWN_NUMA_NODE) for cpu in cpus})
     if state.memory is not None and state.memory.is_static:
-        for pod, containers in state.memory.entries.items():
-            for container, blocks in containers.items():
+        for pod, memory_containers in state.memory.entries.items():
+            for container, blocks in memory_containers.items():
                 for block in blocks:
                     if block.size_bytes > 0:
                         add(pod, container, block.resource, set(block.numa_affinity) or {UNKNOWN_NUMA_NODE})

@@ -41,10 +41,12 @@ def profile_fits(
     fits = []
     for profile in profiles:
         parts = {r: amount for r, amount in profile.requests.items() if r in numa_accounted}
-        if not parts or any(available.get(r) is None for r in parts):
+        known = {r: available.get(r, {}) for r in parts}
+        if not parts or any(per_numa is None for per_numa in known.values()):
             continue
-        per_numa = {n: min(available[r].get(n, 0) // amount for r, amount in parts.items()) for n in nodes}
-        unaligned = min(sum(available[r].values()) // amount for r, amount in parts.items())
+        tables = {r: table for r, table in known.items() if table is not None}
+        per_numa = {n: min(tables[r].get(n, 0) // amount for r, amount in parts.items()) for n in nodes}
+        unaligned = min(sum(tables[r].values()) // amount for r, amount in parts.items())
         fits.append(
             ProfileFit(profile=profile.name, per_numa=per_numa, aligned=sum(per_numa.values()), unaligned=unaligned)
         )
