@@ -11,8 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
+from exporter.doctor import diagnose
 from exporter.errors import ExporterError
 from exporter.paths import DEFAULT_KUBELET_DIR, DEFAULT_POD_LOGS, DEFAULT_PROCFS, DEFAULT_SYSFS, HostPaths
+from exporter.profiles import load_profiles
+from exporter.render import render_json, render_snapshot
+from exporter.snapshot import SnapshotBuilder
 
 log = logging.getLogger("exporter")
 
@@ -26,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    snapshot = commands.add_parser("snapshot", help="discover once and print the result")
+    snapshot = commands.add_parser("snapshot", help="discover and account once, and print the result")
     snapshot.add_argument("--format", choices=SNAPSHOT_FORMATS, default="table", help="output format")
     _add_common(snapshot)
+    doctor = commands.add_parser("doctor", help="check the kubelet configuration against what NUMA alignment needs")
+    _add_common(doctor)
     return parser
 
 
@@ -54,6 +60,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="Kubernetes node name (default: $NODE_NAME, then the hostname)",
     )
+    group.add_argument("--profiles", type=Path, default=None, help="YAML file of pod profiles for fit and stranded")
     group.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
     group.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
@@ -74,19 +81,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "snapshot":
             return _snapshot(args)
+        if args.command == "doctor":
+            return _doctor(args)
     except ExporterError as exc:
         print(f"numa-topology-exporter: {exc}", file=sys.stderr)
         return 1
     return 2
 
 
-def _snapshot(args: argparse.Namespace) -> int:
-    from exporter.discovery import discover  # noqa: PLC0415
-    from exporter.render import render_json, render_topology  # noqa: PLC0415
+def builder(args: argparse.Namespace) -> SnapshotBuilder:
+    profiles = load_profiles(args.profiles) if args.profiles is not None else None
+    return SnapshotBuilder(host_paths(args), profiles=profiles, use_nvml=args.nvml)
 
-    topology = discover(host_paths(args), use_nvml=args.nvml)
-    sys.stdout.write(render_json(topology) if args.format == "json" else render_topology(topology))
+
+def _snapshot(args: argparse.Namespace) -> int:
+    snapshot = builder(args).build()
+    sys.stdout.write(render_json(snapshot) if args.format == "json" else render_snapshot(snapshot))
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    findings = diagnose(builder(args).build())
+    for finding in findings:
+        print(finding.line())
+    return 1 if any(finding.severity == "error" for finding in findings) else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 
 from exporter.cpuset import format_cpuset
 from exporter.model import Topology
+from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
 
 
@@ -20,7 +21,10 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, frozenset | set):
         return sorted(to_jsonable(item) for item in value)
     if isinstance(value, Mapping):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
+        return {
+            ":".join(map(str, key)) if isinstance(key, tuple) else str(key): to_jsonable(item)
+            for key, item in value.items()
+        }
     if isinstance(value, tuple | list):
         return [to_jsonable(item) for item in value]
     return value
@@ -141,3 +145,88 @@ def _source_text(source: str, up: bool, available: bool, message: str | None) ->
     if not available:
         return f"{source} unavailable ({message})"
     return f"{source} DOWN ({message})"
+
+
+def render_snapshot(snapshot: Snapshot) -> str:
+    """The topology table, then the kubelet's view: per-NUMA accounting, fit, and misaligned containers."""
+    out = [render_topology(snapshot.topology)]
+    state, accounting = snapshot.kubelet, snapshot.accounting
+    config = state.config
+    out.append(
+        f"\nKubelet: cpuManagerPolicy={state.cpu_policy} memoryManagerPolicy={state.memory_policy} "
+        f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
+        f"reserved CPUs={format_cpuset(accounting.reserved.cpus) or '-'} ({accounting.reserved.source})\n"
+    )
+    out.append(
+        "Sources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in snapshot.sources[1:])
+    )
+    out.append("\n\nPer-NUMA accounting (* = NUMA-accounted: the kubelet pins it to NUMA nodes)\n")
+    out.append(
+        table(
+            ("NUMA", "RESOURCE", "CAPACITY", "ALLOCATABLE", "AVAILABLE", "STRANDED"),
+            (
+                (
+                    account.numa_node,
+                    account.resource + (" *" if account.resource in accounting.numa_accounted else ""),
+                    _amount(account.resource, account.capacity),
+                    _amount(account.resource, account.allocatable),
+                    "unknown" if account.available is None else _amount(account.resource, account.available),
+                    _amount(account.resource, account.stranded) if account.stranded else "-",
+                )
+                for account in sorted(accounting.accounts, key=lambda a: (a.numa_node, a.resource))
+            ),
+        )
+    )
+    if accounting.fits:
+        ids = snapshot.topology.numa_node_ids
+        out.append("\nFit: pods of each profile that still fit (per NUMA node; aligned = single-numa-node)\n")
+        out.append(
+            table(
+                ("PROFILE", "REQUESTS", *(f"NUMA {n}" for n in ids), "ALIGNED", "UNALIGNED"),
+                (
+                    (
+                        fit.profile,
+                        _requests(next(p.requests for p in accounting.profiles if p.name == fit.profile)),
+                        *(fit.per_numa.get(n, 0) for n in ids),
+                        fit.aligned,
+                        fit.unaligned,
+                    )
+                    for fit in accounting.fits
+                ),
+            )
+        )
+    if accounting.containers:
+        misaligned = [c for c in accounting.containers if not c.aligned]
+        out.append(
+            f"\nContainers with exclusive resources: {len(accounting.containers)}, misaligned: {len(misaligned)}\n"
+        )
+        out.append(
+            table(
+                ("POD", "CONTAINER", "NUMA NODES PER RESOURCE", "ALIGNED"),
+                (
+                    (
+                        f"{c.namespace}/{c.pod}" if c.pod else c.pod_uid,
+                        c.container,
+                        " ".join(f"{r}={format_cpuset(n) if min(n) >= 0 else '-1'}" for r, n in c.numa_nodes.items()),
+                        "yes" if c.aligned else "NO",
+                    )
+                    for c in accounting.containers
+                ),
+            )
+        )
+    stale = {source: count for source, count in accounting.stale_entries.items() if count}
+    if stale:
+        out.append(
+            "\nStale entries (pods gone, not yet cleaned by the kubelet): "
+            + ", ".join(f"{s} {n}" for s, n in stale.items())
+        )
+        out.append("\n")
+    return "".join(out)
+
+
+def _amount(resource: str, value: int) -> str:
+    return human_bytes(value) if resource == "memory" or resource.startswith("hugepages-") else str(value)
+
+
+def _requests(requests: Mapping[str, int]) -> str:
+    return ", ".join(f"{resource}: {_amount(resource, amount)}" for resource, amount in requests.items())

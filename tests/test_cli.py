@@ -10,7 +10,7 @@ from tests.hosttree import HostTree
 
 def test_snapshot_json_is_machine_readable(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["snapshot", "--format", "json", "--no-nvml", "--path.sysfs", str(machine.sys)]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["topology"]
     assert [numa["numa_node"] for numa in data["numa_nodes"]] == [0, 1]
     assert data["numa_nodes"][1]["cpus"] == [*range(8, 16), *range(24, 32)]
     assert data["numa_nodes"][0]["hugepages"] == [

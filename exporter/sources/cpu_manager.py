@@ -43,9 +43,28 @@ def _parse_v4(data: str, data_checksum: int) -> CpuManagerState:
     return _state("v4", policy, default, entries, pod_entries, verified=True)
 
 
+def hash_texts(raw: bytes) -> list[tuple[str, str]]:
+    """(version, go-spew text) for each layout a v1/v2/v3 file could verify as, in the order tried."""
+    obj = kj.decode_object(raw, source=SOURCE)
+    return _candidates(obj, *_fields(obj)[:2])
+
+
 def _parse_legacy(obj: dict[str, Any]) -> CpuManagerState:
     policy, default, entries, pod_entries = _fields(obj)
     checksum = kj.expect_uint(kj.field(obj, "checksum"), source=SOURCE, what="checksum")
+    candidates = _candidates(obj, policy, default)
+    if checksum == 0:
+        version = candidates[0][0]
+        return _state(version, policy, default, entries, pod_entries, verified=False)
+    for version, text in candidates:
+        if kj.spew_checksum(text) == checksum:
+            return _state(version, policy, default, entries, pod_entries, verified=True)
+    raise SourceChecksumError(
+        SOURCE, f"checksum {checksum} matches no known layout ({', '.join(sorted({v for v, _ in candidates}))})"
+    )
+
+
+def _candidates(obj: dict[str, Any], policy: str, default: str) -> list[tuple[str, str]]:
     raw_entries = kj.field(obj, "entries")
     has_entries = isinstance(raw_entries, dict) and bool(raw_entries)
     is_v1 = has_entries and any(isinstance(value, str) for value in raw_entries.values())
@@ -64,16 +83,7 @@ def _parse_legacy(obj: dict[str, Any]) -> CpuManagerState:
         candidates.extend((("v3", v3.replace(_TYPE_V3_DEV, _TYPE, 1)), ("v3", v3)))
         if not has_entries and not has_pod_entries:
             candidates.append(("v1", _text_v1(policy, default, raw_entries, present=kj.has_field(obj, "entries"))))
-
-    if checksum == 0:
-        version = candidates[0][0]
-        return _state(version, policy, default, entries, pod_entries, verified=False)
-    for version, text in candidates:
-        if kj.spew_checksum(text) == checksum:
-            return _state(version, policy, default, entries, pod_entries, verified=True)
-    raise SourceChecksumError(
-        SOURCE, f"checksum {checksum} matches no known layout ({', '.join(sorted({v for v, _ in candidates}))})"
-    )
+    return candidates
 
 
 def _fields(obj: dict[str, Any]) -> tuple[str, str, dict[str, dict[str, str]], dict[str, str]]:

@@ -39,7 +39,7 @@ def parse_device_checkpoint(raw: bytes) -> DeviceCheckpoint:
             kj.expect_object(kj.field(data, "RegisteredDevices"), source=SOURCE, what="RegisteredDevices") or {}
         ).items()
     }
-    if kj.spew_checksum(_hash_text(data, v1=is_v1)) != checksum:
+    if kj.spew_checksum(hash_text(data, v1=is_v1)) != checksum:
         raise SourceChecksumError(SOURCE, f"checksum {checksum} does not match the file's content")
     return DeviceCheckpoint(version=version, allocations=allocations, registered=registered)
 
@@ -81,7 +81,8 @@ def _alloc_bytes(value: Any) -> bytes | None:
         raise SourceParseError(SOURCE, "AllocResp is not valid base64") from None
 
 
-def _hash_text(data: dict[str, Any], *, v1: bool) -> str:
+def hash_text(data: dict[str, Any], *, v1: bool) -> str:
+    """The go-spew text the kubelet hashes for the decoded `Data` object."""
     entries_present = kj.has_field(data, "PodDeviceEntries")
     entries = kj.field(data, "PodDeviceEntries")
     if not entries_present:

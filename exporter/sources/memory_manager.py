@@ -42,7 +42,7 @@ def parse_memory_manager_state(raw: bytes) -> MemoryManagerState:
         return _state("v3", kj.decode_object(text.encode("utf-8"), source=SOURCE))
     checksum = kj.expect_uint(kj.field(obj, "checksum"), source=SOURCE, what="checksum")
     state = _state("v2" if kj.has_field(obj, "podEntries") else "v1", obj)
-    if kj.spew_checksum(_hash_text(obj)) != checksum:
+    if kj.spew_checksum(hash_text(obj)) != checksum:
         raise SourceChecksumError(SOURCE, f"checksum {checksum} does not match the file's content")
     return state
 
@@ -117,7 +117,8 @@ def _blocks(value: Any, what: str) -> tuple[MemoryBlock, ...]:
 # --- the go-spew text the kubelet hashes --------------------------------------------------------------
 
 
-def _hash_text(obj: dict[str, Any]) -> str:
+def hash_text(obj: dict[str, Any]) -> str:
+    """The go-spew text the kubelet hashes for a v1/v2 file's decoded JSON object."""
     fields = [
         ("PolicyName", kj.typed("string", kj.field(obj, "policyName") or "")),
         ("MachineState", kj.typed("state.NUMANodeMap", _machine_text(obj))),

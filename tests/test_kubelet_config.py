@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import pytest
+
+from exporter.errors import SourceFormatError, SourceParseError
+from exporter.sources.kubelet_config import parse_kubelet_config
+from exporter.sources.pod_logs import parse_pod_log_dir
+
+
+def test_defaults_apply_to_an_empty_file() -> None:
+    config = parse_kubelet_config(b"apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n")
+    assert (config.cpu_manager_policy, config.memory_manager_policy) == ("none", "None")
+    assert (config.topology_manager_policy, config.topology_manager_scope) == ("none", "container")
+    assert config.reserved_system_cpus == frozenset()
+    assert config.max_allowable_numa_nodes == 8
+
+
+def test_fields() -> None:
+    config = parse_kubelet_config(
+        b"""
+kind: KubeletConfiguration
+cpuManagerPolicy: static
+cpuManagerPolicyOptions: {full-pcpus-only: "true", strict-cpu-reservation: true}
+memoryManagerPolicy: static
+topologyManagerPolicy: single-numa-node
+topologyManagerScope: pod
+topologyManagerPolicyOptions: {max-allowable-numa-nodes: "16"}
+reservedSystemCPUs: "0,16"
+reservedMemory:
+- {numaNode: 0, limits: {memory: 1Gi, hugepages-2Mi: 4Mi}}
+- {numaNode: 1, limits: {memory: 512Mi}}
+systemReserved: {cpu: 500m, memory: 1Gi}
+"""
+    )
+    assert config.memory_manager_policy == "Static"
+    assert config.strict_cpu_reservation
+    assert config.max_allowable_numa_nodes == 16
+    assert config.reserved_system_cpus == {0, 16}
+    assert config.reserved_memory == {0: {"memory": 1 << 30, "hugepages-2Mi": 4 << 20}, 1: {"memory": 512 << 20}}
+    assert config.system_reserved == {"cpu": "500m", "memory": "1Gi"}
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (b"kind: [", SourceParseError),
+        (b"- a list", SourceParseError),
+        (b"kind: Pod", SourceFormatError),
+        (b"cpuManagerPolicy: dynamic", SourceFormatError),
+        (b"reservedSystemCPUs: 0-", SourceParseError),
+        (b"reservedMemory: [{numaNode: x}]", SourceParseError),
+        (b"reservedMemory: [{numaNode: 0, limits: {memory: lots}}]", SourceParseError),
+    ],
+)
+def test_bad_config(text: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        parse_kubelet_config(text)
+
+
+def test_pod_log_directory_names() -> None:
+    pod = parse_pod_log_dir("kube-system_coredns-5d78c9869d-abcde_0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f")
+    assert pod is not None
+    assert (pod.namespace, pod.name, pod.uid) == (
+        "kube-system",
+        "coredns-5d78c9869d-abcde",
+        "0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f",
+    )
+    assert parse_pod_log_dir("not-a-pod") is None
