@@ -38,6 +38,7 @@ run: install
 
 bench: system-deps install
 	$(PY) bench/discovery.py
+	$(PY) bench/kubelet_state.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

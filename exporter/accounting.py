@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from exporter.cpuset import CpuSet
-from exporter.devices import DeviceRecord, device_inventory, device_numa_nodes
 from exporter.model import (
     UNKNOWN_NUMA_NODE,
     CpuManagerState,
@@ -129,7 +128,9 @@ def take_by_topology(topology: Topology, count: int) -> CpuSet:
     return frozenset(taken[:count])
 
 
-def resource_accounts(topology: Topology, state: KubeletState, *, reserved: CpuSet) -> tuple[ResourceAccount, ...]:
+def resource_accounts(
+    topology: Topology, state: KubeletState, *, reserved: CpuSet, placement: Mapping[str, frozenset[int]]
+) -> tuple[ResourceAccount, ...]:
     accounts: list[ResourceAccount] = []
     cpu_static = state.cpu_policy == "static"
     memory_static = state.memory_policy.casefold() == "static"
@@ -176,7 +177,7 @@ def resource_accounts(topology: Topology, state: KubeletState, *, reserved: CpuS
                     state_read=state.memory is not None,
                 )
             )
-    accounts.extend(device_accounts(topology, state.devices))
+    accounts.extend(device_accounts(state.devices, placement=placement))
     return tuple(accounts)
 
 
@@ -208,10 +209,11 @@ def _bounded(numa: int, resource: str, capacity: int, allocatable: int, availabl
     )
 
 
-def device_accounts(topology: Topology, checkpoint: DeviceCheckpoint | None) -> list[ResourceAccount]:
+def device_accounts(
+    checkpoint: DeviceCheckpoint | None, *, placement: Mapping[str, frozenset[int]]
+) -> list[ResourceAccount]:
     if checkpoint is None:
         return []
-    placement = device_numa_nodes(topology, checkpoint)
     accounts = []
     for resource in sorted(checkpoint.registered):
         registered = set(checkpoint.registered[resource])
@@ -228,10 +230,6 @@ def device_accounts(topology: Topology, checkpoint: DeviceCheckpoint | None) -> 
             used = sum(1 for device in allocated if numa in placement[device])
             accounts.append(_bounded(numa, resource, capacity, capacity, capacity - used))
     return accounts
-
-
-def inventory(topology: Topology, checkpoint: DeviceCheckpoint | None) -> tuple[DeviceRecord, ...]:
-    return device_inventory(topology, checkpoint, device_numa_nodes(topology, checkpoint))
 
 
 def stale_entries(state: KubeletState) -> dict[str, int]:

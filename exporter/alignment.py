@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exporter.accounting import KubeletState
-from exporter.devices import UNKNOWN, device_numa_nodes
+from exporter.devices import UNKNOWN
 from exporter.model import UNKNOWN_NUMA_NODE, Topology
 
 POD_SCOPE = "(pod)"
@@ -31,7 +31,9 @@ class ContainerAlignment:
         return len(spanned) == 1 and UNKNOWN_NUMA_NODE not in spanned
 
 
-def container_alignment(topology: Topology, state: KubeletState) -> tuple[ContainerAlignment, ...]:
+def container_alignment(
+    topology: Topology, state: KubeletState, *, placement: Mapping[str, frozenset[int]]
+) -> tuple[ContainerAlignment, ...]:
     spans: dict[tuple[str, str], dict[str, set[int]]] = {}
 
     def add(pod: str, container: str, resource: str, numas: frozenset[int] | set[int]) -> None:
@@ -51,7 +53,6 @@ def container_alignment(topology: Topology, state: KubeletState) -> tuple[Contai
                     if block.size_bytes > 0:
                         add(pod, container, block.resource, set(block.numa_affinity) or {UNKNOWN_NUMA_NODE})
     if state.devices is not None:
-        placement = device_numa_nodes(topology, state.devices)
         for allocation in state.devices.allocations:
             numas: set[int] = set()
             for device in allocation.device_ids:

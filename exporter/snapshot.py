@@ -20,14 +20,13 @@ from exporter.accounting import (
     KubeletState,
     ReservedCpus,
     ResourceAccount,
-    inventory,
     numa_accounted_resources,
     reserved_cpus,
     resource_accounts,
     stale_entries,
 )
 from exporter.alignment import ContainerAlignment, container_alignment
-from exporter.devices import DeviceRecord
+from exporter.devices import DeviceRecord, device_inventory, device_numa_nodes
 from exporter.discovery import discover
 from exporter.errors import SourceError, SourceMissing
 from exporter.fit import ProfileFit, profile_fits, with_stranded
@@ -71,7 +70,8 @@ class Snapshot:
 def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile, ...] | None = None) -> Accounting:
     """Every number the exporter publishes, from discovery and the kubelet's records. Pure."""
     reserved = reserved_cpus(topology, state.config)
-    accounts = resource_accounts(topology, state, reserved=reserved.cpus)
+    placement = device_numa_nodes(topology, state.devices)
+    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=placement)
     accounted = numa_accounted_resources(state, accounts)
     if profiles is None:
         present = {a.resource for a in accounts if a.resource in accounted and a.capacity > 0}
@@ -83,10 +83,10 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
         numa_accounted=accounted,
         profiles=profiles,
         fits=fits,
-        containers=container_alignment(topology, state),
+        containers=container_alignment(topology, state, placement=placement),
         stale_entries=stale_entries(state),
         reserved=reserved,
-        devices=inventory(topology, state.devices),
+        devices=device_inventory(topology, state.devices, placement),
     )
 
 

@@ -19,7 +19,7 @@ from exporter.errors import (
 from exporter.sources import cpu_manager, device_checkpoint, memory_manager
 from exporter.sources.cpu_manager import parse_cpu_manager_state
 from exporter.sources.device_checkpoint import parse_device_checkpoint
-from exporter.sources.kubelet_json import fnv1a_32
+from exporter.sources.kubelet_json import fnv1a_32, fnv1a_32_python
 from exporter.sources.memory_manager import parse_memory_manager_state
 from tests.hosttree import HostTree
 from tests.kubelet_files import KUBELET_FIXTURES, POD_A, POD_B
@@ -48,10 +48,13 @@ def go_fnv(text: str) -> int:
 # --- the go-spew text, byte for byte -----------------------------------------------------------------
 
 
-def test_fnv1a_32_matches_go() -> None:
-    assert fnv1a_32(b"") == 0x811C9DC5
-    assert fnv1a_32(b"a") == 0xE40C292C
-    assert fnv1a_32(b"foobar") == 0xBF9CF968
+@pytest.mark.parametrize("fnv", [fnv1a_32, fnv1a_32_python])
+def test_fnv1a_32_matches_go(fnv) -> None:  # type: ignore[no-untyped-def]
+    assert fnv(b"") == 0x811C9DC5
+    assert fnv(b"a") == 0xE40C292C
+    assert fnv(b"foobar") == 0xBF9CF968
+    blob = bytes(range(256)) * 40
+    assert fnv(blob) == fnv1a_32_python(blob)
 
 
 @pytest.mark.parametrize("fixture", CPU_FIXTURES, ids=lambda p: p.name)

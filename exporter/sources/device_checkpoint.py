@@ -55,7 +55,6 @@ def _allocation(entry: Any, *, v1: bool) -> DeviceAllocation:
     else:
         for key, ids in (kj.expect_object(raw_ids, source=SOURCE, what="DeviceIDs") or {}).items():
             by_numa[kj.int_key(key, source=SOURCE, what="DeviceIDs")] = tuple(_strings(ids, "DeviceIDs"))
-    _alloc_bytes(kj.field(body, "AllocResp"))
     return DeviceAllocation(
         pod_uid=kj.expect_str(kj.field(body, "PodUID"), source=SOURCE, what="PodUID"),
         container=kj.expect_str(kj.field(body, "ContainerName"), source=SOURCE, what="ContainerName"),

@@ -18,6 +18,8 @@ from exporter.paths import HostPaths
 from exporter.sources.files import read_bounded
 from exporter.units import parse_quantity
 
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's loader when PyYAML was built with it
+
 SOURCE = "kubelet_config"
 LIMIT_BYTES = 1 << 20
 KIND = "KubeletConfiguration"
@@ -34,7 +36,7 @@ def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
 
 def parse_kubelet_config(raw: bytes) -> KubeletConfig:
     try:
-        document = yaml.safe_load(raw.decode("utf-8"))
+        document = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise SourceParseError(SOURCE, f"not valid YAML ({_first_line(exc)})") from None
     except RecursionError:
