@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import socket
@@ -11,8 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from exporter import __version__
+from exporter.app import DEFAULT_PORT, ServeOptions, parse_listen_address, serve
 from exporter.doctor import diagnose
-from exporter.errors import ExporterError
+from exporter.errors import ConfigError, ExporterError
+from exporter.metrics import RefreshStats, render_exposition
 from exporter.paths import DEFAULT_KUBELET_DIR, DEFAULT_POD_LOGS, DEFAULT_PROCFS, DEFAULT_SYSFS, HostPaths
 from exporter.profiles import load_profiles
 from exporter.render import render_json, render_snapshot
@@ -20,7 +23,7 @@ from exporter.snapshot import SnapshotBuilder
 
 log = logging.getLogger("exporter")
 
-SNAPSHOT_FORMATS = ("table", "json")
+SNAPSHOT_FORMATS = ("table", "json", "metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(snapshot)
     doctor = commands.add_parser("doctor", help="check the kubelet configuration against what NUMA alignment needs")
     _add_common(doctor)
+    serve = commands.add_parser("serve", help="run the agent: metrics on HTTP, refreshed on every change")
+    serve.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=f":{DEFAULT_PORT}",
+        help=f"HOST:PORT to serve on (default :{DEFAULT_PORT}, every interface; port 0 picks a free one)",
+    )
+    serve.add_argument("--resync-interval", type=float, default=60.0, help="seconds between full refreshes")
+    serve.add_argument("--debounce", type=float, default=0.1, help="seconds to merge a burst of changes")
+    _add_common(serve)
     return parser
 
 
@@ -83,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _snapshot(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "serve":
+            return _serve(args)
     except ExporterError as exc:
         print(f"numa-topology-exporter: {exc}", file=sys.stderr)
         return 1
@@ -96,8 +111,24 @@ def builder(args: argparse.Namespace) -> SnapshotBuilder:
 
 def _snapshot(args: argparse.Namespace) -> int:
     snapshot = builder(args).build()
-    sys.stdout.write(render_json(snapshot) if args.format == "json" else render_snapshot(snapshot))
+    if args.format == "metrics":
+        stats = RefreshStats()
+        stats.observe(snapshot.duration_seconds)
+        sys.stdout.write(render_exposition(snapshot, refresh=stats).decode())
+    else:
+        sys.stdout.write(render_json(snapshot) if args.format == "json" else render_snapshot(snapshot))
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    options = ServeOptions(
+        host=host, port=port, resync_interval_seconds=args.resync_interval, debounce_seconds=max(args.debounce, 0.0)
+    )
+    return asyncio.run(serve(builder(args), options, on_listening=lambda line: print(line, flush=True)))
 
 
 def _doctor(args: argparse.Namespace) -> int:

@@ -1,0 +1,122 @@
+"""`serve`: the long-running agent. Wires the trigger sources, the refresher and the HTTP server.
+
+Long-lived tasks are named; when one of them ends (it should never), the process stops non-zero and
+Kubernetes restarts it. SIGTERM and SIGINT stop it cleanly within a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from exporter.http import build_app
+from exporter.metrics import NrtStats, SnapshotCollector, registry_for
+from exporter.paths import HostPaths
+from exporter.refresher import Refresher
+from exporter.snapshot import SnapshotBuilder
+from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
+
+log = logging.getLogger(__name__)
+DEFAULT_PORT = 9709
+SHUTDOWN_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServeOptions:
+    host: str | None
+    port: int
+    resync_interval_seconds: float = 60.0
+    debounce_seconds: float = 0.1
+    watch_udev: bool | None = None
+
+
+def parse_listen_address(text: str) -> tuple[str | None, int]:
+    """`:9709`, `0.0.0.0:9709`, `127.0.0.1:0`, `[::1]:9709` -> (host or None for every interface, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address {text!r} is not HOST:PORT")
+    host = host.strip("[]")
+    return (host or None), int(port)
+
+
+def watch_specs(paths: HostPaths) -> list[WatchSpec]:
+    kubelet_names = {paths.cpu_manager_state.name, paths.memory_manager_state.name}
+    specs = []
+    config = paths.kubelet_config
+    if config.parent == paths.kubelet_dir:
+        kubelet_names.add(config.name)
+    else:
+        specs.append(WatchSpec(directory=config.parent, names=frozenset({config.name}), reason="kubelet-config"))
+    specs.append(WatchSpec(directory=paths.kubelet_dir, names=frozenset(kubelet_names), reason="kubelet-state"))
+    specs.append(
+        WatchSpec(
+            directory=paths.device_plugins_dir,
+            names=frozenset({paths.device_checkpoint.name}),
+            reason="device-checkpoint",
+        )
+    )
+    specs.append(WatchSpec(directory=paths.pod_logs, names=None, reason="pods"))
+    return specs
+
+
+async def serve(
+    builder: SnapshotBuilder,
+    options: ServeOptions,
+    *,
+    on_listening: Callable[[str], None] = print,
+    nrt: NrtStats | None = None,
+) -> int:
+    loop = asyncio.get_running_loop()
+    trigger = Trigger()
+    refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
+                          stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
+    registry = registry_for(SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt))
+    app = build_app(registry=registry, current=refresher.current, healthy=lambda: refresher.healthy)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, options.host, options.port)
+    await site.start()
+    for address in runner.addresses:
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in host else host
+        on_listening(f"numa-topology-exporter: serving metrics on http://{shown}:{port}/metrics")
+
+    watcher = DirectoryWatcher(watch_specs(builder.paths), trigger)
+    attach_watcher(loop, watcher)
+    udev = (
+        udev_monitor(trigger)
+        if (options.watch_udev if options.watch_udev is not None else builder.paths.is_real_sysfs)
+        else None
+    )
+    if udev is not None:
+        loop.add_reader(udev[0], udev[1])
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = {
+        asyncio.create_task(refresher.run(), name="refresher"),
+        asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
+    }
+    stopper = asyncio.create_task(stop.wait(), name="signals")
+    done, _pending = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    for task in done - {stopper}:
+        error = task.exception() if not task.cancelled() else None
+        log.error("task %s stopped unexpectedly: %r; exiting", task.get_name(), error)
+        code = 1
+    for task in (*tasks, stopper):
+        task.cancel()
+    await asyncio.gather(*tasks, stopper, return_exceptions=True)
+    loop.remove_reader(watcher.fileno())
+    watcher.close()
+    if udev is not None:
+        loop.remove_reader(udev[0])
+    await runner.cleanup()
+    log.info("stopped")
+    return code

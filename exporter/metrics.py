@@ -1,0 +1,271 @@
+"""The Prometheus exposition: a custom collector that renders the current Snapshot (docs/product.md).
+
+`collect()` reads one reference and does no I/O: scrapes stay fast and never see half an update. The
+collector lives on the exporter's own CollectorRegistry, never the global one. Refresh timing and NRT
+write counts come from small holders the refresher and publisher update; they are read, not computed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.cpuset import format_cpuset
+from exporter.snapshot import Snapshot
+from exporter.units import hugepage_size_name
+
+PREFIX = "numa_topology_"
+REFRESH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+NUMA_LABELS = ("numa_node", "resource", "unit")
+
+
+class RefreshStats:
+    """Refresh durations as a histogram, fed by the refresher, read by scrapes."""
+
+    def __init__(self, buckets: tuple[float, ...] = REFRESH_BUCKETS) -> None:
+        self._lock = threading.Lock()
+        self.buckets = buckets
+        self._counts = [0] * len(buckets)
+        self._count = 0
+        self._sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        with self._lock:
+            for index, bound in enumerate(self.buckets):
+                if seconds <= bound:
+                    self._counts[index] += 1
+            self._count += 1
+            self._sum += seconds
+
+    def read(self) -> tuple[list[tuple[str, float]], float]:
+        with self._lock:
+            buckets = [(repr(bound), float(count)) for bound, count in zip(self.buckets, self._counts, strict=True)]
+            return [*buckets, ("+Inf", float(self._count))], self._sum
+
+
+@dataclass(slots=True)
+class NrtStats:
+    """NRT write outcomes, fed by the publisher: (operation, result) -> count, and the last success time."""
+
+    writes: dict[tuple[str, str], int] = field(default_factory=dict)
+    last_success_timestamp: float | None = None
+
+    def record(self, *, operation: str, result: str, when: float | None = None) -> None:
+        self.writes[(operation, result)] = self.writes.get((operation, result), 0) + 1
+        if result == "success" and when is not None:
+            self.last_success_timestamp = when
+
+
+class SnapshotCollector(Collector):
+    def __init__(
+        self,
+        current: Callable[[], Snapshot | None],
+        *,
+        refresh: RefreshStats | None = None,
+        nrt: NrtStats | None = None,
+    ) -> None:
+        self._current = current
+        self._refresh = refresh
+        self._nrt = nrt
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _build_info()
+        snapshot = self._current()
+        if snapshot is not None:
+            yield from snapshot_metrics(snapshot)
+        if self._refresh is not None:
+            buckets, total = self._refresh.read()
+            histogram = HistogramMetricFamily(
+                f"{PREFIX}refresh_duration_seconds", "Time to build one snapshot: read every source and account."
+            )
+            histogram.add_metric([], buckets, total)
+            yield histogram
+        if self._nrt is not None:
+            yield from _nrt_metrics(self._nrt)
+
+
+def _build_info() -> Iterator[Metric]:
+    info = GaugeMetricFamily(f"{PREFIX}exporter_build_info", "The exporter's version.", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+
+
+def _nrt_metrics(nrt: NrtStats) -> Iterator[Metric]:
+    writes = CounterMetricFamily(
+        f"{PREFIX}nrt_writes", "NodeResourceTopology writes by operation and result.", labels=["operation", "result"]
+    )
+    for (operation, result), count in sorted(nrt.writes.items()):
+        writes.add_metric([operation, result], count)
+    yield writes
+    if nrt.last_success_timestamp is not None:
+        yield GaugeMetricFamily(
+            f"{PREFIX}nrt_last_success_timestamp_seconds",
+            "When the NodeResourceTopology object was last written or confirmed current.",
+            value=nrt.last_success_timestamp,
+        )
+
+
+def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    accounting = snapshot.accounting
+    topology = snapshot.topology
+    families = {
+        kind: GaugeMetricFamily(f"{PREFIX}resource_{kind}", text, labels=list(NUMA_LABELS))
+        for kind, text in (
+            ("capacity", "Per-NUMA capacity of a resource (cores, bytes, or devices)."),
+            ("allocatable", "Per-NUMA allocatable: capacity minus reservations."),
+            ("available", "Per-NUMA available: allocatable minus what the kubelet has pinned or allocated."),
+            ("stranded", "Per-NUMA stranded: available but unusable by any profile for lack of a companion resource."),
+        )
+    }
+    for account in sorted(accounting.accounts, key=lambda a: (a.resource, a.numa_node)):
+        labels = [str(account.numa_node), account.resource, account.unit]
+        families["capacity"].add_metric(labels, account.capacity)
+        families["allocatable"].add_metric(labels, account.allocatable)
+        if account.available is not None:
+            families["available"].add_metric(labels, account.available)
+            families["stranded"].add_metric(labels, account.stranded)
+    yield from families.values()
+
+    fit = GaugeMetricFamily(
+        f"{PREFIX}profile_fit", "Pods of a profile that fit on one NUMA node alone.", labels=["numa_node", "profile"]
+    )
+    fit_node = GaugeMetricFamily(
+        f"{PREFIX}profile_fit_node",
+        "Pods of a profile the node can still admit: aligned (single-numa-node) or unaligned (NUMA ignored).",
+        labels=["profile", "placement"],
+    )
+    for profile_fit in accounting.fits:
+        for numa_id, count in sorted(profile_fit.per_numa.items()):
+            fit.add_metric([str(numa_id), profile_fit.profile], count)
+        fit_node.add_metric([profile_fit.profile, "aligned"], profile_fit.aligned)
+        fit_node.add_metric([profile_fit.profile, "unaligned"], profile_fit.unaligned)
+    yield fit
+    yield fit_node
+
+    info = GaugeMetricFamily(
+        f"{PREFIX}numa_node_info", "One per NUMA node, with its online CPUs.", labels=["numa_node", "cpulist"]
+    )
+    distance = GaugeMetricFamily(
+        f"{PREFIX}distance", "SLIT distance between two NUMA nodes (10 = local).", labels=["numa_node", "to_numa_node"]
+    )
+    hugepages = GaugeMetricFamily(
+        f"{PREFIX}hugepages_pages",
+        "Hugepages per NUMA node and size, as the kernel counts them.",
+        labels=["numa_node", "size", "state"],
+    )
+    numastat = CounterMetricFamily(
+        f"{PREFIX}numastat_pages", "The kernel's per-NUMA allocation counters (numastat).", labels=["numa_node", "type"]
+    )
+    for numa in topology.numa_nodes:
+        node = str(numa.numa_node)
+        info.add_metric([node, format_cpuset(numa.cpus)], 1)
+        for other, value in sorted(numa.distances.items()):
+            distance.add_metric([node, str(other)], value)
+        for pool in numa.hugepages:
+            size = hugepage_size_name(pool.size_bytes)
+            hugepages.add_metric([node, size, "total"], pool.total_pages)
+            hugepages.add_metric([node, size, "free"], pool.free_pages)
+        for counter, value in sorted(numa.numastat.items()):
+            numastat.add_metric([node, counter], value)
+    yield from (info, distance, hugepages, numastat)
+
+    devices = GaugeMetricFamily(
+        f"{PREFIX}device_info",
+        "One per device (GPU, NIC, VF, accelerator), registered with the kubelet or not.",
+        labels=["numa_node", "resource", "device", "kind", "pci_address", "model"],
+    )
+    for record in accounting.devices:
+        devices.add_metric(
+            [str(record.numa_node), record.resource, record.device, record.kind, record.pci_address, record.model], 1
+        )
+    yield devices
+
+    spans = GaugeMetricFamily(
+        f"{PREFIX}container_numa_nodes",
+        "NUMA nodes an exclusive resource of a container spans.",
+        labels=["namespace", "pod", "pod_uid", "container", "resource"],
+    )
+    aligned = GaugeMetricFamily(
+        f"{PREFIX}container_aligned",
+        "1 when all of a container's exclusive resources share one NUMA node.",
+        labels=["namespace", "pod", "pod_uid", "container"],
+    )
+    for container in accounting.containers:
+        ident = [container.namespace, container.pod, container.pod_uid, container.container]
+        for resource, numas in container.numa_nodes.items():
+            spans.add_metric([*ident, resource], len(numas))
+        aligned.add_metric(ident, 1 if container.aligned else 0)
+    yield spans
+    yield aligned
+
+    stale = GaugeMetricFamily(
+        f"{PREFIX}stale_entries", "Kubelet state entries for pods no longer on the node.", labels=["source"]
+    )
+    for source, count in sorted(accounting.stale_entries.items()):
+        stale.add_metric([source], count)
+    yield stale
+
+    config = snapshot.kubelet.config
+    config_info = GaugeMetricFamily(
+        f"{PREFIX}kubelet_config_info",
+        "The kubelet's NUMA-relevant settings; reserved_cpus_source says where reserved_cpus came from.",
+        labels=[
+            "cpu_manager_policy",
+            "memory_manager_policy",
+            "topology_manager_policy",
+            "topology_manager_scope",
+            "reserved_cpus",
+            "reserved_cpus_source",
+        ],
+    )
+    config_info.add_metric(
+        [
+            snapshot.kubelet.cpu_policy,
+            snapshot.kubelet.memory_policy,
+            config.topology_manager_policy,
+            config.topology_manager_scope,
+            format_cpuset(accounting.reserved.cpus),
+            accounting.reserved.source,
+        ],
+        1,
+    )
+    yield config_info
+
+    up = GaugeMetricFamily(
+        f"{PREFIX}source_up", "1 when the last read of a source succeeded and verified.", labels=["source"]
+    )
+    for status in snapshot.sources:
+        if status.available:
+            up.add_metric([status.source], 1 if status.up else 0)
+    yield up
+    yield _errors(snapshot.errors_total)
+    yield GaugeMetricFamily(
+        f"{PREFIX}last_refresh_timestamp_seconds", "When the current snapshot was built.", value=snapshot.taken_at
+    )
+
+
+def _errors(errors: Mapping[tuple[str, str], int]) -> Metric:
+    family = CounterMetricFamily(
+        f"{PREFIX}source_errors", "Failed reads of a source, by reason.", labels=["source", "reason"]
+    )
+    for (source, reason), count in sorted(errors.items()):
+        family.add_metric([source, reason], count)
+    return family
+
+
+def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render_exposition(snapshot: Snapshot, *, refresh: RefreshStats | None = None, nrt: NrtStats | None = None) -> bytes:
+    """The text exposition for one snapshot: what `serve` answers on /metrics for it."""
+    return generate_latest(registry_for(SnapshotCollector(lambda: snapshot, refresh=refresh, nrt=nrt)))

@@ -1,0 +1,83 @@
+"""The one owner of the snapshot: waits on the trigger, debounces, builds off the event loop, swaps.
+
+Blocking reads run in a worker thread; the new Snapshot replaces the old one with a single reference
+assignment, so a scrape sees either the old or the new, never half of one. Listeners (the NRT publisher)
+are told about each new snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from exporter.errors import SourceError
+from exporter.metrics import RefreshStats
+from exporter.snapshot import Snapshot, SnapshotBuilder
+from exporter.triggers import Trigger
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Snapshot, set[str]], Awaitable[None]]
+
+
+class Refresher:
+    def __init__(
+        self,
+        builder: SnapshotBuilder,
+        trigger: Trigger,
+        *,
+        debounce_seconds: float,
+        stats: RefreshStats | None = None,
+        stall_seconds: float = 60.0,
+    ) -> None:
+        self._builder = builder
+        self._trigger = trigger
+        self._debounce = debounce_seconds
+        self.stats = stats or RefreshStats()
+        self._stall = stall_seconds
+        self.snapshot: Snapshot | None = None
+        self.refreshes = 0
+        self._busy_since: float | None = None
+        self._listeners: list[Listener] = []
+        self.first_snapshot = asyncio.Event()
+
+    def add_listener(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def current(self) -> Snapshot | None:
+        return self.snapshot
+
+    @property
+    def healthy(self) -> bool:
+        """False when a refresh has been running for longer than the stall bound (a hung read)."""
+        busy = self._busy_since
+        return busy is None or time.monotonic() - busy < self._stall
+
+    async def refresh_once(self, reasons: set[str]) -> None:
+        self._busy_since = time.monotonic()
+        started = time.perf_counter()
+        try:
+            snapshot = await asyncio.to_thread(self._builder.build)
+        except SourceError as exc:
+            log.error("refresh failed and there is no earlier snapshot to keep: %s", exc)
+            return
+        finally:
+            self._busy_since = None
+            self.stats.observe(time.perf_counter() - started)
+        self.snapshot = snapshot
+        self.refreshes += 1
+        self.first_snapshot.set()
+        for listener in self._listeners:
+            await listener(snapshot, reasons)
+
+    async def run(self) -> None:
+        await self.refresh_once({"start"})
+        while True:
+            reasons = await self._trigger.wait()
+            if self._debounce > 0:
+                await asyncio.sleep(self._debounce)  # let a burst of events settle into one refresh
+                reasons |= self._trigger.take() if self._trigger.pending else set()
+            log.debug("refresh: %s", ", ".join(sorted(reasons)))
+            await self.refresh_once(reasons)
