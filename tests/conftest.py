@@ -76,3 +76,17 @@ def nvml_config(fake_nvml_library: Path, tmp_path: Path, monkeypatch: pytest.Mon
     config.write_text("")
     monkeypatch.setenv("FAKE_NVML_CONFIG", str(config))
     return config
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/* from the current code (read the diff before committing it)",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-golden"))
