@@ -58,7 +58,9 @@ def scenario_paths(name: str, root: Path, hwloc_trees: dict[str, Path]) -> HostP
     if name in KUBELET_SCENARIOS:
         return KUBELET_SCENARIOS[name](root).paths
     tree = hwloc_trees[name]
-    return HostPaths(sysfs=tree / "sys", procfs=tree / "proc", kubelet_dir=root / "no-kubelet", pod_logs=root / "no-pods")
+    return HostPaths(
+        sysfs=tree / "sys", procfs=tree / "proc", kubelet_dir=root / "no-kubelet", pod_logs=root / "no-pods"
+    )
 
 
 def nvml_config_for(name: str, path: Path) -> Path | None:

@@ -1,0 +1,124 @@
+"""`serve` end to end: a real process on a fixture host, changed the way the kubelet changes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from exporter.app import ServeOptions, parse_listen_address, serve
+from exporter.snapshot import SnapshotBuilder
+from tests.daemon import Daemon, cpu_series, wait_for
+from tests.hosttree import HostTree
+from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
+
+NO_RESYNC = ["--resync-interval", "3600", "--debounce", "0", "--no-nvml"]
+
+
+@pytest.fixture
+def static_machine(machine: HostTree) -> HostTree:
+    install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+    return machine
+
+
+def test_a_renamed_state_file_shows_on_metrics_without_a_resync(static_machine: HostTree) -> None:
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        assert daemon.sample(cpu_series(1)) == 10
+        replace_atomically(
+            static_machine.paths.cpu_manager_state,
+            (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes(),
+        )
+        wait_for(lambda: daemon.sample(cpu_series(1)) == 16, what="the new cpu_manager_state on /metrics")
+        assert daemon.sample(cpu_series(0)) == 14
+        assert daemon.stop() == 0
+
+
+def test_deleted_and_corrupt_files_mark_the_source_down_and_keep_the_numbers(static_machine: HostTree) -> None:
+    up = 'numa_topology_source_up{source="cpu_manager_state"}'
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.sample(up) == 1, what="source up")
+        os.unlink(static_machine.paths.cpu_manager_state)
+        wait_for(lambda: daemon.sample(up) == 0, what="source down after delete")
+        missing = 'numa_topology_source_errors_total{reason="missing",source="cpu_manager_state"}'
+        assert (daemon.sample(missing) or 0) >= 1
+        assert daemon.sample(cpu_series(1)) == 10, "the last good reading stays"
+        replace_atomically(
+            static_machine.paths.cpu_manager_state, b'{"policyName":"static","defaultCpuSet":"0-3","checksum":1}'
+        )
+        checksum = 'numa_topology_source_errors_total{reason="checksum",source="cpu_manager_state"}'
+        wait_for(lambda: (daemon.sample(checksum) or 0) >= 1, what="checksum error counted")
+        assert daemon.sample(up) == 0
+        assert daemon.sample(cpu_series(1)) == 10
+        install(static_machine, cpu="cpu_manager_state.static-empty.json")
+        wait_for(lambda: daemon.sample(up) == 1 and daemon.sample(cpu_series(1)) == 16, what="recovery")
+
+
+def test_scrapes_never_touch_the_host(static_machine: HostTree) -> None:
+    with Daemon(static_machine.paths, extra=["--resync-interval", "0.05", "--debounce", "0", "--no-nvml"]) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        os.rename(static_machine.root, static_machine.root.with_name("gone"))
+        wait_for(lambda: (daemon.sample('numa_topology_source_errors_total{reason="missing",source="sysfs"}') or 0) >= 1,
+                 what="failing refreshes")  # fmt: skip
+        for _ in range(20):
+            assert daemon.sample(cpu_series(0, "capacity")) == 16
+        assert daemon.get("/healthz")[0] == 200
+
+
+def test_endpoints(static_machine: HostTree) -> None:
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        status, index = daemon.get("/")
+        assert status == 200
+        assert 'href="metrics"' in index
+        status, body = daemon.get("/snapshot.json")
+        assert status == 200
+        assert '"numa_node": 1' in body
+        assert daemon.get("/nope")[0] == 404
+        assert daemon.get("/healthz") == (200, "ok\n")
+
+
+def test_sigterm_stops_within_a_second(static_machine: HostTree) -> None:
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        daemon.metrics()
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 1.0
+
+
+class ExplodingBuilder(SnapshotBuilder):
+    """A builder whose second build raises an unexpected error: the refresher task dies."""
+
+    builds = 0
+
+    def build(self):  # type: ignore[no-untyped-def]
+        self.builds += 1
+        if self.builds > 1:
+            raise RuntimeError("boom")
+        return super().build()
+
+
+def test_a_dying_task_stops_the_process_non_zero(static_machine: HostTree) -> None:
+    builder = ExplodingBuilder(static_machine.paths, use_nvml=False, use_udev=False)
+    options = ServeOptions(host="127.0.0.1", port=0, resync_interval_seconds=0.05, debounce_seconds=0)
+    lines: list[str] = []
+    code = asyncio.run(asyncio.wait_for(serve(builder, options, on_listening=lines.append), timeout=10))
+    assert code == 1
+    assert lines and lines[0].startswith("numa-topology-exporter: serving metrics on http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(":9709", (None, 9709)), ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:80", ("::1", 80))],
+)
+def test_listen_address(text: str, expected: tuple[str | None, int]) -> None:
+    assert parse_listen_address(text) == expected
+
+
+def test_bad_listen_address() -> None:
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        parse_listen_address("9709x")
