@@ -35,10 +35,15 @@ test: system-deps install lint
 
 run: install
 	$(VENV)/bin/numa-topology-exporter snapshot --format table
+	$(VENV)/bin/numa-topology-exporter serve --web.listen-address $(LISTEN) --log-level info
 
 bench: system-deps install
 	$(PY) bench/discovery.py
 	$(PY) bench/kubelet_state.py
+	$(PY) bench/daemon.py latency --changes 200
+	$(PY) bench/daemon.py scrape --seconds 10
+	$(PY) bench/daemon.py idle --seconds 60
+	$(PY) bench/daemon.py memory --seconds 600
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

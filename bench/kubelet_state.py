@@ -43,7 +43,10 @@ def large_host(root: Path) -> HostTree:
     for numa in range(NUMA_NODES):
         host.numa_node(
             numa,
-            cpus=[*range(numa * per_numa, (numa + 1) * per_numa), *range(half + numa * per_numa, half + (numa + 1) * per_numa)],
+            cpus=[
+                *range(numa * per_numa, (numa + 1) * per_numa),
+                *range(half + numa * per_numa, half + (numa + 1) * per_numa),
+            ],
             memory_kb=256 << 20,
             hugepages={1048576: (16, 16), 2048: (1024, 1024)},
             distances=[10 if other == numa else 21 for other in range(NUMA_NODES)],
@@ -75,13 +78,32 @@ def write_state(host: HostTree) -> None:
             entries.setdefault(uid, {})[container] = format_cpuset(cpus)
             memory_entries.setdefault(uid, {})[container] = [{"numaAffinity": [numa], "type": "memory", "size": GIB}]
             reserved_bytes[numa] += GIB
-            devices.append({"PodUID": uid, "ContainerName": container, "ResourceName": "intel.com/sriov",
-                            "DeviceIDs": {str(numa): [f"0000:{0x80 + numa:02x}:01.{slot % 8}"]}, "AllocResp": alloc_resp})
+            devices.append(
+                {
+                    "PodUID": uid,
+                    "ContainerName": container,
+                    "ResourceName": "intel.com/sriov",
+                    "DeviceIDs": {str(numa): [f"0000:{0x80 + numa:02x}:01.{slot % 8}"]},
+                    "AllocResp": alloc_resp,
+                }
+            )
         if pod < NUMA_NODES:
-            devices.append({"PodUID": uid, "ContainerName": "app", "ResourceName": "nvidia.com/gpu",
-                            "DeviceIDs": {str(numa): [f"0000:{0x10 + numa:02x}:00.0"]}, "AllocResp": alloc_resp})
+            devices.append(
+                {
+                    "PodUID": uid,
+                    "ContainerName": "app",
+                    "ResourceName": "nvidia.com/gpu",
+                    "DeviceIDs": {str(numa): [f"0000:{0x10 + numa:02x}:00.0"]},
+                    "AllocResp": alloc_resp,
+                }
+            )
     all_cpus = set(range(NUMA_NODES * CPUS_PER_NUMA))
-    cpu_body = {"policyName": "static", "defaultCpuSet": format_cpuset(all_cpus - used), "entries": entries, "checksum": 0}
+    cpu_body = {
+        "policyName": "static",
+        "defaultCpuSet": format_cpuset(all_cpus - used),
+        "entries": entries,
+        "checksum": 0,
+    }
     raw = json.dumps(cpu_body, separators=(",", ":")).encode()
     cpu_body["checksum"] = spew_checksum(dict(cpu_manager.hash_texts(raw))["v2"])
     host.paths.cpu_manager_state.write_text(json.dumps(cpu_body, separators=(",", ":")))
@@ -92,8 +114,11 @@ def write_state(host: HostTree) -> None:
         memory["free"] = memory["allocatable"] - reserved_bytes[numa]
         huge_1g = {**table, "total": 16 * GIB, "allocatable": 16 * GIB, "free": 16 * GIB}
         huge_2m = {**table, "total": 2 * GIB, "allocatable": 2 * GIB, "free": 2 * GIB}
-        machine[str(numa)] = {"numberOfAssignments": 25, "memoryMap": {"memory": memory, "hugepages-1Gi": huge_1g,
-                              "hugepages-2Mi": huge_2m}, "cells": [numa]}
+        machine[str(numa)] = {
+            "numberOfAssignments": 25,
+            "memoryMap": {"memory": memory, "hugepages-1Gi": huge_1g, "hugepages-2Mi": huge_2m},
+            "cells": [numa],
+        }
     host.paths.memory_manager_state.write_bytes(
         memory_state({"policyName": "Static", "machineState": machine, "entries": memory_entries})
     )
@@ -128,19 +153,26 @@ def main() -> None:
         return account(topology, state)
 
     accounting = read_and_account()
-    sizes = {p.name: p.stat().st_size for p in (paths.cpu_manager_state, paths.memory_manager_state, paths.device_checkpoint)}
+    sizes = {
+        p.name: p.stat().st_size for p in (paths.cpu_manager_state, paths.memory_manager_state, paths.device_checkpoint)
+    }
     parts = {
         "cpu_manager_state": lambda: cpu_manager.read_cpu_manager_state(paths),
         "memory_manager_state": lambda: memory_manager.read_memory_manager_state(paths),
         "kubelet_internal_checkpoint": lambda: device_checkpoint.read_device_checkpoint(paths),
         "kubelet config": lambda: kubelet_config.read_kubelet_config(paths),
     }
-    rows = [(name, sizes.get(name, "-"), f"{median_seconds(action, repeat=args.repeat) * 1e3:.2f}") for name, action in parts.items()]
+    rows = [
+        (name, sizes.get(name, "-"), f"{median_seconds(action, repeat=args.repeat) * 1e3:.2f}")
+        for name, action in parts.items()
+    ]
     total = median_seconds(read_and_account, repeat=args.repeat)
     rows.append(("all three + config + accounting", sum(sizes.values()), f"{total * 1e3:.2f}"))
-    print(f"host: {len(topology.numa_nodes)} NUMA nodes, {len(topology.cpus)} CPUs, "
-          f"{sum(d.kind == 'gpu' for d in topology.pci_devices)} GPUs, {sum(d.kind == 'vf' for d in topology.pci_devices)} VFs, "
-          f"{len(accounting.containers)} containers, {len(accounting.accounts)} accounts")  # type: ignore[attr-defined]
+    print(
+        f"host: {len(topology.numa_nodes)} NUMA nodes, {len(topology.cpus)} CPUs, "
+        f"{sum(d.kind == 'gpu' for d in topology.pci_devices)} GPUs, {sum(d.kind == 'vf' for d in topology.pci_devices)} VFs, "
+        f"{len(accounting.containers)} containers, {len(accounting.accounts)} accounts"
+    )  # type: ignore[attr-defined]
     print_table(("step", "bytes", "median ms"), rows)
     print(f"goal {GOAL_SECONDS * 1e3:.0f} ms; measured/goal = {total / GOAL_SECONDS:.2f}")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from exporter.http import build_app
-from exporter.metrics import NrtStats, SnapshotCollector, registry_for
+from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
 from exporter.snapshot import SnapshotBuilder
@@ -76,7 +76,10 @@ async def serve(
     refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
                           stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
     registry = registry_for(SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt))
-    app = build_app(registry=registry, current=refresher.current, healthy=lambda: refresher.healthy)
+    cache = CachedExposition(
+        registry, lambda: (id(refresher.snapshot), refresher.stats.count, nrt.version if nrt is not None else 0)
+    )
+    app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, options.host, options.port)

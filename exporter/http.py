@@ -9,8 +9,7 @@ import html
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.render import render_json
@@ -34,15 +33,14 @@ INDEX = """<!doctype html>
 
 def build_app(
     *,
-    registry: CollectorRegistry,
+    exposition: Callable[[], bytes],
     current: Callable[[], Snapshot | None],
     healthy: Callable[[], bool],
 ) -> web.Application:
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
 
     async def metrics(_request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_request: web.Request) -> web.Response:
         if healthy():

@@ -44,6 +44,10 @@ class RefreshStats:
             self._count += 1
             self._sum += seconds
 
+    @property
+    def count(self) -> int:
+        return self._count
+
     def read(self) -> tuple[list[tuple[str, float]], float]:
         with self._lock:
             buckets = [(repr(bound), float(count)) for bound, count in zip(self.buckets, self._counts, strict=True)]
@@ -56,8 +60,10 @@ class NrtStats:
 
     writes: dict[tuple[str, str], int] = field(default_factory=dict)
     last_success_timestamp: float | None = None
+    version: int = 0
 
     def record(self, *, operation: str, result: str, when: float | None = None) -> None:
+        self.version += 1
         self.writes[(operation, result)] = self.writes.get((operation, result), 0) + 1
         if result == "success" and when is not None:
             self.last_success_timestamp = when
@@ -258,6 +264,27 @@ def _errors(errors: Mapping[tuple[str, str], int]) -> Metric:
     for (source, reason), count in sorted(errors.items()):
         family.add_metric([source, reason], count)
     return family
+
+
+class CachedExposition:
+    """The exposition text, rendered once per change of what it shows and served as bytes.
+
+    A snapshot is immutable, and refresh and NRT statistics change only when a refresh or a write
+    happens, so between those every scrape would render the same text: it is rendered once instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry, version: Callable[[], object]) -> None:
+        self._registry = registry
+        self._version = version
+        self._seen: object = object()
+        self._body = b""
+
+    def body(self) -> bytes:
+        version = self._version()
+        if version != self._seen:
+            self._body = generate_latest(self._registry)
+            self._seen = version
+        return self._body
 
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:

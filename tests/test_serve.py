@@ -108,7 +108,8 @@ def test_a_dying_task_stops_the_process_non_zero(static_machine: HostTree) -> No
     lines: list[str] = []
     code = asyncio.run(asyncio.wait_for(serve(builder, options, on_listening=lines.append), timeout=10))
     assert code == 1
-    assert lines and lines[0].startswith("numa-topology-exporter: serving metrics on http://127.0.0.1:")
+    assert lines
+    assert lines[0].startswith("numa-topology-exporter: serving metrics on http://127.0.0.1:")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,235 @@
+"""The daemon side by side with its peers, each in one run. Subcommands:
+
+latency  state-file rename -> change visible on /metrics, p50/p99 over N changes (--debounce 0),
+         against the reference exporter's policy of a scan every 60 s (expected wait: uniform 0-60 s)
+scrape   scrape latency and scrapes/s on the largest hwloc fixture host, against
+         prometheus-node-exporter --collector.meminfo_numa reading the same sysfs tree
+memory   resident memory after D seconds of scrapes and state changes, ours and node_exporter's
+idle     CPU time and context switches while idle for D seconds, ours and node_exporter's
+
+  .venv/bin/python bench/daemon.py latency --changes 200
+  .venv/bin/python bench/daemon.py scrape --seconds 10
+  .venv/bin/python bench/daemon.py memory --seconds 600
+  .venv/bin/python bench/daemon.py idle --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import print_table, unpack_hwloc_trees
+from exporter.paths import HostPaths
+from tests.daemon import Daemon, cpu_series, wait_for
+from tests.hosttree import fixture_machine
+from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
+from tests.prometheus import free_port
+
+LARGEST_FIXTURE = "64amd64-4s2n4ca2co"
+REFERENCE_SCAN_SECONDS = 60.0
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def machine_with_state() -> HostPaths:
+    host = fixture_machine(Path(tempfile.mkdtemp(prefix="bench-daemon-")))
+    install(host, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+    return host.paths
+
+
+def latency(changes: int) -> None:
+    paths = machine_with_state()
+    states = [(KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes(),
+              (KUBELET_FIXTURES / "cpu_manager_state.static-2pods.json").read_bytes()]  # fmt: skip
+    expected = [16.0, 10.0]
+    samples = []
+    with Daemon(paths, extra=["--debounce", "0", "--resync-interval", "3600", "--no-nvml"]) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        for index in range(changes):
+            started = time.perf_counter()
+            replace_atomically(paths.cpu_manager_state, states[index % 2])
+            wait_for(lambda i=index: daemon.sample(cpu_series(1)) == expected[i % 2], interval=0.0005, what="change")
+            samples.append(time.perf_counter() - started)
+    reference_p50, reference_p99 = REFERENCE_SCAN_SECONDS * 0.5, REFERENCE_SCAN_SECONDS * 0.99
+    print_table(
+        ("exporter", "p50 ms", "p99 ms", "changes"),
+        [("numa-topology-exporter (inotify, --debounce 0)", f"{percentile(samples, 0.5) * 1e3:.1f}",
+          f"{percentile(samples, 0.99) * 1e3:.1f}", changes),
+         ("reference policy (scan every 60 s)", f"{reference_p50 * 1e3:.0f}", f"{reference_p99 * 1e3:.0f}", "model")],
+    )  # fmt: skip
+    print(f"p99 ratio reference/ours: {reference_p99 / percentile(samples, 0.99):.0f}x")
+
+
+def start_node_exporter(fsroot: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("prometheus-node-exporter") or "/usr/bin/prometheus-node-exporter"
+    port = free_port()
+    process = subprocess.Popen(
+        [binary, f"--web.listen-address=127.0.0.1:{port}", f"--path.sysfs={fsroot / 'sys'}",
+         f"--path.procfs={fsroot / 'proc'}", "--collector.disable-defaults", "--collector.meminfo_numa"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _ok(url + "/metrics"), what="node_exporter")
+    return process, url
+
+
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            response.read()
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def scrape_stats(url: str, seconds: float, clients: int) -> tuple[float, float, float, int]:
+    latencies: list[float] = []
+    for _ in range(200):
+        started = time.perf_counter()
+        with urllib.request.urlopen(url, timeout=5) as response:
+            size = len(response.read())
+        latencies.append(time.perf_counter() - started)
+    count = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def worker(slot: int) -> None:
+        while time.monotonic() < stop:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                response.read()
+            count[slot] += 1
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statistics.median(latencies), percentile(latencies, 0.99), sum(count) / seconds, size
+
+
+def scrape(seconds: float, clients: int) -> None:
+    fsroot = unpack_hwloc_trees()[LARGEST_FIXTURE]
+    paths = HostPaths(
+        sysfs=fsroot / "sys", procfs=fsroot / "proc", kubelet_dir=fsroot / "none", pod_logs=fsroot / "none"
+    )
+    node_exporter, node_url = start_node_exporter(fsroot)
+    rows = []
+    try:
+        with Daemon(paths, extra=["--no-nvml", "--resync-interval", "3600"]) as daemon:
+            wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+            ours = scrape_stats(daemon.base_url + "/metrics", seconds, clients)
+            theirs = scrape_stats(node_url + "/metrics", seconds, clients)
+    finally:
+        node_exporter.terminate()
+        node_exporter.wait()
+    for name, (p50, p99, rate, size) in (("numa-topology-exporter", ours), ("node_exporter meminfo_numa", theirs)):
+        rows.append((name, f"{p50 * 1e3:.2f}", f"{p99 * 1e3:.2f}", f"{rate:.0f}", size))
+    print(f"fixture {LARGEST_FIXTURE}; {clients} concurrent clients for {seconds:.0f} s")
+    print_table(("exporter", "p50 ms", "p99 ms", "scrapes/s", "bytes"), rows)
+    print(f"p50 ratio node_exporter/ours: {theirs[0] / ours[0]:.2f}; throughput ratio ours/node_exporter: "
+          f"{ours[2] / theirs[2]:.2f}")  # fmt: skip
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_and_switches(pid: int) -> tuple[float, int]:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    switches = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                switches += int(line.split()[1])
+    return ticks / os.sysconf("SC_CLK_TCK"), switches
+
+
+def memory(seconds: float) -> None:
+    paths = machine_with_state()
+    fsroot = Path(paths.sysfs).parent
+    node_exporter, node_url = start_node_exporter(fsroot)
+    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
+              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+    try:
+        with Daemon(paths, extra=["--no-nvml", "--debounce", "0"]) as daemon:
+            wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+            start_rss = rss_kib(daemon.process.pid)
+            stop = time.monotonic() + seconds
+            scrapes = changes = 0
+            while time.monotonic() < stop:
+                daemon.metrics()
+                _ok(node_url + "/metrics")
+                scrapes += 1
+                if scrapes % 10 == 0:
+                    replace_atomically(paths.cpu_manager_state, states[changes % 2])
+                    changes += 1
+                time.sleep(0.02)
+            ours_rss, theirs_rss = rss_kib(daemon.process.pid), rss_kib(node_exporter.pid)
+    finally:
+        node_exporter.terminate()
+        node_exporter.wait()
+    print(f"{seconds:.0f} s, {scrapes} scrapes of each, {changes} state-file changes")
+    print_table(("exporter", "RSS MiB at start", "RSS MiB at end"),
+                [("numa-topology-exporter", f"{start_rss / 1024:.1f}", f"{ours_rss / 1024:.1f}"),
+                 ("node_exporter meminfo_numa", "-", f"{theirs_rss / 1024:.1f}")])  # fmt: skip
+
+
+def idle(seconds: float) -> None:
+    paths = machine_with_state()
+    node_exporter, _url = start_node_exporter(Path(paths.sysfs).parent)
+    try:
+        with Daemon(paths, extra=["--no-nvml", "--resync-interval", "3600"]) as daemon:
+            wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+            time.sleep(1)
+            ours_before, theirs_before = cpu_and_switches(daemon.process.pid), cpu_and_switches(node_exporter.pid)
+            time.sleep(seconds)
+            ours_after, theirs_after = cpu_and_switches(daemon.process.pid), cpu_and_switches(node_exporter.pid)
+    finally:
+        node_exporter.terminate()
+        node_exporter.wait()
+    print(f"idle for {seconds:.0f} s, no scrapes, no changes (our resync interval 3600 s)")
+    print_table(("exporter", "CPU s", "context switches"),
+                [("numa-topology-exporter", f"{ours_after[0] - ours_before[0]:.2f}", ours_after[1] - ours_before[1]),
+                 ("node_exporter meminfo_numa", f"{theirs_after[0] - theirs_before[0]:.2f}",
+                  theirs_after[1] - theirs_before[1])])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("latency").add_argument("--changes", type=int, default=200)
+    scrape_parser = commands.add_parser("scrape")
+    scrape_parser.add_argument("--seconds", type=float, default=10)
+    scrape_parser.add_argument("--clients", type=int, default=4)
+    commands.add_parser("memory").add_argument("--seconds", type=float, default=600)
+    commands.add_parser("idle").add_argument("--seconds", type=float, default=60)
+    args = parser.parse_args()
+    if args.command == "latency":
+        latency(args.changes)
+    elif args.command == "scrape":
+        scrape(args.seconds, args.clients)
+    elif args.command == "memory":
+        memory(args.seconds)
+    else:
+        idle(args.seconds)
+
+
+if __name__ == "__main__":
+    main()
