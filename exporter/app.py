@@ -11,12 +11,17 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
+from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
 from exporter.paths import HostPaths
+from exporter.publisher.api import KubeApi, client_from
+from exporter.publisher.pods import PodWatcher
+from exporter.publisher.writer import NrtWriter
 from exporter.refresher import Refresher
 from exporter.snapshot import SnapshotBuilder
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
@@ -33,6 +38,10 @@ class ServeOptions:
     resync_interval_seconds: float = 60.0
     debounce_seconds: float = 0.1
     watch_udev: bool | None = None
+    publish_nrt: bool = True
+    kubeconfig: Path | None = None
+    node_name: str = "localhost"
+    fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -73,6 +82,7 @@ async def serve(
 ) -> int:
     loop = asyncio.get_running_loop()
     trigger = Trigger()
+    nrt = nrt or NrtStats()
     refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
                           stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
     registry = registry_for(SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt))
@@ -106,6 +116,9 @@ async def serve(
         asyncio.create_task(refresher.run(), name="refresher"),
         asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
     }
+    pod_watcher = _start_publishing(
+        options, builder=builder, refresher=refresher, trigger=trigger, nrt=nrt, tasks=tasks
+    )
     stopper = asyncio.create_task(stop.wait(), name="signals")
     done, _pending = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
@@ -113,6 +126,8 @@ async def serve(
         error = task.exception() if not task.cancelled() else None
         log.error("task %s stopped unexpectedly: %r; exiting", task.get_name(), error)
         code = 1
+    if pod_watcher is not None:
+        pod_watcher.stop()
     for task in (*tasks, stopper):
         task.cancel()
     await asyncio.gather(*tasks, stopper, return_exceptions=True)
@@ -123,3 +138,34 @@ async def serve(
     await runner.cleanup()
     log.info("stopped")
     return code
+
+
+def _start_publishing(
+    options: ServeOptions,
+    *,
+    builder: SnapshotBuilder,
+    refresher: Refresher,
+    trigger: Trigger,
+    nrt: NrtStats,
+    tasks: set[asyncio.Task[None]],
+) -> PodWatcher | None:
+    """NRT writer and pod watch when an API server is reachable; standalone (said once) otherwise."""
+    if not options.publish_nrt:
+        log.info("NodeResourceTopology publishing is off (--no-nrt)")
+        return None
+    client = client_from(options.kubeconfig)
+    if client is None:
+        log.warning(
+            "no API server configured (not in a cluster, no --kubeconfig): running standalone, "
+            "NodeResourceTopology not published, pod names from the pod log directory"
+        )
+        return None
+    api = KubeApi(client)
+    writer = NrtWriter(api, node_name=options.node_name, stats=nrt, method=options.fingerprint_method)
+    refresher.add_listener(writer.on_snapshot)
+    tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))
+    watcher = PodWatcher(api, node_name=options.node_name, on_change=lambda: trigger.fire("pods"))
+    fallback = builder.pods_reader
+    builder.use_pods_reader(lambda: watcher.pods() if watcher.synced else fallback())
+    watcher.start(asyncio.get_running_loop())
+    return watcher

@@ -11,11 +11,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from exporter import __version__
 from exporter.app import DEFAULT_PORT, ServeOptions, parse_listen_address, serve
 from exporter.doctor import diagnose
 from exporter.errors import ConfigError, ExporterError
+from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
 from exporter.metrics import RefreshStats, render_exposition
+from exporter.nrt import build_nrt
 from exporter.paths import DEFAULT_KUBELET_DIR, DEFAULT_POD_LOGS, DEFAULT_PROCFS, DEFAULT_SYSFS, HostPaths
 from exporter.profiles import load_profiles
 from exporter.render import render_json, render_snapshot
@@ -23,7 +27,7 @@ from exporter.snapshot import SnapshotBuilder
 
 log = logging.getLogger("exporter")
 
-SNAPSHOT_FORMATS = ("table", "json", "metrics")
+SNAPSHOT_FORMATS = ("table", "json", "nrt", "metrics")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     snapshot = commands.add_parser("snapshot", help="discover and account once, and print the result")
     snapshot.add_argument("--format", choices=SNAPSHOT_FORMATS, default="table", help="output format")
+    snapshot.add_argument(
+        "--nrt-fingerprint-method",
+        choices=METHODS,
+        default=METHOD_WITH_EXCLUSIVE_RESOURCES,
+        help="which pods the nodeTopologyPodsFingerprint covers (--format nrt)",
+    )
     _add_common(snapshot)
     doctor = commands.add_parser("doctor", help="check the kubelet configuration against what NUMA alignment needs")
     _add_common(doctor)
@@ -47,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--resync-interval", type=float, default=60.0, help="seconds between full refreshes")
     serve.add_argument("--debounce", type=float, default=0.1, help="seconds to merge a burst of changes")
+    nrt = serve.add_argument_group("NodeResourceTopology publishing")
+    nrt.add_argument("--no-nrt", dest="nrt", action="store_false", help="do not publish NodeResourceTopology")
+    nrt.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None,
+        help="kubeconfig to reach the API server (default: $KUBECONFIG, else the in-cluster service account)",
+    )
+    nrt.add_argument(
+        "--nrt-fingerprint-method",
+        choices=METHODS,
+        default=METHOD_WITH_EXCLUSIVE_RESOURCES,
+        help="which pods the nodeTopologyPodsFingerprint covers",
+    )
     _add_common(serve)
     return parser
 
@@ -111,7 +135,10 @@ def builder(args: argparse.Namespace) -> SnapshotBuilder:
 
 def _snapshot(args: argparse.Namespace) -> int:
     snapshot = builder(args).build()
-    if args.format == "metrics":
+    if args.format == "nrt":
+        obj = build_nrt(snapshot, node_name=args.node_name, node_uid=None, method=args.nrt_fingerprint_method)
+        sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
+    elif args.format == "metrics":
         stats = RefreshStats()
         stats.observe(snapshot.duration_seconds)
         sys.stdout.write(render_exposition(snapshot, refresh=stats).decode())
@@ -126,7 +153,14 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     options = ServeOptions(
-        host=host, port=port, resync_interval_seconds=args.resync_interval, debounce_seconds=max(args.debounce, 0.0)
+        host=host,
+        port=port,
+        resync_interval_seconds=args.resync_interval,
+        debounce_seconds=max(args.debounce, 0.0),
+        publish_nrt=args.nrt,
+        kubeconfig=args.kubeconfig,
+        node_name=args.node_name,
+        fingerprint_method=args.nrt_fingerprint_method,
     )
     return asyncio.run(serve(builder(args), options, on_listening=lambda line: print(line, flush=True)))
 

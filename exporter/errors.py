@@ -11,6 +11,13 @@
      |    +-- SourceFormatError   a layout this version does not know (reason "format")
      |    +-- SourceChecksumError the kubelet's checksum does not verify (reason "checksum")
      +-- ConfigError              the exporter's own configuration (flags, profiles file) is wrong
+     +-- ApiError                 the Kubernetes API refused or failed a request; `api_error()` maps each
+          +-- ApiNotFound         404 for an object that does not exist (create it)
+          +-- ApiCrdMissing       404 for the resource type itself: the NRT CRD is not installed
+          +-- ApiConflict         409: someone else wrote first (re-read, retry)
+          +-- ApiInvalid          422: the server rejected the object; its message says why (do not loop)
+          +-- ApiForbidden        401/403: RBAC or credentials (retry slowly)
+          +-- ApiUnavailable      429, 5xx, timeouts and connection errors (back off and retry)
 
 `reason` is the value of the `reason` label of `numa_topology_source_errors_total`.
 """
@@ -69,3 +76,35 @@ class SourceChecksumError(SourceError):
 
 class ConfigError(ExporterError):
     """A flag, profile file or other exporter configuration is invalid."""
+
+
+class ApiError(ExporterError):
+    result = "error"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ApiNotFound(ApiError):
+    result = "not_found"
+
+
+class ApiCrdMissing(ApiError):
+    result = "crd_missing"
+
+
+class ApiConflict(ApiError):
+    result = "conflict"
+
+
+class ApiInvalid(ApiError):
+    result = "invalid"
+
+
+class ApiForbidden(ApiError):
+    result = "forbidden"
+
+
+class ApiUnavailable(ApiError):
+    result = "unavailable"

@@ -120,11 +120,17 @@ class SnapshotBuilder:
         self._use_nvml = use_nvml
         self._use_udev = use_udev
         self._nvml_library = nvml_library
-        self._pods_reader = pods_reader or (lambda: pod_logs.read_pods_from_logs(paths))
+        self.pods_reader: Callable[[], tuple[PodRef, ...]] = pods_reader or (
+            lambda: pod_logs.read_pods_from_logs(paths)
+        )
         self._clock = clock
         self._last: dict[str, Any] = {}
         self._statuses: dict[str, SourceStatus] = {}
         self.errors_total: Counter[tuple[str, str]] = Counter()
+
+    def use_pods_reader(self, reader: Callable[[], tuple[PodRef, ...]]) -> None:
+        """Where pods on this node come from (the API watch, when there is an API server)."""
+        self.pods_reader = reader
 
     def build(self) -> Snapshot:
         """A new Snapshot. Raises SourceError only when sysfs has never been readable."""
@@ -147,7 +153,7 @@ class SnapshotBuilder:
             devices=self._read(
                 "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
             ),
-            pods=self._read("pods", self._pods_reader, needed=False),
+            pods=self._read("pods", self.pods_reader, needed=False),
         )
         accounting = account(topology, state, profiles=self.profiles)
         return Snapshot(

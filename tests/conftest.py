@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakeapi import FakeApiServer, fake_api_server
 from tests.hosttree import HostTree, fixture_machine
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -90,3 +91,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    yield from fake_api_server()

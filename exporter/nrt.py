@@ -1,0 +1,117 @@
+"""The NodeResourceTopology object (topology.node.k8s.io/v1alpha2) for this node. Pure.
+
+Zones `node-<N>` of type `Node`, sorted by name as resource-topology-exporter sorts them; `costs` from
+the SLIT distances; per resource capacity/allocatable/available as integer quantities. Devices with no
+known NUMA node (-1) and resources whose availability is unknown are left out: a scheduler must never
+be told a number we do not know. Top-level attributes carry the kubelet's policies and the pod
+fingerprint; the object is owned by the Node so it is garbage-collected with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from exporter.fingerprint import (
+    ANNOTATION,
+    ATTRIBUTE,
+    ATTRIBUTE_METHOD,
+    METHOD_ALL,
+    fingerprint,
+)
+from exporter.model import UNKNOWN_NUMA_NODE, PodRef
+from exporter.snapshot import Snapshot
+
+GROUP = "topology.node.k8s.io"
+VERSION = "v1alpha2"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "NodeResourceTopology"
+PLURAL = "noderesourcetopologies"
+
+
+def zone_name(numa_node: int) -> str:
+    return f"node-{numa_node}"
+
+
+def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
+    """The pods the fingerprint covers: every pod on the node (`all`), or only those holding pinned CPUs,
+    Static memory or NUMA-placed devices (`with-exclusive-resources`, as resource-topology-exporter)."""
+    pods = snapshot.kubelet.pods or ()
+    if method == METHOD_ALL:
+        return list(pods)
+    state = snapshot.kubelet
+    exclusive: set[str] = set()
+    if state.cpu is not None and state.cpu_policy == "static":
+        exclusive.update(pod for pod, containers in state.cpu.entries.items() if any(containers.values()))
+        exclusive.update(pod for pod, cpus in state.cpu.pod_entries.items() if cpus)
+    if state.memory is not None and state.memory.is_static:
+        for pod, containers in state.memory.entries.items():
+            if any(any(n >= 0 for n in block.numa_affinity) for blocks in containers.values() for block in blocks):
+                exclusive.add(pod)
+    if state.devices is not None:
+        for allocation in state.devices.allocations:
+            if any(numa >= 0 and ids for numa, ids in allocation.devices_by_numa.items()):
+                exclusive.add(allocation.pod_uid)
+    return [pod for pod in pods if pod.uid in exclusive]
+
+
+def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, method: str) -> dict[str, Any]:
+    config = snapshot.kubelet.config
+    pods_fingerprint = fingerprint((pod.namespace, pod.name) for pod in fingerprint_pods(snapshot, method=method))
+    ids = [numa.numa_node for numa in snapshot.topology.numa_nodes]
+    resources: dict[int, list[dict[str, Any]]] = {numa: [] for numa in ids}
+    for account in sorted(snapshot.accounting.accounts, key=lambda a: a.resource):
+        if account.numa_node == UNKNOWN_NUMA_NODE or account.available is None or account.numa_node not in resources:
+            continue
+        resources[account.numa_node].append(
+            {
+                "name": account.resource,
+                "capacity": account.capacity,
+                "allocatable": account.allocatable,
+                "available": account.available,
+            }
+        )
+    zones = []
+    for numa in snapshot.topology.numa_nodes:
+        zone: dict[str, Any] = {"name": zone_name(numa.numa_node), "type": "Node"}
+        costs = sorted(
+            ({"name": zone_name(other), "value": value} for other, value in numa.distances.items()),
+            key=lambda cost: str(cost["name"]),
+        )
+        if costs:
+            zone["costs"] = costs
+        zone["resources"] = resources[numa.numa_node]
+        zones.append(zone)
+    zones.sort(key=lambda zone: str(zone["name"]))
+    metadata: dict[str, Any] = {"name": node_name, "annotations": {ANNOTATION: pods_fingerprint}}
+    if node_uid:
+        metadata["ownerReferences"] = [
+            {"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid, "blockOwnerDeletion": False}
+        ]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": metadata,
+        "attributes": [
+            {"name": "topologyManagerPolicy", "value": config.topology_manager_policy},
+            {"name": "topologyManagerScope", "value": config.topology_manager_scope},
+            {"name": "topologyManagerMaxNUMANodes", "value": str(config.max_allowable_numa_nodes)},
+            {"name": ATTRIBUTE, "value": pods_fingerprint},
+            {"name": ATTRIBUTE_METHOD, "value": method},
+        ],
+        "zones": zones,
+    }
+
+
+def content(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What we own in an NRT object: compared to decide whether a write is needed. Server-set metadata
+    (resourceVersion, uid, managedFields, other annotations) is not ours and is ignored."""
+    metadata = obj.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    return {
+        "annotation": annotations.get(ANNOTATION),
+        "ownerReferences": metadata.get("ownerReferences") or [],
+        "attributes": obj.get("attributes") or [],
+        "zones": obj.get("zones") or [],
+        "topologyPolicies": obj.get("topologyPolicies"),
+    }

@@ -1,0 +1,87 @@
+"""The pods on this node, from a watch filtered by `spec.nodeName`: names for the fingerprint and the
+alignment audit, and the UIDs that tell stale kubelet entries apart.
+
+The list-then-watch loop runs in a daemon thread (the client is synchronous); each change fires the
+refresh trigger on the event loop. Until the first list succeeds, `synced` is False and callers fall back
+to the kubelet's pod log directories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from exporter.errors import ApiError
+from exporter.model import PodRef
+from exporter.publisher.api import KubeApi, pod_ref
+
+log = logging.getLogger(__name__)
+WATCH_TIMEOUT_SECONDS = 300
+RETRY_SECONDS = 5.0
+
+
+class PodWatcher:
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        node_name: str,
+        on_change: Callable[[], None],
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        self._api = api
+        self._node_name = node_name
+        self._on_change = on_change
+        self._retry = retry_seconds
+        self._lock = threading.Lock()
+        self._pods: dict[str, PodRef] = {}
+        self.synced = False
+        self._stopped = threading.Event()
+
+    def pods(self) -> tuple[PodRef, ...]:
+        with self._lock:
+            return tuple(sorted(self._pods.values(), key=lambda pod: (pod.namespace, pod.name)))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        def notify() -> None:
+            loop.call_soon_threadsafe(self._on_change)
+
+        threading.Thread(target=self._loop, args=(notify,), name="pod-watch", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _loop(self, notify: Callable[[], None]) -> None:
+        while not self._stopped.is_set():
+            try:
+                pods, version = self._api.list_pods(self._node_name)
+                with self._lock:
+                    changed = pods != self._pods
+                    self._pods = pods
+                self.synced = True
+                if changed:
+                    notify()
+                for kind, pod in self._api.watch_pods(self._node_name, version, timeout_seconds=WATCH_TIMEOUT_SECONDS):
+                    if self._stopped.is_set():
+                        return
+                    self._apply(kind, pod, notify)
+            except ApiError as exc:
+                log.warning("pod watch on %s: %s; re-listing in %.0f s", self._node_name, exc, self._retry)
+                time.sleep(self._retry)
+
+    def _apply(self, kind: str, pod: object, notify: Callable[[], None]) -> None:
+        ref = pod_ref(pod)
+        uid = getattr(getattr(pod, "metadata", None), "uid", None)
+        with self._lock:
+            before = self._pods.get(str(uid)) if uid else None
+            if kind == "DELETED" or ref is None:
+                if uid:
+                    self._pods.pop(str(uid), None)
+            else:
+                self._pods[ref.uid] = ref
+            after = self._pods.get(str(uid)) if uid else None
+        if before != after:
+            notify()

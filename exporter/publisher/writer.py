@@ -1,0 +1,159 @@
+"""Writes this node's NodeResourceTopology: early at start-up, then only when its content changes, and
+re-asserted (read back, rewritten only if it differs) on every periodic resync.
+
+Failures: 404 creates; 409 re-reads and retries; 422 logs the server's message, is counted and not
+retried until the content changes; 429, 5xx and connection errors back off exponentially with jitter;
+a missing CRD is reported clearly and retried slowly. None of it blocks metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid
+from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
+from exporter.metrics import NrtStats
+from exporter.nrt import build_nrt, content
+from exporter.publisher.api import KubeApi, in_daemon_thread
+from exporter.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES = 8
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 60.0
+SLOW_RETRY_SECONDS = 60.0
+
+
+class NrtWriter:
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        node_name: str,
+        stats: NrtStats,
+        method: str = METHOD_WITH_EXCLUSIVE_RESOURCES,
+        backoff_base_seconds: float = BACKOFF_BASE_SECONDS,
+        backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
+        slow_retry_seconds: float = SLOW_RETRY_SECONDS,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self.node_name = node_name
+        self.stats = stats
+        self.method = method
+        self._backoff_base = backoff_base_seconds
+        self._backoff_max = backoff_max_seconds
+        self._slow_retry = slow_retry_seconds
+        self._sleep = sleep
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._wake = asyncio.Event()
+        self._reassert = True
+        self._written: dict[str, Any] | None = None
+        self._rejected: dict[str, Any] | None = None
+        self._node_uid: str | None = None
+        self._said_crd_missing = False
+        self.writes = 0
+
+    async def on_snapshot(self, snapshot: Snapshot, reasons: set[str]) -> None:
+        """Refresher listener: note the newest snapshot and wake the writer."""
+        self._snapshot = snapshot
+        if "resync" in reasons:
+            self._reassert = True
+        self._wake.set()
+
+    def desired(self) -> dict[str, Any]:
+        assert self._snapshot is not None
+        return build_nrt(self._snapshot, node_name=self.node_name, node_uid=self._node_uid, method=self.method)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Bring the server's object to the newest snapshot's content, retrying until it is there."""
+        failures = 0
+        while self._snapshot is not None:
+            if self._node_uid is None:
+                await self._learn_node_uid()
+            body = self.desired()
+            want = content(body)
+            if not self._reassert and want in (self._written, self._rejected):
+                return
+            try:
+                await self._write(body, want)
+                self._reassert = False
+                self._said_crd_missing = False
+                return
+            except ApiInvalid as exc:
+                log.error("the API server rejected NodeResourceTopology %s: %s", self.node_name, exc)
+                self._rejected = want
+                self._reassert = False
+                return
+            except ApiConflict:
+                failures += 1
+                if failures <= CONFLICT_RETRIES:
+                    continue  # someone wrote in between: re-read and try again at once
+                await self._sleep(self._backoff(failures - CONFLICT_RETRIES))
+            except ApiCrdMissing as exc:
+                if not self._said_crd_missing:
+                    log.error("%s; retrying every %.0f s", exc, self._slow_retry)
+                    self._said_crd_missing = True
+                await self._sleep(self._slow_retry)
+            except ApiForbidden as exc:
+                log.error("not allowed to write NodeResourceTopology %s (check RBAC): %s", self.node_name, exc)
+                await self._sleep(self._slow_retry)
+            except ApiError as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                log.warning("NodeResourceTopology write failed (%s); retrying in %.1f s", exc, delay)
+                await self._sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(failures - 1, 16))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _learn_node_uid(self) -> None:
+        try:
+            self._node_uid = await in_daemon_thread(lambda: self._api.node_uid(self.node_name))
+        except ApiError as exc:
+            log.warning("cannot read Node %s for the owner reference (%s); publishing without it", self.node_name, exc)
+
+    async def _write(self, body: dict[str, Any], want: dict[str, Any]) -> None:
+        current = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
+        if current is None:
+            await self._record("create", lambda: self._api.create_nrt(body))
+        elif content(current) != want:
+            metadata = current.get("metadata") or {}
+            merged_annotations = {**(metadata.get("annotations") or {}), **body["metadata"]["annotations"]}
+            update = {
+                **body,
+                "metadata": {
+                    **body["metadata"],
+                    "annotations": merged_annotations,
+                    "labels": metadata.get("labels") or {},
+                    "resourceVersion": metadata.get("resourceVersion"),
+                },
+            }
+            await self._record("update", lambda: self._api.replace_nrt(self.node_name, update))
+        self._written = want
+        self.stats.last_success_timestamp = self._clock()
+
+    async def _record(self, operation: str, call: Callable[[], Any]) -> None:
+        try:
+            await in_daemon_thread(call)
+        except ApiError as exc:
+            self.stats.record(operation=operation, result=exc.result)
+            raise
+        self.writes += 1
+        self.stats.record(operation=operation, result="success", when=self._clock())
+        log.info("NodeResourceTopology %s: %s", self.node_name, operation)

@@ -1,0 +1,89 @@
+"""`snapshot --format nrt` for every fixture host: valid against the CRD's schema, equal to its golden file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from exporter.cli import main
+from exporter.fingerprint import METHOD_ALL, fingerprint
+from exporter.nrt import build_nrt, content
+from exporter.snapshot import SnapshotBuilder
+from tests.conftest import HWLOC_NAMES
+from tests.fakeapi import validation_errors
+from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
+
+GOLDEN = Path(__file__).parent / "golden" / "nrt"
+SCENARIOS = [*HWLOC_NAMES, *KUBELET_SCENARIOS]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_nrt_matches_golden_and_the_crd(
+    name: str, *, tmp_path: Path, hwloc_trees: dict[str, Path], nvml_config: Path,
+    update_golden: bool, capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    config = nvml_config_for(name, nvml_config)
+    paths = scenario_paths(name, tmp_path / name, hwloc_trees)
+    argv = ["snapshot", "--format", "nrt", "--node-name", "worker-1", "--path.sysfs", str(paths.sysfs),
+            "--path.kubelet", str(paths.kubelet_dir), "--path.pod-logs", str(paths.pod_logs)]  # fmt: skip
+    assert main(argv if config else [*argv, "--no-nvml"]) == 0
+    text = capsys.readouterr().out
+    obj = yaml.safe_load(text)
+    assert validation_errors(obj) == []
+    golden = GOLDEN / f"{name}.yaml"
+    if update_golden:
+        golden.parent.mkdir(parents=True, exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_nrt_content(machine, nvml_config: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.hosttree import fixture_nvml_config
+    from tests.kubelet_files import POD_A, POD_B, fixture_config, install, pod_logs
+
+    fixture_nvml_config(nvml_config)
+    install(machine, cpu="cpu_manager_state.static-2pods.json", memory="memory_manager_state.static-hugepages.json",
+            devices="kubelet_internal_checkpoint.gpu-sriov.json", config=fixture_config())  # fmt: skip
+    pod_logs(machine, [("team-a", "trainer-0", POD_A), ("team-b", "db-0", POD_B), ("kube-system", "dns", "u-3")])
+    snapshot = SnapshotBuilder(machine.paths, use_udev=False).build()
+    obj = build_nrt(snapshot, node_name="worker-1", node_uid="uid-1", method="with-exclusive-resources")
+    assert [zone["name"] for zone in obj["zones"]] == ["node-0", "node-1"]
+    zone0 = obj["zones"][0]
+    assert zone0["type"] == "Node"
+    assert zone0["costs"] == [{"name": "node-0", "value": 10}, {"name": "node-1", "value": 21}]
+    resources = {r["name"]: (r["capacity"], r["allocatable"], r["available"]) for r in zone0["resources"]}
+    assert resources["cpu"] == (16, 14, 10)
+    assert resources["nvidia.com/gpu"] == (2, 2, 1)
+    assert resources["memory"] == (68719476736, 62277025792, 57982058496)
+    attributes = {a["name"]: a["value"] for a in obj["attributes"]}
+    exclusive = fingerprint([("team-a", "trainer-0"), ("team-b", "db-0")])
+    assert attributes == {
+        "topologyManagerPolicy": "single-numa-node",
+        "topologyManagerScope": "container",
+        "topologyManagerMaxNUMANodes": "8",
+        "nodeTopologyPodsFingerprint": exclusive,
+        "nodeTopologyPodsFingerprintMethod": "with-exclusive-resources",
+    }
+    assert obj["metadata"]["annotations"] == {"topology.node.k8s.io/fingerprint": exclusive}
+    assert obj["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": "worker-1", "uid": "uid-1", "blockOwnerDeletion": False}
+    ]
+    everything = build_nrt(snapshot, node_name="worker-1", node_uid=None, method=METHOD_ALL)
+    assert everything["metadata"]["annotations"]["topology.node.k8s.io/fingerprint"] == fingerprint(
+        [("team-a", "trainer-0"), ("team-b", "db-0"), ("kube-system", "dns")]
+    )
+    assert content(everything) != content(obj)
+
+
+def test_unknown_availability_and_unknown_numa_are_left_out(machine) -> None:  # type: ignore[no-untyped-def]
+    from tests.kubelet_files import fixture_config, install
+
+    install(machine, devices="kubelet_internal_checkpoint.gpu-sriov.json", config=fixture_config(memory="None"))
+    snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build()
+    obj = build_nrt(snapshot, node_name="n", node_uid=None, method=METHOD_ALL)
+    names = {r["name"] for zone in obj["zones"] for r in zone["resources"]}
+    assert "cpu" not in names, "static CPU manager without a readable state file: availability unknown"
+    gpus = sum(r["capacity"] for zone in obj["zones"] for r in zone["resources"] if r["name"] == "nvidia.com/gpu")
+    assert gpus == 3, "the free GPU NVML could not place (NUMA -1) is not in any zone"
