@@ -42,6 +42,7 @@ class ServeOptions:
     kubeconfig: Path | None = None
     node_name: str = "localhost"
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
+    nrt_min_interval_seconds: float = 0.0
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -161,7 +162,13 @@ def _start_publishing(
         )
         return None
     api = KubeApi(client)
-    writer = NrtWriter(api, node_name=options.node_name, stats=nrt, method=options.fingerprint_method)
+    writer = NrtWriter(
+        api,
+        node_name=options.node_name,
+        stats=nrt,
+        method=options.fingerprint_method,
+        min_interval_seconds=options.nrt_min_interval_seconds,
+    )
     refresher.add_listener(writer.on_snapshot)
     tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))
     watcher = PodWatcher(api, node_name=options.node_name, on_change=lambda: trigger.fire("pods"))

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=METHOD_WITH_EXCLUSIVE_RESOURCES,
         help="which pods the nodeTopologyPodsFingerprint covers",
     )
+    nrt.add_argument(
+        "--nrt-min-interval",
+        type=float,
+        default=0.0,
+        help="seconds between NRT writes at least; closer changes are coalesced (default 0: write every change)",
+    )
     _add_common(serve)
     return parser
 
@@ -161,6 +167,7 @@ def _serve(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,
+        nrt_min_interval_seconds=max(args.nrt_min_interval, 0.0),
     )
     return asyncio.run(serve(builder(args), options, on_listening=lambda line: print(line, flush=True)))
 

@@ -270,3 +270,49 @@ def test_serve_without_an_api_server_says_so_once(static_machine: HostTree, tmp_
         daemon.stop()
     text = "".join(daemon.output)
     assert text.count("running standalone") == 1
+
+
+def test_min_interval_coalesces_changes_into_one_write(
+    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
+    writer = make_writer(apiserver, tmp_path, min_interval_seconds=0.3)
+    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
+    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
+              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+
+    async def scenario() -> None:
+        task = asyncio.create_task(writer.run())
+        await writer.on_snapshot(builder.build(), {"start"})
+        while writer.writes < 1:
+            await asyncio.sleep(0.01)
+        for change in range(5):
+            replace_atomically(static_machine.paths.cpu_manager_state, states[change % 2])
+            await writer.on_snapshot(builder.build(), {"inotify"})
+            await asyncio.sleep(0.02)
+        while cpu_available(apiserver, 1) != 16:
+            await asyncio.sleep(0.01)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert writer.writes == 2, "five changes within the interval: one write, of the newest content"
+
+
+def test_an_unknown_node_is_looked_up_once_per_resync(
+    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
+    writer = make_writer(apiserver, tmp_path)
+    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
+    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
+              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+
+    async def scenario() -> None:
+        for change in range(4):
+            replace_atomically(static_machine.paths.cpu_manager_state, states[change % 2])
+            await publish(writer, builder)
+        uid = apiserver.add_node(NODE)
+        await publish(writer, builder, {"resync"})
+        assert apiserver.nrt(NODE)["metadata"]["ownerReferences"][0]["uid"] == uid  # type: ignore[index]
+
+    asyncio.run(scenario())
+    lookups = [path for method, path in apiserver.state.requests if path == f"/api/v1/nodes/{NODE}"]
+    assert len(lookups) == 2, "once at start, once on the resync: not on every change"
