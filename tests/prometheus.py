@@ -23,17 +23,23 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str], *, rule_files: list[Path] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, targets: list[str] | dict[str, dict[str, str]], *, rule_files: list[Path] | None = None
+    ) -> None:
+        """`targets`: base URLs (all labelled node=fixture-node), or URL -> extra target labels."""
         assert PROMETHEUS is not None, "prometheus is installed by make test"
         workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "prometheus.yml"
+        labelled = targets if isinstance(targets, dict) else {url: {"node": "fixture-node"} for url in targets}
         rules = "".join(f"\n  - {path}" for path in rule_files or [])
         config.write_text(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
             + (f"rule_files:{rules}\n" if rules else "")
             + "scrape_configs:\n  - job_name: numa-topology-exporter\n    static_configs:\n"
-            + f"      - targets: {json.dumps([t.removeprefix('http://') for t in targets])}\n"
-            + "        labels: {node: fixture-node}\n"
+            + "".join(
+                f"      - targets: {json.dumps([url.removeprefix('http://')])}\n        labels: {json.dumps(labels)}\n"
+                for url, labels in labelled.items()
+            )
         )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from exporter.paths import HostPaths
 from tests.hosttree import HostTree, fixture_machine, fixture_nvml_config
-from tests.kubelet_files import POD_A, POD_B, fixture_config, install, pod_logs
+from tests.kubelet_files import POD_A, POD_B, cpu_state, device_entry, device_state, fixture_config, install, pod_logs
 
 
 def _gpu_static(root: Path) -> HostTree:
@@ -47,7 +47,26 @@ def _v1_legacy(root: Path) -> HostTree:
     return host
 
 
+def _gpu_stranded(root: Path) -> HostTree:
+    """Every CPU of NUMA 1 pinned (pod db), so the free GPU there is stranded; and trainer's container holds
+    CPUs on NUMA 0 with a GPU on NUMA 1: misaligned."""
+    host = fixture_machine(root)
+    numa0_free = [0, 1, *range(4, 8), 16, 17, *range(20, 24)]
+    gpus = [f"GPU-1b7c9a2e-0000-0000-0000-00000000000{i}" for i in range(4)]
+    install(
+        host,
+        cpu=cpu_state(
+            default=numa0_free, entries={POD_A: {"app": [2, 3, 18, 19]}, POD_B: {"db": [*range(8, 16), *range(24, 32)]}}
+        ),
+        devices=device_state([device_entry(POD_A, "app", "nvidia.com/gpu", {1: [gpus[2]]})], {"nvidia.com/gpu": gpus}),
+        config=fixture_config(memory="None"),
+    )
+    pod_logs(host, [("team-a", "trainer-0", POD_A), ("team-b", "db-0", POD_B)])
+    return host
+
+
 KUBELET_SCENARIOS: dict[str, Callable[[Path], HostTree]] = {
+    "machine-gpu-stranded": _gpu_stranded,
     "machine-gpu-static": _gpu_static,
     "machine-none": _none_policies,
     "machine-v1-legacy": _v1_legacy,
@@ -64,4 +83,4 @@ def scenario_paths(name: str, root: Path, hwloc_trees: dict[str, Path]) -> HostP
 
 
 def nvml_config_for(name: str, path: Path) -> Path | None:
-    return fixture_nvml_config(path) if name == "machine-gpu-static" else None
+    return fixture_nvml_config(path) if name in ("machine-gpu-static", "machine-gpu-stranded") else None

@@ -1,0 +1,79 @@
+"""The alert rules: each names what is wrong and what to look at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboards.config import CONFIG, UIDS
+
+SEL = CONFIG["selector"]
+
+
+def rules() -> dict[str, Any]:
+    node = CONFIG["node_label"]
+    return {
+        "groups": [
+            {
+                "name": "numa-topology-exporter",
+                "rules": [
+                    {
+                        "alert": "NumaStrandedGPUs",
+                        "expr": f'sum by ({node}, numa_node, resource) (numa_topology_resource_stranded{{{SEL}, resource=~"nvidia.com/.*"}}) > 0',
+                        "for": CONFIG["stranded_gpu_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "GPUs stranded on a NUMA node",
+                            "description": "{{ $value }} {{ $labels.resource }} free on NUMA node {{ $labels.numa_node }} of "
+                            f"{{{{ $labels.{node} }}}} cannot be used: a companion resource (CPUs, memory) is exhausted there.",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
+                        "alert": "NumaContainerMisaligned",
+                        "expr": f"numa_topology_container_aligned{{{SEL}}} == 0",
+                        "for": CONFIG["misaligned_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "A container's exclusive resources span NUMA nodes",
+                            "description": "{{ $labels.namespace }}/{{ $labels.pod }} container {{ $labels.container }} on "
+                            f"{{{{ $labels.{node} }}}} holds CPUs, memory or devices on more than one NUMA node.",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
+                        "alert": "NumaExporterStale",
+                        "expr": f"time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}",
+                        "for": CONFIG["stale_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "numa-topology-exporter has not refreshed",
+                            "description": f"The exporter on {{{{ $labels.{node} }}}} last refreshed {{{{ $value | humanizeDuration }}}} ago.",
+                        },
+                    },
+                    {
+                        "alert": "NumaSourceDown",
+                        "expr": f"numa_topology_source_up{{{SEL}}} == 0",
+                        "for": CONFIG["source_down_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "A source of numa-topology-exporter cannot be read",
+                            "description": f"{{{{ $labels.source }}}} on {{{{ $labels.{node} }}}} fails to read or verify; its last good "
+                            "numbers are still published. See numa_topology_source_errors_total for the reason.",
+                        },
+                    },
+                    {
+                        "alert": "NumaNrtWritesFailing",
+                        "expr": f'sum by (instance) (increase(numa_topology_nrt_writes_total{{{SEL}, result!="success"}}[15m])) > 0 '
+                        f"unless on (instance) (time() - numa_topology_nrt_last_success_timestamp_seconds{{{SEL}}}) <= {CONFIG['nrt_failing_seconds']}",
+                        "for": CONFIG["nrt_failing_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "NodeResourceTopology writes are failing",
+                            "description": "The exporter at {{ $labels.instance }} has not written its NodeResourceTopology for "
+                            "over 15 minutes and its writes fail: NUMA-aware schedulers see stale data.",
+                        },
+                    },
+                ],
+            }
+        ]
+    }

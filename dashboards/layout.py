@@ -1,0 +1,166 @@
+"""Grafana dashboard JSON from the queries: panels, grid positions, variables. No PromQL here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboards.config import CONFIG, UIDS
+from dashboards.queries import CLUSTER_QUERIES, NODE_QUERIES, Query
+
+SCHEMA_VERSION = 39
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def _targets(queries: list[Query]) -> list[dict[str, Any]]:
+    targets = []
+    for index, query in enumerate(queries):
+        target: dict[str, Any] = {"datasource": DATASOURCE, "expr": query.expr, "refId": chr(ord("A") + index)}
+        if query.legend:
+            target["legendFormat"] = query.legend
+        if query.instant:
+            target.update(instant=True, range=False, format="table")
+        targets.append(target)
+    return targets
+
+
+class Grid:
+    """Places panels left to right, 24 units wide, wrapping rows."""
+
+    def __init__(self) -> None:
+        self.x = self.y = self.row_height = 0
+        self.next_id = 1
+
+    def place(self, width: int, height: int) -> dict[str, int]:
+        if self.x + width > 24:
+            self.x, self.y = 0, self.y + self.row_height
+            self.row_height = 0
+        position = {"x": self.x, "y": self.y, "w": width, "h": height}
+        self.x += width
+        self.row_height = max(self.row_height, height)
+        return position
+
+    def panel_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+def panel(grid: Grid, kind: str, title: str, queries: list[Query], *, width: int = 12, height: int = 8,
+          description: str = "", unit: str | None = None, transformations: list[dict[str, Any]] | None = None,
+          options: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    result: dict[str, Any] = {
+        "id": grid.panel_id(),
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "gridPos": grid.place(width, height),
+        "targets": _targets(queries),
+        "fieldConfig": {"defaults": {"unit": unit} if unit else {}, "overrides": []},
+        "options": options or {},
+    }
+    if transformations:
+        result["transformations"] = transformations
+    return result
+
+
+def _merge() -> list[dict[str, Any]]:
+    return [
+        {"id": "merge", "options": {}},
+        {"id": "organize", "options": {"excludeByName": {"Time": True, "__name__": True}}},
+    ]
+
+
+def _variables(*, with_node: bool) -> dict[str, Any]:
+    variables: list[dict[str, Any]] = [
+        {
+            "name": "datasource",
+            "type": "datasource",
+            "query": "prometheus",
+            "label": "Data source",
+            "current": {},
+            "hide": 0,
+        }
+    ]
+    if with_node:
+        variables.append({
+            "name": "node", "label": "Node", "type": "query", "datasource": DATASOURCE,
+            "query": {"query": f"label_values(numa_topology_exporter_build_info{{{CONFIG['selector']}}}, {CONFIG['node_label']})",
+                      "refId": "node"},
+            "definition": f"label_values(numa_topology_exporter_build_info, {CONFIG['node_label']})",
+            "refresh": 2, "sort": 1, "current": {}, "hide": 0,
+        })  # fmt: skip
+    return {"list": variables}
+
+
+def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], *, with_node: bool) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "tags": ["numa", "numa-topology-exporter"],
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "editable": True,
+        "timezone": "browser",
+        "refresh": CONFIG["refresh"],
+        "time": {"from": CONFIG["time_from"], "to": "now"},
+        "templating": _variables(with_node=with_node),
+        "annotations": {"list": []},
+        "links": [
+            {"title": "NUMA dashboards", "type": "dashboards", "tags": ["numa-topology-exporter"], "asDropdown": True}
+        ],
+        "panels": panels,
+    }
+
+
+def node_dashboard() -> dict[str, Any]:
+    grid = Grid()
+    q = NODE_QUERIES
+    panels = [
+        panel(grid, "table", "Per-NUMA capacity, allocatable, available, stranded", q["accounting"], width=24, height=10,
+              description="Bytes for memory and hugepages, cores for cpu, devices otherwise.",
+              transformations=[{"id": "joinByLabels", "options": {"value": "__name__", "join": ["numa_node", "resource", "unit"]}}]),
+        panel(grid, "bargauge", "Available share of allocatable", q["available_ratio"], width=12, unit="percentunit",
+              options={"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"]}}),
+        panel(grid, "timeseries", "Stranded (free but unusable)", q["stranded"], width=12,
+              description="Free on a NUMA node but unusable by any profile: a companion resource is exhausted there."),
+        panel(grid, "timeseries", "Hugepages per NUMA node and size", q["hugepages"], width=12),
+        panel(grid, "bargauge", "Devices per NUMA node", q["devices"], width=12,
+              options={"displayMode": "basic", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"]}}),
+        panel(grid, "table", "Devices", q["device_list"], width=24, transformations=_merge()),
+        panel(grid, "table", "NUMA distances (SLIT)", q["distances"], width=12,
+              transformations=[{"id": "groupingToMatrix", "options": {"columnField": "to_numa_node", "rowField": "numa_node", "valueField": "Value"}}]),
+        panel(grid, "timeseries", "Pods that still fit, per profile", q["fit"], width=12,
+              description="Per NUMA node, and for the node: aligned (single-numa-node) and unaligned."),
+        panel(grid, "table", "Container alignment", q["alignment"], width=24, height=10,
+              description="NUMA nodes each exclusive resource spans; aligned = 1 when all share one NUMA node.",
+              transformations=[{"id": "joinByLabels", "options": {"value": "__name__", "join": ["namespace", "pod", "pod_uid", "container"]}}]),
+        panel(grid, "timeseries", "numastat: misses, foreign and remote allocations", q["numastat"], width=12, unit="ops"),
+        panel(grid, "stat", "Sources up", q["sources"], width=6,
+              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
+        panel(grid, "timeseries", "Source errors", q["source_errors"], width=6, unit="ops"),
+        panel(grid, "stat", "Seconds since last refresh", q["freshness"], width=6, unit="s"),
+        panel(grid, "table", "Kubelet configuration", q["kubelet"], width=18, transformations=_merge()),
+    ]  # fmt: skip
+    return _dashboard(UIDS["node"], "NUMA / Node", panels, with_node=True)
+
+
+def cluster_dashboard() -> dict[str, Any]:
+    grid = Grid()
+    q = CLUSTER_QUERIES
+    panels = [
+        panel(grid, "timeseries", "Stranded devices by resource", q["stranded_devices"], width=12),
+        panel(grid, "timeseries", "Stranded CPUs", q["stranded_cpus"], width=12),
+        panel(grid, "bargauge", "Nodes with the most stranded GPUs", q["stranded_gpus_by_node"], width=12,
+              options={"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"]}}),
+        panel(grid, "bargauge", "Fragmentation loss (unaligned - aligned fit) per node and profile", q["fragmentation"], width=12,
+              options={"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": {"calcs": ["lastNotNull"]}}),
+        panel(grid, "stat", "Misaligned containers", q["misaligned"], width=6,
+              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
+        panel(grid, "table", "Misaligned containers", q["misaligned_list"], width=18, transformations=_merge()),
+        panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
+              transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}]),
+        panel(grid, "timeseries", "Exporters not refreshing", q["not_refreshing"], width=8, unit="s"),
+        panel(grid, "timeseries", "Sources down", q["sources_down"], width=8),
+        panel(grid, "timeseries", "NodeResourceTopology write errors", q["nrt_errors"], width=8, unit="ops"),
+    ]  # fmt: skip
+    return _dashboard(UIDS["cluster"], "NUMA / Cluster", panels, with_node=False)
