@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: install
-	$(VENV)/bin/ruff check exporter tests bench
+	$(VENV)/bin/ruff check exporter tests bench dashboards
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -42,7 +42,7 @@ NODE_QUERIES: dict[str, list[Query]] = {
             f"count by (numa_node, kind) (numa_topology_device_info{{{NODE}}})",
             legend="NUMA {{numa_node}} {{kind}}",
             instant=True,
-        )  # fmt: skip
+        )
     ],
     "device_list": [Query(f"numa_topology_device_info{{{NODE}}}", instant=True)],
     "distances": [Query(f"numa_topology_distance{{{NODE}}}", instant=True)],
@@ -67,7 +67,7 @@ NODE_QUERIES: dict[str, list[Query]] = {
             f"sum by (source, reason) (rate(numa_topology_source_errors_total{{{NODE}}}[{RATE}]))",
             legend="{{source}} {{reason}}",
             expect_data=False,
-        )  # fmt: skip
+        )
     ],
     "freshness": [
         Query(f"time() - numa_topology_last_refresh_timestamp_seconds{{{NODE}}}", legend="seconds since refresh")
@@ -108,14 +108,14 @@ CLUSTER_QUERIES: dict[str, list[Query]] = {
             f"time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}",
             legend=f"{{{{{N}}}}}",
             expect_data=False,
-        )  # fmt: skip
+        )
     ],
     "nrt_errors": [
         Query(
             f'sum by ({N}, result) (rate(numa_topology_nrt_writes_total{{{SEL}, result!="success"}}[{RATE}]))',
             legend=f"{{{{{N}}}}} {{{{result}}}}",
             expect_data=False,
-        )  # fmt: skip
+        )
     ],
     "sources_down": [
         Query(f"numa_topology_source_up{{{SEL}}} == 0", legend=f"{{{{{N}}}}} {{{{source}}}}", expect_data=False)

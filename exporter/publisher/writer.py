@@ -2,7 +2,9 @@
 re-asserted (read back, rewritten only if it differs) on every periodic resync.
 
 With `min_interval_seconds`, changes closer together than that are coalesced into one write of the
-newest content (freshness traded for API load; off by default). Failures: 404 creates; 409 re-reads and retries; 422 logs the server's message, is counted and not
+newest content (freshness traded for API load; off by default).
+
+Failures: 404 creates; 409 re-reads and retries; 422 logs the server's message, is counted and not
 retried until the content changes; 429, 5xx and connection errors back off exponentially with jitter;
 a missing CRD is reported clearly and retried slowly. None of it blocks metrics.
 """
