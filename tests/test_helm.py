@@ -1,0 +1,242 @@
+"""The Helm chart, rendered and linted by the real Helm v4 engine (helm-python-sdk), its manifests checked
+against Kubernetes' schemas (kubernetes-validate), its values schema, its security, its container
+arguments (parsed by the real CLI), and its RBAC against what the publisher actually asks the API for."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+
+from exporter.cli import build_parser
+from exporter.metrics import NrtStats
+from exporter.publisher.api import KubeApi, client_from
+from exporter.publisher.pods import PodWatcher
+from exporter.publisher.writer import NrtWriter
+from exporter.snapshot import SnapshotBuilder
+from tests.fakeapi import FakeApiServer
+from tests.hosttree import HostTree
+from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
+
+CHART = Path(__file__).resolve().parent.parent / "helm" / "numa-topology-exporter"
+SCENARIOS = {"default": {}} | {path.stem: yaml.safe_load(path.read_text()) for path in sorted((CHART / "ci").glob("*.yaml"))}
+KUBE_VERSIONS = ("1.30.0", "1.36.0")
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+
+
+def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = helm.Chart.load(CHART)
+    manifests = chart.render(values, name="nte", namespace="numa-system", is_install=True)
+    documents = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return documents
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in documents if doc["kind"] == kind]
+
+
+def daemonset(values: dict[str, Any]) -> dict[str, Any]:
+    (ds,) = by_kind(render(values), "DaemonSet")
+    return ds
+
+
+def test_the_ci_scenarios_are_the_ones_the_issue_names() -> None:
+    assert {"monitoring-values", "crd-off-values", "gpu-values", "profiles-values"} <= set(SCENARIOS)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_lint_is_clean(scenario: str) -> None:
+    report = helm.lint(CHART, SCENARIOS[scenario], strict=True)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_every_manifest_validates_against_kubernetes(scenario: str, version: str) -> None:
+    documents = render(SCENARIOS[scenario])
+    assert by_kind(documents, "DaemonSet")
+    for document in documents:
+        if document["kind"] in OPERATOR_KINDS:
+            # kubernetes-validate has no schemas for the Prometheus Operator's CRDs: check their shape here.
+            assert document["apiVersion"] == "monitoring.coreos.com/v1"
+            assert document["spec"]
+            continue
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_the_crd_validates_as_a_crd_and_can_be_turned_off() -> None:
+    (crd,) = by_kind(render({}), "CustomResourceDefinition")
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(crd, version, strict=True)
+    assert crd["metadata"]["name"] == "noderesourcetopologies.topology.node.k8s.io"
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert [v["name"] for v in crd["spec"]["versions"] if v["storage"]] == ["v1alpha2"]
+    assert by_kind(render(SCENARIOS["crd-off-values"]), "CustomResourceDefinition") == []
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"exporter": {"port": "9709"}},
+        {"exporter": {"port": 70000}},
+        {"unknownKey": True},
+        {"exporter": {"unknown": 1}},
+        {"nrt": {"fingerprintMethod": "some"}},
+        {"nrt": {"enabled": "yes"}},
+        {"profiles": {"gpu": {"nvidia.com/gpu": -1}}},
+        {"profiles": {"gpu": {}}},
+        {"exporter": {"hostPaths": {"sys": "relative/sys", "proc": "/proc", "kubeletDir": "/k", "podLogs": "/p"}}},
+        {"exporter": {"extraArgs": ["not-a-flag"]}},
+        {"serviceMonitor": {"enabled": 1}},
+    ],
+)
+def test_values_schema_rejects_wrong_types_and_unknown_keys(values: dict[str, Any]) -> None:
+    chart = helm.Chart.load(CHART)
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_values_schema_accepts_every_scenario(scenario: str) -> None:
+    helm.Chart.load(CHART).validate_schema(SCENARIOS[scenario])
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_daemonset_security(scenario: str) -> None:
+    pod = daemonset(SCENARIOS[scenario])["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert "add" not in security["capabilities"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_volumes == {"sys", "proc", "kubelet", "pod-logs"}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
+    assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["nodeSelector"]["kubernetes.io/os"] == "linux"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["limits"]["memory"]
+
+
+def test_gpu_nodes_reach_nvml_through_the_nvidia_runtime() -> None:
+    pod = daemonset(SCENARIOS["gpu-values"])["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert (env["NVIDIA_VISIBLE_DEVICES"], env["NVIDIA_DRIVER_CAPABILITIES"]) == ("all", "utility")
+    assert "--no-nvml" not in pod["containers"][0]["args"]
+    assert "--no-nvml" in daemonset({})["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_rendered_argument_is_accepted_by_serve(scenario: str) -> None:
+    args = daemonset(SCENARIOS[scenario])["spec"]["template"]["spec"]["containers"][0]["args"]
+    parsed = build_parser().parse_args(args)
+    assert parsed.command == "serve"
+    assert (str(parsed.sysfs), str(parsed.procfs), str(parsed.kubelet_dir), str(parsed.pod_logs)) == (
+        "/host/sys", "/host/proc", "/host/var/lib/kubelet", "/host/var/log/pods",
+    )  # fmt: skip
+    assert parsed.listen_address == ":9709"
+
+
+def test_profiles_become_a_configmap_the_exporter_can_load(tmp_path: Path) -> None:
+    documents = render(SCENARIOS["profiles-values"])
+    (configmap,) = [d for d in by_kind(documents, "ConfigMap") if d["metadata"]["name"].endswith("-profiles")]
+    from exporter.profiles import parse_profiles
+
+    profiles = {p.name: dict(p.requests) for p in parse_profiles(configmap["data"]["profiles.yaml"])}
+    assert profiles["gpu-train"] == {"nvidia.com/gpu": 1, "cpu": 8, "memory": 64 << 30}
+    args = by_kind(documents, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--profiles=/etc/numa-topology-exporter/profiles.yaml" in args
+
+
+def test_monitoring_objects_ship_the_generated_rules_and_dashboards() -> None:
+    documents = render(SCENARIOS["monitoring-values"])
+    (rule,) = by_kind(documents, "PrometheusRule")
+    generated = yaml.safe_load((CHART.parent.parent / "dashboards" / "alerts.yaml").read_text())
+    assert rule["spec"] == generated
+    dashboards = [d for d in by_kind(documents, "ConfigMap") if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
+    assert sorted(next(iter(d["data"])) for d in dashboards) == ["cluster-numa.json", "node-numa.json"]
+    assert all(d["metadata"]["namespace"] == "monitoring" for d in dashboards)
+    assert by_kind(documents, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"] == "metrics"
+    assert by_kind(documents, "PodMonitor")[0]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert not [d for d in render({}) if d["kind"] in OPERATOR_KINDS], "monitoring objects are off by default"
+
+
+def rbac_rules(values: dict[str, Any]) -> set[tuple[str, str, str]]:
+    (role,) = by_kind(render(values), "ClusterRole")
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def observed_requests(apiserver: FakeApiServer, machine: HostTree, tmp_path: Path) -> set[tuple[str, str, str]]:
+    """Every request the publisher and the pod watch make in a full life: create, update, re-assert, node
+    lookup, list and watch; mapped to RBAC (apiGroup, resource, verb)."""
+    apiserver.add_node("worker-1")
+    apiserver.set_pod(namespace="default", name="p", uid="u", node="worker-1")
+    install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+    api = KubeApi(client_from(apiserver.kubeconfig(tmp_path / "kubeconfig")))
+    writer = NrtWriter(api, node_name="worker-1", stats=NrtStats())
+    builder = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False)
+
+    async def life() -> None:
+        watcher = PodWatcher(api, node_name="worker-1", on_change=lambda: None)
+        watcher.start(asyncio.get_running_loop())
+        await writer.on_snapshot(builder.build(), {"start"})
+        await writer.sync()
+        replace_atomically(machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes())
+        await writer.on_snapshot(builder.build(), {"resync"})
+        await writer.sync()
+        while not any(path.endswith("?watch") for _m, path in apiserver.state.requests):
+            await asyncio.sleep(0.01)
+        watcher.stop()
+
+    asyncio.run(asyncio.wait_for(life(), timeout=20))
+    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    observed = set()
+    for method, path in apiserver.state.requests:
+        parts = path.removesuffix("?watch").strip("/").split("/")
+        group = "" if parts[0] == "api" else parts[1]
+        resource_parts = parts[2:] if parts[0] == "api" else parts[3:]
+        resource, named = resource_parts[0], len(resource_parts) > 1
+        verb = verbs[method] if named or method != "GET" else ("watch" if path.endswith("?watch") else "list")
+        observed.add((group, resource, verb))
+    return observed
+
+
+def test_rbac_covers_exactly_what_the_publisher_uses(apiserver: FakeApiServer, machine: HostTree, tmp_path: Path) -> None:
+    observed = observed_requests(apiserver, machine, tmp_path)
+    assert observed == rbac_rules({})
+    assert ("topology.node.k8s.io", "noderesourcetopologies", "update") in observed
+
+
+def test_no_rbac_when_nothing_is_published() -> None:
+    documents = render(SCENARIOS["nrt-off-values"])
+    assert by_kind(documents, "ClusterRole") == []
+    pod = by_kind(documents, "DaemonSet")[0]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert "--no-nrt" in pod["containers"][0]["args"]
