@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from exporter.errors import InvalidText
+
 CpuSet = frozenset[int]
 
 
 def parse_cpuset(text: str) -> CpuSet:
-    """Parse list syntax exactly as the kubelet does; raise ValueError on anything else."""
+    """Parse list syntax exactly as the kubelet does; raise InvalidText (a ValueError) on anything else."""
     if text == "":
         return frozenset()
     cpus: set[int] = set()
@@ -22,9 +24,9 @@ def parse_cpuset(text: str) -> CpuSet:
         low = _parse_id(low_text)
         high = _parse_id(high_text) if dash else low
         if high < low:
-            raise ValueError(f"invalid range {item!r}: {high} < {low}")
+            raise InvalidText(f"invalid range {item!r}: {high} < {low}")
         if high - low > 1 << 16:
-            raise ValueError(f"range {item!r} is implausibly large")
+            raise InvalidText(f"invalid range {item!r}: implausibly large")
         cpus.update(range(low, high + 1))
     return frozenset(cpus)
 
@@ -36,7 +38,7 @@ def parse_sysfs_cpulist(text: str) -> CpuSet:
 
 def _parse_id(text: str) -> int:
     if not text.isdigit() or not text.isascii():
-        raise ValueError(f"invalid CPU id {text!r}")
+        raise InvalidText(f"invalid CPU id {text!r}")
     return int(text)
 
 
@@ -45,8 +47,8 @@ def parse_cpumask(text: str) -> CpuSet:
     words = text.strip().split(",")
     value = 0
     for word in words:
-        if not word or len(word) > 8:
-            raise ValueError(f"invalid cpumask word {word!r}")
+        if not word or len(word) > 8 or not all(c in "0123456789abcdefABCDEF" for c in word):
+            raise InvalidText(f"invalid cpumask word {word!r}")
         value = (value << 32) | int(word, 16)
     return frozenset(bit for bit in range(value.bit_length()) if value >> bit & 1)
 

@@ -10,6 +10,8 @@
      |    +-- SourceParseError    the text is not what the format says (reason "parse")
      |    +-- SourceFormatError   a layout this version does not know (reason "format")
      |    +-- SourceChecksumError the kubelet's checksum does not verify (reason "checksum")
+     +-- InvalidText              a low-level value (cpuset, cpumask, SLIT row, quantity) does not parse;
+     |                            also a ValueError, so callers that expect one keep working
      +-- ConfigError              the exporter's own configuration (flags, profiles file) is wrong
      +-- ApiError                 the Kubernetes API refused or failed a request; `api_error()` maps each
           +-- ApiNotFound         404 for an object that does not exist (create it)
@@ -72,6 +74,10 @@ class SourceFormatError(SourceError):
 
 class SourceChecksumError(SourceError):
     reason = "checksum"
+
+
+class InvalidText(ExporterError, ValueError):
+    """A value in a known syntax (cpuset, hex mask, distance row, quantity) that does not follow it."""
 
 
 class ConfigError(ExporterError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from exporter.errors import InvalidText
+
 _BINARY_SUFFIXES = (
     ("Ei", 1 << 60),
     ("Pi", 1 << 50),
@@ -33,11 +35,11 @@ def parse_quantity(text: str | int | float) -> float:
     if isinstance(text, int | float):
         return float(text)
     value = text.strip()
-    if value.endswith("m") and value[:-1].replace(".", "", 1).isdigit():
+    if value.endswith("m") and value[:-1].replace(".", "", 1).isdigit() and value[:-1].isascii():
         return float(value[:-1]) / 1000
     match = _QUANTITY.match(value)
     if not match:
-        raise ValueError(f"invalid quantity {text!r}")
+        raise InvalidText(f"invalid quantity {text!r}")
     number, suffix = float(match.group(1)), match.group(2)
     if not suffix:
         return number
@@ -46,7 +48,7 @@ def parse_quantity(text: str | int | float) -> float:
             return number * factor
     if suffix in _DECIMAL_SUFFIXES:
         return number * _DECIMAL_SUFFIXES[suffix]
-    raise ValueError(f"invalid quantity suffix in {text!r}")
+    raise InvalidText(f"invalid quantity suffix in {text!r}")
 
 
 def human_bytes(size_bytes: int) -> str:

@@ -124,7 +124,8 @@ def test_every_panel_and_alert_answers_against_a_real_prometheus(tmp_path: Path,
         with Prometheus(tmp_path / "prometheus", targets) as prometheus:
             prometheus.wait_for_query(f'count(up{{job="numa-topology-exporter"}} == 1) == {len(daemons)}')
             # rate() over the numastat counters needs two samples in its window.
-            prometheus.wait_for_query("count(count_over_time(numa_topology_numastat_pages_total[5m]) >= 2) > 0")
+            node = f'{CONFIG["node_label"]}="machine-gpu-stranded"'
+            prometheus.wait_for_query(f"count_over_time(numa_topology_numastat_pages_total{{{node}}}[5m]) >= 3")
             empty = []
             for name, query in ALL_QUERIES:
                 result = prometheus.query(concrete(query.expr, "machine-gpu-stranded"))

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from exporter.cpuset import CpuSet, parse_cpumask, parse_sysfs_cpulist
+from exporter.errors import InvalidText
 from exporter.model import HugepagePool, NumaNode
 from exporter.paths import HostPaths
 from exporter.sources.files import list_prefixed_ids, read_sysfs_int, read_sysfs_text
@@ -49,7 +50,10 @@ def parse_proc_meminfo(text: str) -> dict[str, int]:
 
 def parse_distance(text: str) -> tuple[int, ...]:
     """A node's SLIT row: space-separated integers, one per online NUMA node in ascending id order."""
-    return tuple(int(field) for field in text.split())
+    fields = text.split()
+    if not all(field.isascii() and field.isdigit() for field in fields):
+        raise InvalidText(f"invalid distance row {text[:80]!r}")
+    return tuple(int(field) for field in fields)
 
 
 def parse_numastat(text: str) -> dict[str, int]:
