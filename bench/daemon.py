@@ -161,14 +161,22 @@ def cpu_and_switches(pid: int) -> tuple[float, int]:
     return ticks / os.sysconf("SC_CLK_TCK"), switches
 
 
-def memory(seconds: float) -> None:
+def memory(seconds: float, *, with_nrt: bool) -> None:
     paths = machine_with_state()
     fsroot = Path(paths.sysfs).parent
     node_exporter, node_url = start_node_exporter(fsroot)
+    extra = ["--no-nvml", "--debounce", "0"]
+    server = None
+    if with_nrt:
+        from tests.fakeapi import FakeApiServer
+
+        server = FakeApiServer()
+        server.add_node("bench-node")
+        extra += ["--kubeconfig", str(server.kubeconfig(fsroot / "kubeconfig")), "--node-name", "bench-node"]
     states = [(KUBELET_FIXTURES / name).read_bytes() for name in
               ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
     try:
-        with Daemon(paths, extra=["--no-nvml", "--debounce", "0"]) as daemon:
+        with Daemon(paths, extra=extra) as daemon:
             wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
             start_rss = rss_kib(daemon.process.pid)
             stop = time.monotonic() + seconds
@@ -182,10 +190,14 @@ def memory(seconds: float) -> None:
                     changes += 1
                 time.sleep(0.02)
             ours_rss, theirs_rss = rss_kib(daemon.process.pid), rss_kib(node_exporter.pid)
+            nrt_writes = len(server.writes()) if server is not None else 0
     finally:
         node_exporter.terminate()
         node_exporter.wait()
-    print(f"{seconds:.0f} s, {scrapes} scrapes of each, {changes} state-file changes")
+        if server is not None:
+            server.stop()
+    mode = f"publishing NRT ({nrt_writes} writes)" if with_nrt else "standalone"
+    print(f"{seconds:.0f} s, {mode}, {scrapes} scrapes of each, {changes} state-file changes")
     print_table(("exporter", "RSS MiB at start", "RSS MiB at end"),
                 [("numa-topology-exporter", f"{start_rss / 1024:.1f}", f"{ours_rss / 1024:.1f}"),
                  ("node_exporter meminfo_numa", "-", f"{theirs_rss / 1024:.1f}")])  # fmt: skip
@@ -218,7 +230,9 @@ def main() -> None:
     scrape_parser = commands.add_parser("scrape")
     scrape_parser.add_argument("--seconds", type=float, default=10)
     scrape_parser.add_argument("--clients", type=int, default=4)
-    commands.add_parser("memory").add_argument("--seconds", type=float, default=600)
+    memory_parser = commands.add_parser("memory")
+    memory_parser.add_argument("--seconds", type=float, default=600)
+    memory_parser.add_argument("--with-nrt", action="store_true", help="also publish NRT to a fake API server")
     commands.add_parser("idle").add_argument("--seconds", type=float, default=60)
     args = parser.parse_args()
     if args.command == "latency":
@@ -226,7 +240,7 @@ def main() -> None:
     elif args.command == "scrape":
         scrape(args.seconds, args.clients)
     elif args.command == "memory":
-        memory(args.seconds)
+        memory(args.seconds, with_nrt=args.with_nrt)
     else:
         idle(args.seconds)
 

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from exporter.errors import ConfigError
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
 from exporter.paths import HostPaths
-from exporter.publisher.api import KubeApi, client_from
-from exporter.publisher.pods import PodWatcher
-from exporter.publisher.writer import NrtWriter
 from exporter.refresher import Refresher
 from exporter.snapshot import SnapshotBuilder
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
@@ -29,6 +30,10 @@ from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watch
 log = logging.getLogger(__name__)
 DEFAULT_PORT = 9709
 SHUTDOWN_SECONDS = 0.5
+STANDALONE = (
+    "no API server configured (not in a cluster, no --kubeconfig): running standalone, "
+    "NodeResourceTopology not published, pod names from the pod log directory"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +48,23 @@ class ServeOptions:
     node_name: str = "localhost"
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
     nrt_min_interval_seconds: float = 0.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+
+def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """A server TLS context (TLS 1.2 or newer) from a certificate and key, or None for plain HTTP."""
+    if cert_file is None and key_file is None:
+        return None
+    if cert_file is None or key_file is None:
+        raise ConfigError("--web.tls-cert-file and --web.tls-key-file go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=cert_file, keyfile=key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate {cert_file} / key {key_file}: {exc}") from None
+    return context
 
 
 def parse_listen_address(text: str) -> tuple[str | None, int]:
@@ -93,12 +115,14 @@ async def serve(
     app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
+    context = tls_context(options.tls_cert_file, options.tls_key_file)
+    site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
     await site.start()
+    scheme = "https" if context is not None else "http"
     for address in runner.addresses:
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
-        on_listening(f"numa-topology-exporter: serving metrics on http://{shown}:{port}/metrics")
+        on_listening(f"numa-topology-exporter: serving metrics on {scheme}://{shown}:{port}/metrics")
 
     watcher = DirectoryWatcher(watch_specs(builder.paths), trigger)
     attach_watcher(loop, watcher)
@@ -141,6 +165,11 @@ async def serve(
     return code
 
 
+def api_server_configured(kubeconfig: Path | None) -> bool:
+    """A kubeconfig was given, or this runs in a pod (the service account's environment is there)."""
+    return kubeconfig is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 def _start_publishing(
     options: ServeOptions,
     *,
@@ -149,17 +178,25 @@ def _start_publishing(
     trigger: Trigger,
     nrt: NrtStats,
     tasks: set[asyncio.Task[None]],
-) -> PodWatcher | None:
-    """NRT writer and pod watch when an API server is reachable; standalone (said once) otherwise."""
+) -> Any:
+    """NRT writer and pod watch when an API server is reachable; standalone (said once) otherwise.
+
+    The publisher, and with it the `kubernetes` client (about 36 MiB once imported), is imported only
+    here, so a standalone agent does not carry it.
+    """
     if not options.publish_nrt:
         log.info("NodeResourceTopology publishing is off (--no-nrt)")
         return None
+    if not api_server_configured(options.kubeconfig):
+        log.warning(STANDALONE)
+        return None
+    from exporter.publisher.api import KubeApi, client_from  # noqa: PLC0415 - see the docstring
+    from exporter.publisher.pods import PodWatcher  # noqa: PLC0415
+    from exporter.publisher.writer import NrtWriter  # noqa: PLC0415
+
     client = client_from(options.kubeconfig)
     if client is None:
-        log.warning(
-            "no API server configured (not in a cluster, no --kubeconfig): running standalone, "
-            "NodeResourceTopology not published, pod names from the pod log directory"
-        )
+        log.warning(STANDALONE)
         return None
     api = KubeApi(client)
     writer = NrtWriter(

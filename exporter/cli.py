@@ -55,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=f":{DEFAULT_PORT}",
         help=f"HOST:PORT to serve on (default :{DEFAULT_PORT}, every interface; port 0 picks a free one)",
     )
+    serve.add_argument(
+        "--web.tls-cert-file",
+        dest="tls_cert_file",
+        type=Path,
+        default=None,
+        help="serve HTTPS with this PEM certificate (with --web.tls-key-file)",
+    )
+    serve.add_argument(
+        "--web.tls-key-file", dest="tls_key_file", type=Path, default=None, help="the certificate's PEM private key"
+    )
     serve.add_argument("--resync-interval", type=float, default=60.0, help="seconds between full refreshes")
     serve.add_argument("--debounce", type=float, default=0.1, help="seconds to merge a burst of changes")
     nrt = serve.add_argument_group("NodeResourceTopology publishing")
@@ -168,6 +178,8 @@ def _serve(args: argparse.Namespace) -> int:
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,
         nrt_min_interval_seconds=max(args.nrt_min_interval, 0.0),
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
     )
     return asyncio.run(serve(builder(args), options, on_listening=lambda line: print(line, flush=True)))
 

@@ -6,7 +6,7 @@ Nothing here reads the host: every answer comes from the refresher's current sna
 from __future__ import annotations
 
 import html
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -16,6 +16,7 @@ from exporter.render import render_json
 from exporter.snapshot import Snapshot
 
 MAX_REQUEST_BYTES = 16 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 INDEX = """<!doctype html>
 <html><head><title>numa-topology-exporter</title></head>
@@ -31,13 +32,23 @@ INDEX = """<!doctype html>
 """
 
 
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only small GET/HEAD requests: everything here is read-only, and nothing needs a body."""
+    if request.method not in ("GET", "HEAD"):
+        return web.Response(status=405, text="method not allowed\n", headers={"Allow": "GET, HEAD"})
+    if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        return web.Response(status=413, text="request too large\n")
+    return await handler(request)
+
+
 def build_app(
     *,
     exposition: Callable[[], bytes],
     current: Callable[[], Snapshot | None],
     healthy: Callable[[], bool],
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_guard])
 
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -317,3 +317,22 @@ def test_an_unknown_node_is_looked_up_once_per_resync(
     asyncio.run(scenario())
     lookups = [path for method, path in apiserver.state.requests if path == f"/api/v1/nodes/{NODE}"]
     assert len(lookups) == 2, "once at start, once on the resync: not on every change"
+
+
+def test_a_resync_cuts_a_long_backoff_short(static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> None:
+    writer = make_writer(apiserver, tmp_path, backoff_base_seconds=600, backoff_max_seconds=600)
+    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
+    apiserver.state.faults = [Fault(503)]
+
+    async def scenario() -> None:
+        await writer.on_snapshot(builder.build(), {"start"})
+        task = asyncio.create_task(writer.sync())
+        while not writer.stats.writes and not apiserver.state.requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert not task.done(), "backing off for minutes"
+        await writer.on_snapshot(builder.build(), {"resync"})
+        await asyncio.wait_for(task, timeout=5)
+
+    asyncio.run(scenario())
+    assert apiserver.nrt(NODE) is not None

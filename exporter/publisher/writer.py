@@ -63,6 +63,7 @@ class NrtWriter:
         self._last_write_at: float | None = None
         self._snapshot: Snapshot | None = None
         self._wake = asyncio.Event()
+        self._resync = asyncio.Event()  # cuts a backoff short: every resync is a chance to recover
         self._reassert = True
         self._written: dict[str, Any] | None = None
         self._rejected: dict[str, Any] | None = None
@@ -78,6 +79,7 @@ class NrtWriter:
         if "resync" in reasons:
             self._reassert = True
             self._node_lookup_due = self._node_uid is None
+            self._resync.set()
         self._wake.set()
 
     def desired(self) -> dict[str, Any]:
@@ -119,20 +121,31 @@ class NrtWriter:
                 failures += 1
                 if failures <= CONFLICT_RETRIES:
                     continue  # someone wrote in between: re-read and try again at once
-                await self._sleep(self._backoff(failures - CONFLICT_RETRIES))
+                await self._pause(self._backoff(failures - CONFLICT_RETRIES))
             except ApiCrdMissing as exc:
                 if not self._said_crd_missing:
                     log.error("%s; retrying every %.0f s", exc, self._slow_retry)
                     self._said_crd_missing = True
-                await self._sleep(self._slow_retry)
+                await self._pause(self._slow_retry)
             except ApiForbidden as exc:
                 log.error("not allowed to write NodeResourceTopology %s (check RBAC): %s", self.node_name, exc)
-                await self._sleep(self._slow_retry)
+                await self._pause(self._slow_retry)
             except ApiError as exc:
                 failures += 1
                 delay = self._backoff(failures)
                 log.warning("NodeResourceTopology write failed (%s); retrying in %.1f s", exc, delay)
-                await self._sleep(delay)
+                await self._pause(delay)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before retrying: `seconds`, or until the next resync, whichever comes first."""
+        self._resync.clear()
+        resync = asyncio.ensure_future(self._resync.wait())
+        pause = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({resync, pause}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            resync.cancel()
+            pause.cancel()
 
     def _backoff(self, failures: int) -> float:
         ceiling = min(self._backoff_max, self._backoff_base * 2 ** min(failures - 1, 16))
