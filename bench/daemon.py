@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import print_table, unpack_hwloc_trees
 from exporter.paths import HostPaths
 from tests.daemon import Daemon, cpu_series, wait_for
+from tests.fakeapi import FakeApiServer
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 from tests.prometheus import free_port
@@ -168,8 +169,6 @@ def memory(seconds: float, *, with_nrt: bool) -> None:
     extra = ["--no-nvml", "--debounce", "0"]
     server = None
     if with_nrt:
-        from tests.fakeapi import FakeApiServer
-
         server = FakeApiServer()
         server.add_node("bench-node")
         extra += ["--kubeconfig", str(server.kubeconfig(fsroot / "kubeconfig")), "--node-name", "bench-node"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import selectors
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +20,16 @@ from typing import TypeVar
 from exporter.paths import HostPaths
 
 T = TypeVar("T")
-URL = re.compile(r"serving metrics on (http://\S+)/metrics")
+URL = re.compile(r"serving metrics on (https?://\S+)/metrics")
+SETPRIV = shutil.which("setpriv")
+
+
+def without_capabilities() -> list[str]:
+    """A command prefix that runs the daemon as in the chart: root, but with every capability dropped
+    (so a 0600 file of another owner, or a 000 file, is unreadable, and a read-only tree unwritable)."""
+    if os.geteuid() != 0 or SETPRIV is None:
+        return []
+    return [SETPRIV, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--"]
 
 
 def wait_for(
@@ -36,9 +47,17 @@ def wait_for(
 
 
 class Daemon:
-    def __init__(self, paths: HostPaths, *, extra: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        paths: HostPaths,
+        *,
+        extra: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.ssl_context = ssl_context
         command = [
-            sys.executable, "-m", "exporter", "serve", "--web.listen-address", "127.0.0.1:0",
+            *without_capabilities(), sys.executable, "-m", "exporter", "serve", "--web.listen-address", "127.0.0.1:0",
             "--path.sysfs", str(paths.sysfs), "--path.procfs", str(paths.procfs),
             "--path.kubelet", str(paths.kubelet_dir), "--path.pod-logs", str(paths.pod_logs), *extra,
         ]  # fmt: skip
@@ -72,7 +91,7 @@ class Daemon:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(self.base_url + path, timeout=5) as response:
+            with urllib.request.urlopen(self.base_url + path, timeout=5, context=self.ssl_context) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:
             return error.code, error.read().decode()

@@ -61,6 +61,7 @@ class FakeState:
     latency_seconds: float = 0.0
     crd_installed: bool = True
     down: bool = False  # drop every connection, as an API server that is not there
+    fail_all: int | None = None  # answer every NRT request with this status while set
     requests: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -115,6 +116,8 @@ class FakeApiServer:
             await asyncio.sleep(self.state.latency_seconds)
         if request.path.startswith(NRT_PATH) and not self.state.crd_installed:
             return status(404, "NotFound", "the server could not find the requested resource")
+        if self.state.fail_all is not None and request.path.startswith(NRT_PATH):
+            return status(self.state.fail_all, "Failure", f"every request fails with {self.state.fail_all}")
         for fault in list(self.state.faults):
             if request.path.startswith(fault.path_prefix) and fault.method in (None, request.method):
                 self.state.faults.remove(fault)

@@ -24,7 +24,9 @@ from tests.hosttree import HostTree
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "numa-topology-exporter"
-SCENARIOS = {"default": {}} | {path.stem: yaml.safe_load(path.read_text()) for path in sorted((CHART / "ci").glob("*.yaml"))}
+SCENARIOS = {"default": {}} | {
+    path.stem: yaml.safe_load(path.read_text()) for path in sorted((CHART / "ci").glob("*.yaml"))
+}
 KUBE_VERSIONS = ("1.30.0", "1.36.0")
 OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
@@ -122,7 +124,9 @@ def test_daemonset_security(scenario: str) -> None:
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert "add" not in security["capabilities"]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    assert not pod.get("hostNetwork")
+    assert not pod.get("hostPID")
+    assert not pod.get("hostIPC")
     host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
     assert host_volumes == {"sys", "proc", "kubelet", "pod-logs"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
@@ -208,7 +212,9 @@ def observed_requests(apiserver: FakeApiServer, machine: HostTree, tmp_path: Pat
         watcher.start(asyncio.get_running_loop())
         await writer.on_snapshot(builder.build(), {"start"})
         await writer.sync()
-        replace_atomically(machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes())
+        replace_atomically(
+            machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
+        )
         await writer.on_snapshot(builder.build(), {"resync"})
         await writer.sync()
         while not any(path.endswith("?watch") for _m, path in apiserver.state.requests):
@@ -228,7 +234,9 @@ def observed_requests(apiserver: FakeApiServer, machine: HostTree, tmp_path: Pat
     return observed
 
 
-def test_rbac_covers_exactly_what_the_publisher_uses(apiserver: FakeApiServer, machine: HostTree, tmp_path: Path) -> None:
+def test_rbac_covers_exactly_what_the_publisher_uses(
+    apiserver: FakeApiServer, machine: HostTree, tmp_path: Path
+) -> None:
     observed = observed_requests(apiserver, machine, tmp_path)
     assert observed == rbac_rules({})
     assert ("topology.node.k8s.io", "noderesourcetopologies", "update") in observed

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid
+from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid, ApiNotFound
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.metrics import NrtStats
 from exporter.nrt import build_nrt, content
@@ -68,6 +68,7 @@ class NrtWriter:
         self._written: dict[str, Any] | None = None
         self._rejected: dict[str, Any] | None = None
         self._node_uid: str | None = None
+        self._server: dict[str, Any] | None = None  # the object as the server last returned it
         self._node_lookup_due = True  # at start, then again on each resync while the Node is unknown
         self._said_node_missing = False
         self._said_crd_missing = False
@@ -117,7 +118,7 @@ class NrtWriter:
                 self._rejected = want
                 self._reassert = False
                 return
-            except ApiConflict:
+            except (ApiConflict, ApiNotFound):
                 failures += 1
                 if failures <= CONFLICT_RETRIES:
                     continue  # someone wrote in between: re-read and try again at once
@@ -165,32 +166,45 @@ class NrtWriter:
                 self._said_node_missing = True
 
     async def _write(self, body: dict[str, Any], want: dict[str, Any]) -> None:
-        current = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
-        if current is None:
-            await self._record("create", lambda: self._api.create_nrt(body))
-        elif content(current) != want:
-            metadata = current.get("metadata") or {}
-            merged_annotations = {**(metadata.get("annotations") or {}), **body["metadata"]["annotations"]}
-            update = {
-                **body,
-                "metadata": {
-                    **body["metadata"],
-                    "annotations": merged_annotations,
-                    "labels": metadata.get("labels") or {},
-                    "resourceVersion": metadata.get("resourceVersion"),
-                },
-            }
-            await self._record("update", lambda: self._api.replace_nrt(self.node_name, update))
-        self._written = want
-        self.stats.last_success_timestamp = self._clock()
-
-    async def _record(self, operation: str, call: Callable[[], Any]) -> None:
+        """One attempt. Between resyncs, when our last write's resourceVersion is known, the object is
+        replaced directly (one request per change; a 409 means someone else wrote, and the retry re-reads).
+        At start, on a resync and after a conflict, it is read back first and written only if it differs.
+        Any failure, of the read or of the write, is counted under the operation it was for."""
+        operation = "update" if self._server is not None else "create"
         try:
-            await in_daemon_thread(call)
+            if self._reassert or self._server is None:
+                self._server = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
+                operation = "update" if self._server is not None else "create"
+                if self._server is not None and content(self._server) == want:
+                    self._confirmed(want)
+                    return
+            current = self._server
+            if current is None:
+                written = await in_daemon_thread(lambda: self._api.create_nrt(body))
+            else:
+                metadata = current.get("metadata") or {}
+                update = {
+                    **body,
+                    "metadata": {
+                        **body["metadata"],
+                        "annotations": {**(metadata.get("annotations") or {}), **body["metadata"]["annotations"]},
+                        "labels": metadata.get("labels") or {},
+                        "resourceVersion": metadata.get("resourceVersion"),
+                    },
+                }
+                written = await in_daemon_thread(lambda: self._api.replace_nrt(self.node_name, update))
         except ApiError as exc:
+            if isinstance(exc, ApiConflict | ApiNotFound):
+                self._server = None  # someone else wrote or deleted it: read it back before the retry
             self.stats.record(operation=operation, result=exc.result)
             raise
+        self._server = written
         self.writes += 1
         self._last_write_at = self._monotonic()
         self.stats.record(operation=operation, result="success", when=self._clock())
+        self._confirmed(want)
         log.info("NodeResourceTopology %s: %s", self.node_name, operation)
+
+    def _confirmed(self, want: dict[str, Any]) -> None:
+        self._written = want
+        self.stats.last_success_timestamp = self._clock()
