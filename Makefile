@@ -7,7 +7,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv
 LISTEN      ?= 127.0.0.1:9709
 
-.PHONY: run test check lint system-deps install fuzz bench clean
+.PHONY: run test check lint system-deps install fuzz soak bench clean
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,6 +36,16 @@ test: system-deps install lint
 run: install
 	$(VENV)/bin/numa-topology-exporter snapshot --format table
 	$(VENV)/bin/numa-topology-exporter serve --web.listen-address $(LISTEN) --log-level info
+
+# A large hypothesis budget for every parser (make test runs the same targets with a small one).
+FUZZ_EXAMPLES ?= 5000
+fuzz: system-deps install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/test_fuzz.py -p no:cacheprovider
+
+# 50 concurrent scrapers for 5 minutes while the state files change 10 times a second.
+SOAK_SECONDS ?= 300
+soak: system-deps install
+	$(PY) bench/soak.py --seconds $(SOAK_SECONDS)
 
 bench: system-deps install
 	$(PY) bench/discovery.py

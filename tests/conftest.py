@@ -3,8 +3,10 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,14 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def apiserver() -> Iterator[FakeApiServer]:
     yield from fake_api_server()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many inputs the fuzz targets tried (tests/test_fuzz.py)."""
+    fuzz = sys.modules.get("tests.test_fuzz")
+    tried = getattr(fuzz, "TRIED", None)
+    if not tried:
+        return
+    terminalreporter.write_sep("-", f"fuzz: {sum(tried.values())} inputs tried")
+    for target, count in sorted(tried.items()):
+        terminalreporter.write_line(f"{count:8d}  {target}")

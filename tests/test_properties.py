@@ -1,20 +1,15 @@
-"""Property-based: no input makes a reader raise anything but a SourceError, and the accounting
-invariants hold for any kubelet state: capacity >= allocatable >= available >= 0, stranded <= available."""
+"""Property-based: the accounting invariants hold for any kubelet state:
+capacity >= allocatable >= available >= 0 and stranded <= available. (Parsers are fuzzed in test_fuzz.py.)"""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.accounting import KubeletState
 from exporter.discovery import discover
-from exporter.errors import SourceError
 from exporter.model import (
     CpuManagerState,
     DeviceAllocation,
@@ -27,76 +22,7 @@ from exporter.model import (
 )
 from exporter.profiles import Profile
 from exporter.snapshot import account
-from exporter.sources.cpu_manager import parse_cpu_manager_state
-from exporter.sources.device_checkpoint import parse_device_checkpoint
-from exporter.sources.kubelet_config import parse_kubelet_config
-from exporter.sources.memory_manager import parse_memory_manager_state
 from tests.hosttree import fixture_machine
-from tests.kubelet_files import KUBELET_FIXTURES
-
-PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
-    ("cpu_manager_state", parse_cpu_manager_state),
-    ("memory_manager_state", parse_memory_manager_state),
-    ("kubelet_internal_checkpoint", parse_device_checkpoint),
-]
-FIXTURES = {
-    prefix: [p.read_bytes() for p in sorted(KUBELET_FIXTURES.glob(f"{prefix}.*.json"))] for prefix, _ in PARSERS
-}
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20,
-)
-KEYS = ["policyName", "defaultCpuSet", "entries", "checksum", "machineState", "memoryMap", "Data", "PodDeviceEntries",
-        "RegisteredDevices", "DeviceIDs", "Checksum", "podEntries", "data", "dataChecksum", "cells", "numaAffinity"]  # fmt: skip
-
-
-def accepts_or_refuses(parse: Callable[[bytes], Any], raw: bytes) -> None:
-    try:
-        parse(raw)
-    except SourceError as exc:
-        assert exc.reason in {"parse", "format", "checksum"}, exc
-
-
-@pytest.mark.parametrize(("prefix", "parse"), PARSERS, ids=[p for p, _ in PARSERS])
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=st.data())
-def test_mutated_fixtures(prefix: str, parse: Callable[[bytes], Any], data: st.DataObject) -> None:
-    raw = bytearray(data.draw(st.sampled_from(FIXTURES[prefix])))
-    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
-        action = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
-        position = data.draw(st.integers(min_value=0, max_value=max(len(raw) - 1, 0)))
-        if action == "flip" and raw:
-            raw[position] = data.draw(st.integers(min_value=0, max_value=255))
-        elif action == "cut":
-            del raw[position:]
-        elif action == "insert":
-            raw[position:position] = data.draw(st.binary(min_size=1, max_size=6))
-        elif raw:
-            del raw[position : position + data.draw(st.integers(min_value=1, max_value=8))]
-    accepts_or_refuses(parse, bytes(raw))
-
-
-@pytest.mark.parametrize(("prefix", "parse"), PARSERS, ids=[p for p, _ in PARSERS])
-@settings(max_examples=150, deadline=None)
-@given(value=JSON, keys=st.lists(st.sampled_from(KEYS), max_size=4), inner=st.lists(JSON, max_size=4))
-def test_random_json(prefix: str, parse: Callable[[bytes], Any], value: Any, keys: list[str], inner: list[Any]) -> None:
-    document = dict(zip(keys, inner, strict=False)) if keys else value
-    accepts_or_refuses(parse, json.dumps(document).encode())
-
-
-@settings(max_examples=100, deadline=None)
-@given(text=st.text(max_size=200))
-def test_random_kubelet_config(text: str) -> None:
-    try:
-        parse_kubelet_config(text.encode())
-    except SourceError as exc:
-        assert exc.reason in {"parse", "format"}
-
 
 _TOPOLOGY: list[Topology] = []
 
