@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import kubernetes as _kubernetes
 import urllib3
@@ -120,7 +121,29 @@ class KubeApi:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._custom = kubernetes.client.CustomObjectsApi(client)
-        self._core = kubernetes.client.CoreV1Api(client)
+
+    def _core_get(
+        self,
+        path: str,
+        *,
+        query: list[tuple[str, Any]] | None = None,
+        stream: bool = False,
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
+    ) -> Any:
+        """A GET on the core API through the client's ApiClient (auth, TLS, proxies from the kubeconfig).
+
+        CoreV1Api is not used: its generated module alone costs ~21 MiB of memory for three calls.
+        Returns the decoded JSON, or the open response when `stream` (a watch).
+        """
+        method, url, headers, _body, _post = self._client.param_serialize(
+            "GET", path, query_params=query or [], header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )  # fmt: skip
+        response = self._client.call_api(method, url, header_params=headers, _request_timeout=timeout)
+        if stream:
+            return response
+        response.read()
+        return self._client.response_deserialize(response, {"2XX": "object"}).data
 
     def _call(self, call: Callable[[], T]) -> T:
         try:
@@ -159,45 +182,42 @@ class KubeApi:
         )
 
     def node_uid(self, name: str) -> str:
-        node: Any = self._call(lambda: self._core.read_node(name, _request_timeout=REQUEST_TIMEOUT_SECONDS))
-        return str(node.metadata.uid)
+        node = self._call(lambda: self._core_get(f"/api/v1/nodes/{quote(name, safe='')}"))
+        return str((node.get("metadata") or {}).get("uid", ""))
 
     def list_pods(self, node_name: str) -> tuple[dict[str, PodRef], str]:
-        pods: Any = self._call(
-            lambda: self._core.list_pod_for_all_namespaces(
-                field_selector=f"spec.nodeName={node_name}", _request_timeout=REQUEST_TIMEOUT_SECONDS
-            )
-        )
-        refs = {ref.uid: ref for ref in (_pod_ref(pod) for pod in pods.items) if ref is not None}
-        return refs, str(pods.metadata.resource_version or "")
+        selector = [("fieldSelector", f"spec.nodeName={node_name}")]
+        pods = self._call(lambda: self._core_get("/api/v1/pods", query=selector))
+        refs = {ref.uid: ref for ref in (pod_ref(pod) for pod in pods.get("items") or []) if ref is not None}
+        return refs, str((pods.get("metadata") or {}).get("resourceVersion") or "")
 
     def watch_pods(self, node_name: str, resource_version: str, *, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
-        """(event type, V1Pod) until the server ends the watch; raises ApiError (410 Gone: re-list)."""
-        watcher = kubernetes.watch.Watch()
+        """(event type, pod as a dict) until the server ends the watch; raises ApiError (410 Gone: re-list)."""
+        watcher = kubernetes.watch.Watch(return_type="object")
+
+        def list_pods(**kwargs: Any) -> Any:
+            query = [("fieldSelector", f"spec.nodeName={node_name}"), ("watch", "true"),
+                     ("resourceVersion", resource_version), ("timeoutSeconds", timeout_seconds)]  # fmt: skip
+            return self._core_get("/api/v1/pods", query=query, stream=True, timeout=timeout_seconds + 10)
+
         try:
-            for event in watcher.stream(
-                self._core.list_pod_for_all_namespaces,
-                field_selector=f"spec.nodeName={node_name}",
-                resource_version=resource_version,
-                timeout_seconds=timeout_seconds,
-                _request_timeout=timeout_seconds + 10,
-            ):
-                yield str(event["type"]), event["object"]
+            for event in watcher.stream(list_pods, timeout_seconds=timeout_seconds):
+                yield str(event["type"]), event["raw_object"]
         except Exception as exc:
             raise api_error(exc) from None
         finally:
             watcher.stop()
 
 
-def _pod_ref(pod: Any) -> PodRef | None:
-    metadata = pod.metadata
-    if metadata is None or not metadata.uid:
-        return None
-    phase = pod.status.phase if pod.status is not None else None
-    if phase in TERMINAL_PHASES:
-        return None
-    return PodRef(uid=str(metadata.uid), namespace=str(metadata.namespace or ""), name=str(metadata.name or ""))
-
-
 def pod_ref(pod: Any) -> PodRef | None:
-    return _pod_ref(pod)
+    """A running pod (as the API's JSON) -> PodRef; None for terminated pods and malformed entries."""
+    if not isinstance(pod, dict):
+        return None
+    metadata = pod.get("metadata") or {}
+    if not metadata.get("uid"):
+        return None
+    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return None
+    return PodRef(
+        uid=str(metadata["uid"]), namespace=str(metadata.get("namespace") or ""), name=str(metadata.get("name") or "")
+    )

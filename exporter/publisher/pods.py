@@ -74,7 +74,7 @@ class PodWatcher:
 
     def _apply(self, kind: str, pod: object, notify: Callable[[], None]) -> None:
         ref = pod_ref(pod)
-        uid = getattr(getattr(pod, "metadata", None), "uid", None)
+        uid = (pod.get("metadata") or {}).get("uid") if isinstance(pod, dict) else None
         with self._lock:
             before = self._pods.get(str(uid)) if uid else None
             if kind == "DELETED" or ref is None:
