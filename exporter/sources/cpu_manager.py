@@ -74,15 +74,17 @@ def _candidates(obj: dict[str, Any], policy: str, default: str) -> list[tuple[st
 
     candidates: list[tuple[str, str]] = []
     if is_v1:
-        candidates.append(("v1", _text_v1(policy, default, raw_entries)))
+        candidates.append(("v1", _text_v1(policy, default, obj)))
     else:
-        v2_entries = _v2_entries_text(raw_entries, present=kj.has_field(obj, "entries"))
-        v3 = _text_v3(policy, default, v2_entries, kj.field(obj, "podEntries"), has_pod_entries)
+        v2_entries = kj.field_text(
+            obj, "entries", absent="map[]", render=lambda raw: kj.go_map({pod: kj.go_map(c) for pod, c in raw.items()})
+        )
+        v3 = _text_v3(policy, default, v2_entries, obj)
         if not has_pod_entries:
             candidates.append(("v2", _text_v2(policy, default, v2_entries)))
         candidates.extend((("v3", v3.replace(_TYPE_V3_DEV, _TYPE, 1)), ("v3", v3)))
         if not has_entries and not has_pod_entries:
-            candidates.append(("v1", _text_v1(policy, default, raw_entries, present=kj.has_field(obj, "entries"))))
+            candidates.append(("v1", _text_v1(policy, default, obj)))
     return candidates
 
 
@@ -146,16 +148,8 @@ def _head(policy: str, default: str) -> list[tuple[str, str]]:
 _CHECKSUM_FIELD = ("Checksum", kj.typed("checksum.Checksum", "0"))
 
 
-def _v2_entries_text(raw: Any, *, present: bool) -> str:
-    if not present:
-        return "map[]"
-    if raw is None:
-        return "<nil>"
-    return kj.go_map({pod: kj.go_map(containers) for pod, containers in raw.items()})
-
-
-def _text_v1(policy: str, default: str, raw: Any, *, present: bool = True) -> str:
-    entries = "map[]" if not present else kj.go_map(raw)
+def _text_v1(policy: str, default: str, obj: dict[str, Any]) -> str:
+    entries = kj.field_text(obj, "entries", absent="map[]", render=kj.go_map)
     fields = [*_head(policy, default), ("Entries", kj.typed("map[string]string", entries)), _CHECKSUM_FIELD]
     return kj.typed(_TYPE, kj.struct(fields))
 
@@ -165,18 +159,15 @@ def _text_v2(policy: str, default: str, entries: str) -> str:
     return kj.typed(_TYPE, kj.struct(fields))
 
 
-def _text_v3(policy: str, default: str, entries: str, raw_pods: Any, present: bool) -> str:
-    if not present:
-        pods = "map[]"
-    elif raw_pods is None:
-        pods = "<nil>"
-    else:
-        pods = kj.go_map(
-            {
-                pod: kj.struct([("CPUSet", kj.typed("cpuset.CPUSet", _cpuset_struct(body)))])
-                for pod, body in raw_pods.items()
-            }
-        )
+def _text_v3(policy: str, default: str, entries: str, obj: dict[str, Any]) -> str:
+    pods = kj.field_text(
+        obj,
+        "podEntries",
+        absent="map[]",
+        render=lambda raw: kj.go_map(
+            {pod: kj.struct([("CPUSet", kj.typed("cpuset.CPUSet", _cpuset_struct(body)))]) for pod, body in raw.items()}
+        ),
+    )
     fields = [
         *_head(policy, default),
         ("Entries", kj.typed("map[string]map[string]string", entries)),

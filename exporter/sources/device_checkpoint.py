@@ -82,19 +82,18 @@ def _alloc_bytes(value: Any) -> bytes | None:
 
 def hash_text(data: dict[str, Any], *, v1: bool) -> str:
     """The go-spew text the kubelet hashes for the decoded `Data` object."""
-    entries_present = kj.has_field(data, "PodDeviceEntries")
-    entries = kj.field(data, "PodDeviceEntries")
-    if not entries_present:
-        entries_text = "[]"
-    else:
-        entries_text = kj.go_slice(None if entries is None else (_entry_text(entry, v1=v1) for entry in entries))
-    registered = kj.field(data, "RegisteredDevices")
-    if not kj.has_field(data, "RegisteredDevices"):
-        registered_text = "map[]"
-    elif registered is None:
-        registered_text = "<nil>"
-    else:
-        registered_text = kj.go_map({resource: kj.go_slice(ids) for resource, ids in registered.items()})
+    entries_text = kj.field_text(
+        data,
+        "PodDeviceEntries",
+        absent="[]",
+        render=lambda entries: kj.go_slice(_entry_text(e, v1=v1) for e in entries),
+    )
+    registered_text = kj.field_text(
+        data,
+        "RegisteredDevices",
+        absent="map[]",
+        render=lambda registered: kj.go_map({resource: kj.go_slice(ids) for resource, ids in registered.items()}),
+    )
     return kj.typed(
         "checkpoint.checkpointData",
         kj.struct(

@@ -73,6 +73,15 @@ def go_bytes(data: bytes | None) -> str:
     return "<nil>" if data is None else "[" + " ".join(map(_BYTE_TEXT.__getitem__, data)) + "]"
 
 
+def field_text(obj: Mapping[str, Any], name: str, *, absent: str, render: Callable[[Any], str]) -> str:
+    """The spew text of a map or slice field as the kubelet decoded it (docs/reference.md 4.2): a key absent
+    from the file keeps the pre-initialised value (`absent`: "map[]" or "[]"), JSON null is Go's nil."""
+    if not has_field(obj, name):
+        return absent
+    value = field(obj, name)
+    return "<nil>" if value is None else render(value)
+
+
 def decode_object(raw: bytes, *, source: str) -> dict[str, Any]:
     """The file's top-level JSON object; Go's decoder would refuse anything else."""
     try:

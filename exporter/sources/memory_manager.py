@@ -131,11 +131,10 @@ def hash_text(obj: dict[str, Any]) -> str:
 
 
 def _machine_text(obj: dict[str, Any]) -> str:
-    if not kj.has_field(obj, "machineState"):
-        return "map[]"
-    raw = kj.field(obj, "machineState")
-    if raw is None:
-        return "<nil>"
+    return kj.field_text(obj, "machineState", absent="map[]", render=_nodes_text)
+
+
+def _nodes_text(raw: dict[str, Any]) -> str:
     nodes = {}
     for key, node in raw.items():
         if node is None:
@@ -184,25 +183,26 @@ def _maybe_ints(value: Any) -> list[str] | None:
 
 
 def _entries_text(obj: dict[str, Any]) -> str:
-    if not kj.has_field(obj, "entries"):
-        return "map[]"
-    raw = kj.field(obj, "entries")
-    if raw is None:
-        return "<nil>"
-    return kj.go_map(
-        {
-            pod: "<nil>"
-            if containers is None
-            else kj.go_map({name: _blocks_text(blocks) for name, blocks in containers.items()})
-            for pod, containers in raw.items()
-        }
+    return kj.field_text(
+        obj,
+        "entries",
+        absent="map[]",
+        render=lambda raw: kj.go_map(
+            {
+                pod: "<nil>"
+                if containers is None
+                else kj.go_map({name: _blocks_text(blocks) for name, blocks in containers.items()})
+                for pod, containers in raw.items()
+            }
+        ),
     )
 
 
 def _pod_entries_text(obj: dict[str, Any]) -> str:
-    raw = kj.field(obj, "podEntries")
-    if raw is None:
-        return "<nil>"
+    return kj.field_text(obj, "podEntries", absent="map[]", render=_pod_blocks_text)
+
+
+def _pod_blocks_text(raw: dict[str, Any]) -> str:
     return kj.go_map(
         {
             pod: kj.struct(
