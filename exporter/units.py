@@ -32,6 +32,8 @@ def hugepage_resource(size_bytes: int) -> str:
 
 def parse_quantity(text: str | int | float) -> float:
     """A Kubernetes quantity (`500m`, `1Gi`, `2`, `1.5G`) as a number of base units."""
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise InvalidText(f"invalid quantity {text!r}")
     if isinstance(text, int | float):
         return float(text)
     value = text.strip()

@@ -50,6 +50,9 @@ systemReserved: {cpu: 500m, memory: 1Gi}
         (b"reservedSystemCPUs: 0-", SourceParseError),
         (b"reservedMemory: [{numaNode: x}]", SourceParseError),
         (b"reservedMemory: [{numaNode: 0, limits: {memory: lots}}]", SourceParseError),
+        # Found by `make fuzz`: a flow mapping missing its key parses as {"1Gi": None}.
+        (b"reservedMemory: [{numaNode: 0, limits: { 1Gi}}]", SourceParseError),
+        (b"reservedMemory: [{numaNode: 0, limits: {memory: true}}]", SourceParseError),
     ],
 )
 def test_bad_config(text: bytes, error: type[Exception]) -> None:
