@@ -101,7 +101,14 @@ def apiserver() -> Iterator[FakeApiServer]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many inputs the fuzz targets tried (tests/test_fuzz.py)."""
+    """How many inputs the fuzz targets tried (tests/test_fuzz.py), and how fast NRT recovered from each
+    fault (tests/test_faults.py): the figures RELIABILITY.md reports."""
+    faults = sys.modules.get("tests.test_faults")
+    recovery = getattr(faults, "RECOVERY_SECONDS", None)
+    if recovery:
+        terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")
+        for fault, seconds in sorted(recovery.items()):
+            terminalreporter.write_line(f"{seconds:8.2f}  {fault}")
     fuzz = sys.modules.get("tests.test_fuzz")
     tried = getattr(fuzz, "TRIED", None)
     if not tried:

@@ -22,6 +22,7 @@ RESYNC = 1.0
 EMPTY = (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
 TWO_PODS = (KUBELET_FIXTURES / "cpu_manager_state.static-2pods.json").read_bytes()
 UP = 'numa_topology_source_up{source="cpu_manager_state"}'
+RECOVERY_SECONDS: dict[str, float] = {}  # fault -> seconds from its end to NRT showing the right content
 
 
 def nrt_cpu(apiserver: FakeApiServer, numa: int = 1) -> int | None:
@@ -49,11 +50,12 @@ def running(machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> Iter
         assert daemon.process.poll() is None, "the daemon stayed up"
 
 
-def converges_after_recovery(daemon: Daemon, apiserver: FakeApiServer, expected: int) -> None:
+def converges_after_recovery(daemon: Daemon, apiserver: FakeApiServer, expected: int, *, fault: str) -> None:
     """NRT shows `expected` within one resync (plus a request's time) of the fault ending."""
     started = time.monotonic()
-    wait_for(lambda: nrt_cpu(apiserver) == expected, timeout=RESYNC * 2 + 3, what="NRT convergence")
-    assert time.monotonic() - started < RESYNC * 2 + 3
+    wait_for(lambda: nrt_cpu(apiserver) == expected, timeout=RESYNC * 2 + 3, what="NRT convergence", interval=0.005)
+    RECOVERY_SECONDS[fault] = time.monotonic() - started
+    assert RECOVERY_SECONDS[fault] < RESYNC * 2 + 3
 
 
 def scrapes_keep_working(daemon: Daemon, expected_cpu: int) -> None:
@@ -97,7 +99,7 @@ def test_api_faults(running: tuple[Daemon, HostTree], apiserver: FakeApiServer, 
     if fault == "slow-10s":
         wait_for(lambda: nrt_cpu(apiserver) == 16, timeout=15, what="the slow request and then the write")
     else:
-        converges_after_recovery(daemon, apiserver, 16)
+        converges_after_recovery(daemon, apiserver, 16, fault=f"api {fault}")
     failed = sum(
         value for line in daemon.metrics().splitlines() if line.startswith("numa_topology_nrt_writes_total{")
         and 'result="success"' not in line for value in [float(line.rsplit(" ", 1)[1])]
@@ -154,7 +156,6 @@ def test_kubelet_file_faults(running: tuple[Daemon, HostTree], apiserver: FakeAp
     reason = damage(machine.paths.cpu_manager_state, how)
     wait_for(lambda: daemon.sample(UP) == 0, what=f"source down after {how}")
     wait_for(lambda: errors(daemon, "cpu_manager_state", reason) >= 1, what=f"{reason} counted")
-    time.sleep(0)  # scrapes below run during the resyncs that keep failing
     deadline = time.monotonic() + 2 * RESYNC
     while time.monotonic() < deadline:
         scrapes_keep_working(daemon, 10)
@@ -162,7 +163,7 @@ def test_kubelet_file_faults(running: tuple[Daemon, HostTree], apiserver: FakeAp
     assert len(apiserver.writes()) == writes_before, "no write while nothing good changed"
     repair(machine.paths.cpu_manager_state)
     wait_for(lambda: daemon.sample(UP) == 1, what="source back up")
-    converges_after_recovery(daemon, apiserver, 16)
+    converges_after_recovery(daemon, apiserver, 16, fault=f"kubelet file {how}")
 
 
 def test_sysfs_devices_vanishing(running: tuple[Daemon, HostTree]) -> None:
