@@ -216,17 +216,20 @@ class FakeApiServer:
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
         assert self._changed is not None
-        while time.monotonic() < deadline:
-            for version, kind, pod in [event for event in self.state.pod_events if event[0] > since]:
-                since = version
-                if not node or pod["spec"]["nodeName"] == node:
-                    await response.write(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
-            async with self._changed:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, deadline - time.monotonic()))
-                except TimeoutError:
-                    break
-        await response.write_eof()
+        try:
+            while time.monotonic() < deadline:
+                for version, kind, pod in [event for event in self.state.pod_events if event[0] > since]:
+                    since = version
+                    if not node or pod["spec"]["nodeName"] == node:
+                        await response.write(json.dumps({"type": kind, "object": pod}).encode() + b"\n")
+                async with self._changed:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), timeout=max(0.0, deadline - time.monotonic()))
+                    except TimeoutError:
+                        break
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the watcher went away first (its own timeout, or it stopped): nothing to tell it
         return response
 
     # --- controls, callable from any thread ---
