@@ -219,7 +219,7 @@ def test_pod_watch_names_pods_on_this_node(apiserver: FakeApiServer, tmp_path: P
     changes: list[int] = []
 
     async def scenario() -> None:
-        watcher = PodWatcher(api, node_name=NODE, on_change=lambda: changes.append(1), retry_seconds=0.05)
+        watcher = PodWatcher(api, node_name=NODE, on_change=lambda: changes.append(1), retry_seconds=5)
         watcher.start(asyncio.get_running_loop())
         while not watcher.synced:
             await asyncio.sleep(0.01)
@@ -235,6 +235,8 @@ def test_pod_watch_names_pods_on_this_node(apiserver: FakeApiServer, tmp_path: P
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=15))
     assert len(changes) >= 3
+    lists = [path for method, path in apiserver.state.requests if path == "/api/v1/pods"]
+    assert len(lists) == 1, "one list, then every change arrived through the one watch (no re-list)"
 
 
 def test_serve_publishes_and_names_pods_from_the_api(

@@ -141,7 +141,10 @@ class KubeApi:
         )  # fmt: skip
         response = self._client.call_api(method, url, header_params=headers, _request_timeout=timeout)
         if stream:
-            return response
+            if not 200 <= response.status <= 299:
+                response.read()
+                self._client.response_deserialize(response, {})  # raises the ApiException for the status
+            return response.response  # the raw urllib3 response kubernetes.watch reads line by line
         response.read()
         return self._client.response_deserialize(response, {"2XX": "object"}).data
 
