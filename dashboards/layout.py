@@ -63,6 +63,15 @@ def panel(grid: Grid, kind: str, title: str, queries: list[Query], *, width: int
     return result
 
 
+def _heatmap(table: dict[str, Any]) -> dict[str, Any]:
+    """A node x NUMA matrix whose cells are colored by value, from red (nothing left) to green."""
+    table["fieldConfig"]["defaults"].update(
+        custom={"cellOptions": {"type": "color-background", "mode": "gradient"}, "align": "center"},
+        color={"mode": "continuous-RdYlGr"},
+    )
+    return table
+
+
 def _merge() -> list[dict[str, Any]]:
     return [
         {"id": "merge", "options": {}},
@@ -157,8 +166,8 @@ def cluster_dashboard() -> dict[str, Any]:
         panel(grid, "stat", "Misaligned containers", q["misaligned"], width=6,
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
         panel(grid, "table", "Misaligned containers", q["misaligned_list"], width=18, transformations=_merge()),
-        panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
-              transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}]),
+        _heatmap(panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
+                       transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}])),
         panel(grid, "timeseries", "Exporters not refreshing", q["not_refreshing"], width=8, unit="s"),
         panel(grid, "timeseries", "Sources down", q["sources_down"], width=8),
         panel(grid, "timeseries", "NodeResourceTopology write errors", q["nrt_errors"], width=8, unit="ops"),
