@@ -45,8 +45,9 @@ def render_topology(topology: Topology) -> str:
     out = []
     sockets = {cpu.socket_id for cpu in topology.cpus}
     out.append(
-        f"{len(topology.numa_nodes)} NUMA nodes, {len(topology.cpus)} online CPUs, {len(sockets)} sockets, "
-        f"{len(topology.gpus)} GPUs (NVML), {len(topology.pci_devices)} PCI devices of interest\n\n"
+        f"{_count(len(topology.numa_nodes), 'NUMA node')}, {_count(len(topology.cpus), 'online CPU')}, "
+        f"{_count(len(sockets), 'socket')}, {_count(len(topology.gpus), 'GPU')} (NVML), "
+        f"{_count(len(topology.pci_devices), 'PCI device')} of interest\n\n"
     )
     cpu_by_id = {cpu.cpu: cpu for cpu in topology.cpus}
     devices_by_numa: dict[int, Counter[str]] = {}
@@ -129,6 +130,10 @@ def render_topology(topology: Topology) -> str:
     for warning in topology.warnings:
         out.append(f"warning: {warning}\n")
     return "".join(out)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _sriov(numvfs: int | None, totalvfs: int | None, physfn: str | None) -> str:

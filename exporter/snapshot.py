@@ -34,6 +34,7 @@ from exporter.model import KubeletConfig, PodRef, SourceStatus, Topology
 from exporter.paths import HostPaths
 from exporter.profiles import Profile, default_profiles
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager, nvml, pod_logs
+from exporter.units import hugepage_resource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,8 +92,6 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
 
 
 def _hugepage_unit(resource: str, topology: Topology) -> int:
-    from exporter.units import hugepage_resource  # noqa: PLC0415 - keeps the import list of this module short
-
     for numa in topology.numa_nodes:
         for pool in numa.hugepages:
             if hugepage_resource(pool.size_bytes) == resource:
