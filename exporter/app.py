@@ -109,9 +109,9 @@ async def serve(
     refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
                           stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
     registry = registry_for(SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt))
-    cache = CachedExposition(
-        registry, lambda: (id(refresher.snapshot), refresher.stats.count, nrt.version if nrt is not None else 0)
-    )
+    # What the exposition shows changes only with a refresh (counted whether it succeeded or not) or an NRT
+    # write. Not id(snapshot): a new snapshot may be given the address of the one just freed.
+    cache = CachedExposition(registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version))
     app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()

@@ -123,3 +123,17 @@ def test_listen_address(text: str, expected: tuple[str | None, int]) -> None:
 def test_bad_listen_address() -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen_address("9709x")
+
+
+def test_the_exposition_cache_follows_every_refresh(static_machine: HostTree) -> None:
+    """Cached bytes must never outlive the snapshot they were rendered from, however many refreshes."""
+    states = [
+        (KUBELET_FIXTURES / n).read_bytes()
+        for n in ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")
+    ]
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        for change in range(30):
+            replace_atomically(static_machine.paths.cpu_manager_state, states[change % 2])
+            expected = 16 if change % 2 == 0 else 10
+            wait_for(lambda e=expected: daemon.sample(cpu_series(1)) == e, what=f"change {change} on /metrics")
