@@ -102,19 +102,23 @@ class DirectoryWatcher:
         self.arm()
 
     def arm(self) -> None:
-        """(Re)establish a watch on every directory, or on its nearest existing parent."""
+        """(Re)establish a watch on every directory; for one that does not exist yet, on its nearest existing
+        parent (unless that is watched already), so that its creation re-arms."""
+        for spec in self._specs:
+            if spec.directory not in self._watches.values():
+                self._add(spec.directory, self._watches)
         watched = set(self._watches.values()) | set(self._parents.values())
         for spec in self._specs:
             if spec.directory in watched:
-                continue
-            if self._add(spec.directory, self._watches):
-                watched.add(spec.directory)
                 continue
             parent = spec.directory.parent
             while parent != parent.parent and not parent.is_dir():
                 parent = parent.parent
             if parent not in watched and self._add(parent, self._parents):
                 watched.add(parent)
+
+    def _missing(self) -> bool:
+        return any(spec.directory not in self._watches.values() for spec in self._specs)
 
     def _add(self, directory: Path, table: dict[int, Path]) -> bool:
         wd = self._libc.add_watch(self._fd, os.fsencode(directory), WATCH_MASK)
@@ -147,9 +151,8 @@ class DirectoryWatcher:
                 rearm = True
                 self._trigger.fire("directory-replaced")
                 continue
-            if wd in self._parents:
-                rearm = True
-                continue
+            if wd in self._parents or (mask & (IN_CREATE | IN_MOVED_TO) and self._missing()):
+                rearm = True  # something appeared where a directory we want may now exist
             directory = self._watches.get(wd)
             if directory is None:
                 continue
@@ -158,6 +161,8 @@ class DirectoryWatcher:
                     self._trigger.fire(spec.reason)
         if rearm:
             self.arm()
+            if not self._missing():
+                self._trigger.fire("directory-created")
 
     def close(self) -> None:
         os.close(self._fd)

@@ -137,3 +137,22 @@ def test_the_exposition_cache_follows_every_refresh(static_machine: HostTree) ->
             replace_atomically(static_machine.paths.cpu_manager_state, states[change % 2])
             expected = 16 if change % 2 == 0 else 10
             wait_for(lambda e=expected: daemon.sample(cpu_series(1)) == e, what=f"change {change} on /metrics")
+
+
+def test_a_device_plugins_directory_created_after_start_is_watched(static_machine: HostTree) -> None:
+    assert not static_machine.paths.device_plugins_dir.exists()
+    gpus = 'numa_topology_resource_capacity{numa_node="1",resource="intel.com/sriov_netdevice",unit="integer"}'
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        static_machine.paths.device_plugins_dir.mkdir()
+        replace_atomically(
+            static_machine.paths.device_checkpoint,
+            (KUBELET_FIXTURES / "kubelet_internal_checkpoint.empty.json").read_bytes(),
+        )
+        wait_for(lambda: daemon.sample(gpus) == 4, what="the checkpoint in a directory created after start")
+        replace_atomically(
+            static_machine.paths.device_checkpoint,
+            (KUBELET_FIXTURES / "kubelet_internal_checkpoint.gpu-sriov.json").read_bytes(),
+        )
+        available = gpus.replace("capacity", "available")
+        wait_for(lambda: daemon.sample(available) == 2, what="a later change in that directory")
