@@ -23,6 +23,9 @@ POD_A = "5f2b1c9e-3d4a-4b8e-9f10-2a6c7d8e9f01"
 POD_B = "a1b2c3d4-e5f6-4789-8abc-def012345678"
 POD_C = "0c9d8e7f-6a5b-4c3d-2e1f-0a9b8c7d6e5f"
 
+CPU_STATIC_EMPTY = (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
+CPU_STATIC_2PODS = (KUBELET_FIXTURES / "cpu_manager_state.static-2pods.json").read_bytes()
+
 FIXTURE_CONFIG = """\
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

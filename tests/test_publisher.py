@@ -16,9 +16,22 @@ from exporter.snapshot import SnapshotBuilder
 from tests.daemon import Daemon, wait_for
 from tests.fakeapi import FakeApiServer, Fault, validation_errors
 from tests.hosttree import HostTree
-from tests.kubelet_files import KUBELET_FIXTURES, POD_A, fixture_config, install, pod_logs, replace_atomically
+from tests.kubelet_files import (
+    CPU_STATIC_2PODS,
+    CPU_STATIC_EMPTY,
+    POD_A,
+    fixture_config,
+    install,
+    pod_logs,
+    replace_atomically,
+)
 
 NODE = "worker-1"
+
+
+@pytest.fixture
+def builder(static_machine: HostTree) -> SnapshotBuilder:
+    return SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
 
 
 @pytest.fixture
@@ -47,11 +60,10 @@ def cpu_available(apiserver: FakeApiServer, numa: int) -> int:
 
 
 def test_created_at_start_then_zero_writes_while_nothing_changes(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     uid = apiserver.add_node(NODE)
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
 
     async def scenario() -> None:
         await publish(writer, builder, {"start"})
@@ -72,11 +84,11 @@ def test_created_at_start_then_zero_writes_while_nothing_changes(
     assert writer.stats.last_success_timestamp is not None
 
 
-def test_one_write_per_real_change(static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_one_write_per_real_change(
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
-    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
-              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+    states = [CPU_STATIC_EMPTY, CPU_STATIC_2PODS]
 
     async def scenario() -> None:
         await publish(writer, builder)
@@ -92,10 +104,9 @@ def test_one_write_per_real_change(static_machine: HostTree, apiserver: FakeApiS
 
 
 def test_an_object_changed_or_deleted_by_someone_else_is_reasserted_on_resync(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     asyncio.run(publish(writer, builder))
     apiserver.call(apiserver.state.nrts[NODE]["zones"].pop)
     asyncio.run(publish(writer, builder))
@@ -108,10 +119,9 @@ def test_an_object_changed_or_deleted_by_someone_else_is_reasserted_on_resync(
 
 
 def test_recovery_after_the_api_server_was_down(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.down = True
 
     async def scenario() -> None:
@@ -127,9 +137,10 @@ def test_recovery_after_the_api_server_was_down(
     assert cpu_available(apiserver, 1) == 10
 
 
-def test_429_and_5xx_back_off_and_converge(static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_429_and_5xx_back_off_and_converge(
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.faults = [Fault(429), Fault(500), Fault(503, "POST"), Fault(500, "POST")]
     asyncio.run(asyncio.wait_for(publish(writer, builder), timeout=10))
     assert apiserver.nrt(NODE) is not None
@@ -138,14 +149,13 @@ def test_429_and_5xx_back_off_and_converge(static_machine: HostTree, apiserver: 
     assert writer.stats.writes[("create", "success")] == 1
 
 
-def test_a_conflict_storm_converges(static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_a_conflict_storm_converges(
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     asyncio.run(publish(writer, builder))
     apiserver.state.faults = [Fault(409, "PUT") for _ in range(25)]
-    replace_atomically(
-        static_machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
-    )
+    replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_EMPTY)
     asyncio.run(asyncio.wait_for(publish(writer, builder), timeout=20))
     assert cpu_available(apiserver, 1) == 16
     assert writer.stats.writes[("update", "conflict")] == 25
@@ -153,10 +163,13 @@ def test_a_conflict_storm_converges(static_machine: HostTree, apiserver: FakeApi
 
 
 def test_a_rejected_object_is_counted_and_not_retried_until_it_changes(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    builder: SnapshotBuilder,
+    static_machine: HostTree,
+    apiserver: FakeApiServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.faults = [Fault(422, "POST")]
     with caplog.at_level(logging.ERROR):
         asyncio.run(publish(writer, builder))
@@ -164,18 +177,19 @@ def test_a_rejected_object_is_counted_and_not_retried_until_it_changes(
             asyncio.run(publish(writer, builder))
     assert writer.stats.writes == {("create", "invalid"): 1}
     assert "rejected NodeResourceTopology worker-1: scripted fault 422" in caplog.text
-    replace_atomically(
-        static_machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
-    )
+    replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_EMPTY)
     asyncio.run(publish(writer, builder))
     assert writer.stats.writes[("create", "success")] == 1
 
 
 def test_a_missing_crd_is_reported_clearly_and_retried(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    builder: SnapshotBuilder,
+    static_machine: HostTree,
+    apiserver: FakeApiServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.crd_installed = False
 
     async def scenario() -> None:
@@ -193,10 +207,9 @@ def test_a_missing_crd_is_reported_clearly_and_retried(
 
 
 def test_slow_responses_do_not_block_the_event_loop(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.latency_seconds = 0.3
 
     async def scenario() -> int:
@@ -258,7 +271,7 @@ def test_serve_publishes_and_names_pods_from_the_api(
         wait_for(lambda: daemon.sample(aligned) == 1, what="pod names from the API watch")
         replace_atomically(
             static_machine.paths.cpu_manager_state,
-            (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes(),
+            CPU_STATIC_EMPTY,
         )
         wait_for(lambda: cpu_available(apiserver, 1) == 16, what="the change published")
         update = 'numa_topology_nrt_writes_total{operation="update",result="success"}'
@@ -276,12 +289,10 @@ def test_serve_without_an_api_server_says_so_once(static_machine: HostTree, tmp_
 
 
 def test_min_interval_coalesces_changes_into_one_write(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     writer = make_writer(apiserver, tmp_path, min_interval_seconds=1.0)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
-    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
-              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+    states = [CPU_STATIC_EMPTY, CPU_STATIC_2PODS]
 
     async def scenario() -> None:
         task = asyncio.create_task(writer.run())
@@ -302,12 +313,10 @@ def test_min_interval_coalesces_changes_into_one_write(
 
 
 def test_an_unknown_node_is_looked_up_once_per_resync(
-    static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
 ) -> None:
     writer = make_writer(apiserver, tmp_path)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
-    states = [(KUBELET_FIXTURES / name).read_bytes() for name in
-              ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
+    states = [CPU_STATIC_EMPTY, CPU_STATIC_2PODS]
 
     async def scenario() -> None:
         for change in range(4):
@@ -322,9 +331,10 @@ def test_an_unknown_node_is_looked_up_once_per_resync(
     assert len(lookups) == 2, "once at start, once on the resync: not on every change"
 
 
-def test_a_resync_cuts_a_long_backoff_short(static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path) -> None:
+def test_a_resync_cuts_a_long_backoff_short(
+    builder: SnapshotBuilder, static_machine: HostTree, apiserver: FakeApiServer, tmp_path: Path
+) -> None:
     writer = make_writer(apiserver, tmp_path, backoff_base_seconds=600, backoff_max_seconds=600)
-    builder = SnapshotBuilder(static_machine.paths, use_nvml=False, use_udev=False)
     apiserver.state.faults = [Fault(503)]
 
     async def scenario() -> None:
