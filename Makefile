@@ -3,8 +3,9 @@ VENV        ?= .venv
 PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use for real: the peers (hwloc, node_exporter), Prometheus/promtool,
-# the hwdb for device names (udev), gcc for the fake libnvidia-ml.so.1, bzip2 for the hwloc trees.
-DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv
+# the hwdb for device names (udev), gcc for the fake libnvidia-ml.so.1, bzip2 for the hwloc trees,
+# openssl for the TLS test certificate, util-linux for setpriv (the daemon run without capabilities).
+DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux
 LISTEN      ?= 127.0.0.1:9709
 
 .PHONY: run test check lint system-deps install fuzz soak bench clean
