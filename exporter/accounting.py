@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from exporter.cpuset import CpuSet
 from exporter.model import (
-    UNKNOWN_NUMA_NODE,
     CpuManagerState,
     DeviceCheckpoint,
     KubeletConfig,
@@ -249,7 +248,3 @@ def stale_entries(state: KubeletState) -> dict[str, int]:
     if state.devices is not None:
         stale["device_checkpoint"] = sum(1 for entry in state.devices.allocations if entry.pod_uid not in live)
     return stale
-
-
-def unknown_numa(account: ResourceAccount) -> bool:
-    return account.numa_node == UNKNOWN_NUMA_NODE

@@ -118,9 +118,6 @@ class Topology:
                 owner.setdefault(cpu, numa.numa_node)
         return owner
 
-    def pci_device(self, address: str) -> PciDevice | None:
-        return next((dev for dev in self.pci_devices if dev.address == address), None)
-
 
 # --- what the kubelet's state files hold -------------------------------------------------------------
 

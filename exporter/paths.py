@@ -36,14 +36,6 @@ class HostPaths:
         return self.sysfs / "bus" / "pci" / "devices"
 
     @property
-    def net_class_dir(self) -> Path:
-        return self.sysfs / "class" / "net"
-
-    @property
-    def infiniband_class_dir(self) -> Path:
-        return self.sysfs / "class" / "infiniband"
-
-    @property
     def cpu_manager_state(self) -> Path:
         return self.kubelet_dir / "cpu_manager_state"
 
