@@ -101,12 +101,14 @@ class DirectoryWatcher:
         self._parents: dict[int, Path] = {}
         self.arm()
 
-    def arm(self) -> None:
+    def arm(self) -> bool:
         """(Re)establish a watch on every directory; for one that does not exist yet, on its nearest existing
-        parent (unless that is watched already), so that its creation re-arms."""
+        parent (unless that is watched already), so that its creation re-arms. True when a directory we
+        want came into view (what it holds may have been written before its watch existed)."""
+        added = False
         for spec in self._specs:
             if spec.directory not in self._watches.values():
-                self._add(spec.directory, self._watches)
+                added = self._add(spec.directory, self._watches) or added
         watched = set(self._watches.values()) | set(self._parents.values())
         for spec in self._specs:
             if spec.directory in watched:
@@ -116,6 +118,7 @@ class DirectoryWatcher:
                 parent = parent.parent
             if parent not in watched and self._add(parent, self._parents):
                 watched.add(parent)
+        return added
 
     def _missing(self) -> bool:
         return any(spec.directory not in self._watches.values() for spec in self._specs)
@@ -159,10 +162,8 @@ class DirectoryWatcher:
             for spec in self._specs:
                 if spec.directory == directory and (spec.names is None or name in spec.names):
                     self._trigger.fire(spec.reason)
-        if rearm:
-            self.arm()
-            if not self._missing():
-                self._trigger.fire("directory-created")
+        if rearm and self.arm():
+            self._trigger.fire("directory-created")
 
     def close(self) -> None:
         os.close(self._fd)

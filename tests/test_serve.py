@@ -144,11 +144,13 @@ def test_a_device_plugins_directory_created_after_start_is_watched(static_machin
     gpus = 'numa_topology_resource_capacity{numa_node="1",resource="intel.com/sriov_netdevice",unit="integer"}'
     with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
         wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
-        static_machine.paths.device_plugins_dir.mkdir()
-        replace_atomically(
-            static_machine.paths.device_checkpoint,
-            (KUBELET_FIXTURES / "kubelet_internal_checkpoint.empty.json").read_bytes(),
+        # The directory arrives already holding its file: no event inside it can announce the file.
+        staged = static_machine.root / "staged-device-plugins"
+        staged.mkdir()
+        (staged / "kubelet_internal_checkpoint").write_bytes(
+            (KUBELET_FIXTURES / "kubelet_internal_checkpoint.empty.json").read_bytes()
         )
+        os.rename(staged, static_machine.paths.device_plugins_dir)
         wait_for(lambda: daemon.sample(gpus) == 4, what="the checkpoint in a directory created after start")
         replace_atomically(
             static_machine.paths.device_checkpoint,
