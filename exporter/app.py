@@ -28,7 +28,6 @@ from exporter.snapshot import SnapshotBuilder
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
 
 log = logging.getLogger(__name__)
-DEFAULT_PORT = 9709
 SHUTDOWN_SECONDS = 0.5
 STANDALONE = (
     "no API server configured (not in a cluster, no --kubeconfig): running standalone, "
