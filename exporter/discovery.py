@@ -7,14 +7,11 @@ sysfs, and a PCI device's human name comes from udev.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from exporter.errors import SourceError, SourceMissing, SourceUnavailable
 from exporter.model import UNKNOWN_NUMA_NODE, Gpu, PciDevice, SourceStatus, Topology
 from exporter.paths import HostPaths
 from exporter.sources import cpus, numa, nvml, pci, udev
-
-log = logging.getLogger(__name__)
 
 SYSFS = "sysfs"
 
@@ -78,8 +75,6 @@ def _place_gpus(gpus: tuple[Gpu, ...], devices: tuple[PciDevice, ...]) -> tuple[
 
 
 def _status_of(exc: SourceError) -> SourceStatus:
-    if isinstance(exc, SourceUnavailable):
-        log.info("%s", exc)
-        return SourceStatus(source=exc.source, up=False, available=False, reason=exc.reason, message=exc.message)
-    log.warning("%s", exc)
-    return SourceStatus(source=exc.source, up=False, reason=exc.reason, message=exc.message)
+    """Reported, not logged: the caller logs a source's status when it changes, not on every refresh."""
+    available = not isinstance(exc, SourceUnavailable)
+    return SourceStatus(source=exc.source, up=False, available=available, reason=exc.reason, message=exc.message)

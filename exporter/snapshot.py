@@ -176,8 +176,10 @@ class SnapshotBuilder:
             if previous is None:
                 raise
             down = SourceStatus(source="sysfs", up=False, reason=exc.reason, message=exc.message)
+            self._set("sysfs", down)
             return dataclasses.replace(previous, sources=(down, *previous.sources[1:]))
         for status in topology.sources:
+            self._set(status.source, status)
             if not status.up and status.available:
                 self.errors_total[(status.source, status.reason or "error")] += 1
         nvml_status = next((s for s in topology.sources if s.source == nvml.SOURCE), None)

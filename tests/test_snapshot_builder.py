@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -88,3 +89,20 @@ def test_sysfs_gone_after_a_good_read_keeps_the_topology(machine: HostTree, buil
 def test_sysfs_never_readable_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(SourceMissing):
         SnapshotBuilder(HostPaths(sysfs=tmp_path), use_nvml=False, use_udev=False).build()
+
+
+def test_a_source_status_is_logged_when_it_changes_not_on_every_refresh(
+    machine: HostTree, caplog: pytest.LogCaptureFixture
+) -> None:
+    builder = SnapshotBuilder(machine.paths, use_nvml=True, use_udev=False)
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            builder.build()
+    assert len([r for r in caplog.records if r.getMessage().startswith("nvml: ")]) == 1
+    assert len([r for r in caplog.records if r.getMessage().startswith("sysfs: ")]) == 1
+    caplog.clear()
+    os.rename(machine.sys, machine.root / "sys.gone")
+    with caplog.at_level(logging.INFO):
+        builder.build()
+        builder.build()
+    assert len([r for r in caplog.records if r.getMessage().startswith("sysfs: ")]) == 1, "the change is logged once"
