@@ -11,7 +11,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from exporter.cpu_assignment import CpuTopology, NotEnoughCpus, take_by_topology
 from exporter.cpuset import CpuSet
+from exporter.devices import UNKNOWN
 from exporter.model import (
     CpuManagerState,
     DeviceCheckpoint,
@@ -89,9 +91,14 @@ def numa_accounted_resources(state: KubeletState, accounts: Iterable[ResourceAcc
     return frozenset(accounted)
 
 
-def reserved_cpus(topology: Topology, config: KubeletConfig) -> ReservedCpus:
+def reserved_cpus(topology: Topology, config: KubeletConfig, cpus: CpuTopology | None = None) -> ReservedCpus:
+    """The static policy's reserved set: `reservedSystemCPUs`, else ceil(kube+system reserved cpu) CPUs chosen
+    by the kubelet's own `takeByTopology` (packed, or as the CPU manager policy options say). Only the static
+    policy chooses CPUs: under `none` only CPUs named in `reservedSystemCPUs` are reserved by id."""
     if config.reserved_system_cpus:
         return ReservedCpus(cpus=config.reserved_system_cpus, source="reservedSystemCPUs")
+    if config.cpu_manager_policy != "static":
+        return ReservedCpus(cpus=frozenset(), source="none")
     try:
         quantity = sum(
             parse_quantity(reserved.get("cpu", "0")) for reserved in (config.kube_reserved, config.system_reserved)
@@ -101,54 +108,73 @@ def reserved_cpus(topology: Topology, config: KubeletConfig) -> ReservedCpus:
     count = math.ceil(quantity)
     if count <= 0:
         return ReservedCpus(cpus=frozenset(), source="none")
-    return ReservedCpus(cpus=take_by_topology(topology, count), source="derived")
+    cpus = cpus or CpuTopology.from_topology(topology)
+    try:
+        chosen = take_by_topology(cpus, cpus.details, count, options=config.cpu_manager_policy_options)
+    except NotEnoughCpus:
+        chosen = frozenset()  # the kubelet refuses to start ("unable to reserve the required amount of CPUs")
+    return ReservedCpus(cpus=chosen, source="derived")
 
 
-def take_by_topology(topology: Topology, count: int) -> CpuSet:
-    """The kubelet's choice of `count` reserved CPUs, approximated: whole sockets, then whole cores, then
-    single threads, each in ascending order (cpumanager takeByTopology on an all-free machine)."""
-    sockets: dict[int, list[int]] = {}
-    cores: dict[tuple[int, int], list[int]] = {}
-    for cpu in topology.cpus:
-        sockets.setdefault(cpu.socket_id, []).append(cpu.cpu)
-        cores.setdefault((cpu.socket_id, cpu.core_id), []).append(cpu.cpu)
-    taken: list[int] = []
-    for cpus in (sockets[socket] for socket in sorted(sockets)):
-        if count - len(taken) >= len(cpus):
-            taken.extend(cpus)
-    for cpus in sorted(cores.values(), key=min):
-        if not set(cpus) & set(taken) and count - len(taken) >= len(cpus):
-            taken.extend(cpus)
-    for cpu_id in sorted(cpu.cpu for cpu in topology.cpus):
-        if len(taken) >= count:
-            break
-        if cpu_id not in taken:
-            taken.append(cpu_id)
-    return frozenset(taken[:count])
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExclusiveCpus:
+    """What the static policy hands exclusive CPUs from, for fit: the shared pool minus reserved CPUs, and
+    under `full-pcpus-only` the whole-core rule (K policy_static.go `enforceSMTAlignment`)."""
+
+    topology: CpuTopology
+    available: CpuSet
+    reserved_physical: CpuSet
+    full_pcpus_only: bool
+    options: Mapping[str, str]
+
+
+def exclusive_cpus(state: KubeletState, cpus: CpuTopology, reserved: CpuSet) -> ExclusiveCpus | None:
+    if state.cpu_policy != "static" or state.cpu is None:
+        return None
+    options = state.config.cpu_manager_policy_options
+    return ExclusiveCpus(
+        topology=cpus,
+        available=frozenset(state.cpu.default_cpuset - reserved),
+        reserved_physical=cpus.core_cpus(reserved),
+        full_pcpus_only=options.get("full-pcpus-only", "false").lower() == "true",
+        options=options,
+    )
 
 
 def resource_accounts(
-    topology: Topology, state: KubeletState, *, reserved: CpuSet, placement: Mapping[str, frozenset[int]]
+    topology: Topology,
+    state: KubeletState,
+    *,
+    reserved: CpuSet,
+    placement: Mapping[str, frozenset[int]],
+    cpus: CpuTopology | None = None,
 ) -> tuple[ResourceAccount, ...]:
+    """The admission view: CPUs counted on the NUMA node the kubelet files them under (once each), memory of
+    a node in a memory-manager group not available (it can no longer give a single-NUMA hint), devices on
+    the NUMA nodes their plugin reported (`admission_numa_nodes`; none reported: NUMA -1)."""
     accounts: list[ResourceAccount] = []
     cpu_static = state.cpu_policy == "static"
     memory_static = state.memory_policy.casefold() == "static"
     reserved_memory = state.config.reserved_memory
+    numa_cpus = (cpus or CpuTopology.from_topology(topology)).numa_node_cpus()
     for numa in topology.numa_nodes:
         n = numa.numa_node
-        capacity = len(numa.cpus)
-        allocatable = len(numa.cpus - reserved)
+        node_cpus = numa_cpus.get(n, frozenset())
+        capacity = len(node_cpus)
+        allocatable = len(node_cpus - reserved)
         if not cpu_static:
             available: int | None = allocatable
         elif state.cpu is None:
             available = None
         else:
-            available = len((state.cpu.default_cpuset & numa.cpus) - reserved)
+            available = len((state.cpu.default_cpuset & node_cpus) - reserved)
         accounts.append(_bounded(n, "cpu", capacity, allocatable, available))
 
         tables: Mapping[str, MemoryTable] = {}
+        grouped = False
         if memory_static and state.memory is not None and n in state.memory.machine_state:
             tables = state.memory.machine_state[n].memory_map
+            grouped = len(set(state.memory.machine_state[n].cells)) > 1
         hugepage_bytes = sum(pool.total_pages * pool.size_bytes for pool in numa.hugepages)
         reserved_here = reserved_memory.get(n, {})
         accounts.append(
@@ -160,6 +186,7 @@ def resource_accounts(
                 tables.get("memory"),
                 static=memory_static,
                 state_read=state.memory is not None,
+                grouped=grouped,
             )
         )
         for pool in numa.hugepages:
@@ -174,6 +201,7 @@ def resource_accounts(
                     tables.get(resource),
                     static=memory_static,
                     state_read=state.memory is not None,
+                    grouped=grouped,
                 )
             )
     accounts.extend(device_accounts(state.devices, placement=placement))
@@ -189,13 +217,14 @@ def _memory_account(
     *,
     static: bool,
     state_read: bool,
+    grouped: bool,
 ) -> ResourceAccount:
     if not static:
         return _bounded(numa, resource, capacity, unpinned_allocatable, unpinned_allocatable)
     if table is None:
         # Static, but the state file has never been read or has no row for this NUMA node / size.
         return _bounded(numa, resource, capacity, unpinned_allocatable, 0 if state_read else None)
-    return _bounded(numa, resource, capacity, table.allocatable_bytes, table.free_bytes)
+    return _bounded(numa, resource, capacity, table.allocatable_bytes, 0 if grouped else table.free_bytes)
 
 
 def _bounded(numa: int, resource: str, capacity: int, allocatable: int, available: int | None) -> ResourceAccount:
@@ -223,10 +252,10 @@ def device_accounts(
             for device in allocation.device_ids
             if device in registered
         }
-        numas = sorted({numa for device in registered for numa in placement[device]})
+        numas = sorted({numa for device in registered for numa in placement[device] or UNKNOWN})
         for numa in numas:
-            capacity = sum(1 for device in registered if numa in placement[device])
-            used = sum(1 for device in allocated if numa in placement[device])
+            capacity = sum(1 for device in registered if numa in (placement[device] or UNKNOWN))
+            used = sum(1 for device in allocated if numa in (placement[device] or UNKNOWN))
             accounts.append(_bounded(numa, resource, capacity, capacity, capacity - used))
     return accounts
 

@@ -1,7 +1,15 @@
-"""Where each kubelet device lives: its NUMA nodes, from hardware first.
+"""Where each kubelet device lives, in the two views docs/product.md keeps apart.
 
-A PCI address ID reads `numa_node` from sysfs; a GPU or MIG UUID maps through NVML to its PCI address;
-only when hardware does not know (`-1`, or an ID nothing maps) do the checkpoint's NUMA keys count.
+* Hardware (`device_numa_nodes`): what performance follows, used by the alignment audit and device_info. A
+  PCI address ID reads `numa_node` from sysfs; a GPU or MIG UUID, or an NVIDIA time-sliced replica
+  `<uuid>::<n>`, maps through NVML to its PCI address; only when hardware does not know (`-1`, or an ID
+  nothing maps) do the checkpoint's NUMA keys count.
+* Admission (`admission_numa_nodes`): what the kubelet's device manager aligns, i.e. the topology the device
+  plugin reported (K devicemanager/topology_hints.go). The checkpoint files each allocated device under the
+  NUMA keys its plugin reported, `-1` for none; a resource whose allocations all sit under `-1` has a plugin
+  that reports no topology, so its devices go with CPUs and memory of any NUMA node. A free device's plugin
+  topology is not in any state file: it is taken to be the hardware's (what the NVIDIA and SR-IOV plugins
+  report), and none where hardware does not know.
 Also the device inventory behind `numa_topology_device_info`: one record per device, registered or not.
 """
 
@@ -13,6 +21,8 @@ from dataclasses import dataclass
 from exporter.model import UNKNOWN_NUMA_NODE, DeviceCheckpoint, DeviceKind, Topology
 
 UNKNOWN = frozenset({UNKNOWN_NUMA_NODE})
+NO_TOPOLOGY: frozenset[int] = frozenset()
+REPLICA_SEPARATOR = "::"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,20 +46,67 @@ def hardware_numa(topology: Topology) -> dict[str, int]:
     return placed
 
 
-def device_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -> dict[str, frozenset[int]]:
-    """Every device ID the checkpoint names -> the NUMA nodes it counts on ({-1} when unknown)."""
-    if checkpoint is None:
-        return {}
-    hardware = hardware_numa(topology)
+def hardware_numa_of(hardware: Mapping[str, int], device: str) -> int:
+    """A device ID's hardware NUMA node; a time-sliced replica `<uuid>::<n>` is its GPU's."""
+    if device in hardware:
+        return hardware[device]
+    base, separator, _ = device.partition(REPLICA_SEPARATOR)
+    return hardware.get(base, UNKNOWN_NUMA_NODE) if separator else UNKNOWN_NUMA_NODE
+
+
+def _checkpoint_keys(checkpoint: DeviceCheckpoint) -> dict[str, set[int]]:
     keys: dict[str, set[int]] = {}
     for allocation in checkpoint.allocations:
         for numa, ids in allocation.devices_by_numa.items():
             for device in ids:
                 keys.setdefault(device, set()).add(numa)
+    return keys
+
+
+def admission_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -> dict[str, frozenset[int]]:
+    """Every device ID the checkpoint names -> the NUMA nodes its plugin reported (empty: no topology)."""
+    if checkpoint is None:
+        return {}
+    hardware = hardware_numa(topology)
+    evidence = checkpoint.version != "v1"  # v1 files carry no NUMA keys at all
+    keys = _checkpoint_keys(checkpoint) if evidence else {}
+    without_topology = set()
+    if evidence:
+        by_resource: dict[str, set[int]] = {}
+        for allocation in checkpoint.allocations:
+            by_resource.setdefault(allocation.resource, set()).update(
+                numa for numa, ids in allocation.devices_by_numa.items() if ids
+            )
+        without_topology = {resource for resource, numas in by_resource.items() if numas == {UNKNOWN_NUMA_NODE}}
+    placement = {}
+    for resource, device in _devices(checkpoint):
+        reported = {numa for numa in keys.get(device, ()) if numa != UNKNOWN_NUMA_NODE}
+        if resource in without_topology or (device in keys and not reported):
+            placement[device] = NO_TOPOLOGY
+        elif reported:
+            placement[device] = frozenset(reported)
+        else:
+            known = hardware_numa_of(hardware, device)
+            placement[device] = NO_TOPOLOGY if known == UNKNOWN_NUMA_NODE else frozenset({known})
+    return placement
+
+
+def _devices(checkpoint: DeviceCheckpoint) -> list[tuple[str, str]]:
+    pairs = {(resource, device) for resource, ids in checkpoint.registered.items() for device in ids}
+    pairs.update((a.resource, device) for a in checkpoint.allocations for device in a.device_ids)
+    return sorted(pairs)
+
+
+def device_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -> dict[str, frozenset[int]]:
+    """Every device ID the checkpoint names -> the NUMA nodes it counts on ({-1} when unknown)."""
+    if checkpoint is None:
+        return {}
+    hardware = hardware_numa(topology)
+    keys = _checkpoint_keys(checkpoint)
     names = set(keys) | {device for ids in checkpoint.registered.values() for device in ids}
     placement = {}
     for device in names:
-        known = hardware.get(device, UNKNOWN_NUMA_NODE)
+        known = hardware_numa_of(hardware, device)
         if known != UNKNOWN_NUMA_NODE:
             placement[device] = frozenset({known})
             continue
@@ -94,8 +151,22 @@ def device_inventory(
                     model=f"{model} MIG",
                 )
             )
+    by_uuid = {gpu.uuid: gpu for gpu in topology.gpus}
     for device, resource in sorted(resource_of.items()):
         if device in covered:
+            continue
+        replica_of = by_uuid.get(device.partition(REPLICA_SEPARATOR)[0]) if REPLICA_SEPARATOR in device else None
+        if replica_of is not None:  # an NVIDIA time-sliced replica: one GPU shared, listed once per replica
+            records.append(
+                DeviceRecord(
+                    device=device,
+                    resource=resource,
+                    kind="gpu",
+                    numa_node=replica_of.numa_node,
+                    pci_address=replica_of.pci_address,
+                    model=replica_of.name,
+                )
+            )
             continue
         numa = (
             sorted(placement.get(device, UNKNOWN))[0] if len(placement.get(device, UNKNOWN)) == 1 else UNKNOWN_NUMA_NODE
@@ -104,3 +175,4 @@ def device_inventory(
             DeviceRecord(device=device, resource=resource, kind="other", numa_node=numa, pci_address="", model="")
         )
     return tuple(records)
+

@@ -1,12 +1,21 @@
-"""How many pods of each profile still fit, per NUMA node and for the node, and what is stranded.
+"""How many pods of each profile the kubelet still admits, per NUMA node and for the node, and what is stranded.
 
-* fit(p, n)     = min over NUMA-accounted r in p of floor(available(n, r) / p[r])
-* aligned(p)    = sum over n of fit(p, n): what `single-numa-node` can still admit
-* unaligned(p)  = min over NUMA-accounted r in p of floor(sum over n of available(n, r) / p[r])
+Every number follows the kubelet's admission (docs/product.md, "Fit"):
+* a NUMA-bound resource r (pinned CPUs, Static memory and hugepages, devices whose plugin reports
+  topology) must come from the pod's one NUMA node; devices whose plugin reports none (NUMA -1, the
+  device manager's "don't care") come from a pool shared by all NUMA nodes;
+* fit(p, n)     = how many pods of p NUMA node n alone admits: min over NUMA-bound r of floor(available(n, r)
+  / p[r]), and over host-level r of floor(pool(r) / p[r]);
+* aligned(p)    = how many pods of p the kubelet admits one after another under `single-numa-node`: each goes
+  to the lowest-numbered NUMA node that fits it (the topology manager's narrowest preferred hint), so nodes
+  fill in id order while the shared pools last;
+* unaligned(p)  = min over r of floor(total available(r) / p[r]): what the node could admit if NUMA did not
+  matter (`none`, `best-effort`);
+* under `full-pcpus-only` a CPU request that is not a multiple of the threads per core is refused
+  (SMTAlignmentError), and the node-wide count of free whole-core CPUs bounds every admission, so aligned fit
+  is found by picking CPUs exactly as the CPU manager does;
 * stranded(n,r) = available(n, r) - max over p with p[r] > 0 of fit(p, n) * p[r], never below 0;
-  0 when no profile asks for r (nothing to be stranded against), and for resources that are not
-  NUMA-accounted.
-Devices with no known NUMA node (-1) count toward unaligned fit only.
+  0 when no profile asks for r, for resources that are not NUMA-accounted, and for host-level ones.
 A profile with none of its resources NUMA-accounted, or one of them still unknown, gets no fit.
 """
 
@@ -16,7 +25,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from exporter.accounting import ResourceAccount
+from exporter.accounting import ExclusiveCpus, ResourceAccount
+from exporter.cpu_assignment import NotEnoughCpus, take_by_topology
 from exporter.model import UNKNOWN_NUMA_NODE
 from exporter.profiles import Profile
 
@@ -35,6 +45,7 @@ def profile_fits(
     profiles: Iterable[Profile],
     numa_accounted: frozenset[str],
     numa_nodes: Iterable[int],
+    cpus: ExclusiveCpus | None = None,
 ) -> tuple[ProfileFit, ...]:
     available = _available(accounts)
     nodes = sorted(numa_nodes)
@@ -44,13 +55,79 @@ def profile_fits(
         known = {r: available.get(r, {}) for r in parts}
         if not parts or any(per_numa is None for per_numa in known.values()):
             continue
-        tables = {r: table for r, table in known.items() if table is not None}
-        per_numa = {n: min(tables[r].get(n, 0) // amount for r, amount in parts.items()) for n in nodes}
-        unaligned = min(sum(tables[r].values()) // amount for r, amount in parts.items())
+        shape = _Shape({r: table for r, table in known.items() if table is not None}, parts)
+        if cpus is not None and cpus.full_pcpus_only and shape.bound.get("cpu", 0) % max(cpus.topology.cpus_per_core, 1):
+            fits.append(ProfileFit(profile=profile.name, per_numa=dict.fromkeys(nodes, 0), aligned=0, unaligned=0))
+            continue  # SMTAlignmentError: not a multiple of the threads per core
+        if cpus is not None and cpus.full_pcpus_only and "cpu" in shape.bound:
+            aligned = shape.aligned_whole_cores(nodes, cpus)
+        else:
+            aligned = shape.aligned(nodes)
         fits.append(
-            ProfileFit(profile=profile.name, per_numa=per_numa, aligned=sum(per_numa.values()), unaligned=unaligned)
+            ProfileFit(
+                profile=profile.name,
+                per_numa={n: shape.alone(n, shape.pools) for n in nodes},
+                aligned=aligned,
+                unaligned=min(sum(shape.tables[r].values()) // amount for r, amount in parts.items()),
+            )
         )
     return tuple(fits)
+
+
+class _Shape:
+    """One profile against the node: `bound` parts come from the pod's NUMA node, `pooled` ones (host-level
+    devices) from the pool every NUMA node shares."""
+
+    def __init__(self, tables: dict[str, dict[int, int]], parts: Mapping[str, int]) -> None:
+        self.tables = tables
+        self.bound = {r: amount for r, amount in parts.items() if set(tables[r]) - {UNKNOWN_NUMA_NODE}}
+        self.pooled = {r: amount for r, amount in parts.items() if r not in self.bound}
+        self.pools = {r: tables[r].get(UNKNOWN_NUMA_NODE, 0) for r in self.pooled}
+
+    def alone(self, numa: int, pools: Mapping[str, int]) -> int:
+        limits = [self.tables[r].get(numa, 0) // amount for r, amount in self.bound.items()]
+        limits.extend(pools[r] // amount for r, amount in self.pooled.items())
+        return max(min(limits), 0)
+
+    def aligned(self, nodes: list[int]) -> int:
+        """Fill NUMA nodes in id order; each takes what it alone admits, while the shared pools last."""
+        left = dict(self.pools)
+        total = 0
+        for numa in nodes:
+            count = self.alone(numa, left)
+            for r, amount in self.pooled.items():
+                left[r] -= count * amount
+            total += count
+        return total
+
+    def aligned_whole_cores(self, nodes: list[int], cpus: ExclusiveCpus) -> int:
+        """`full-pcpus-only`: admit pods one by one, picking each one's CPUs as the static policy does, since
+        which CPUs it takes decides the node-wide count of free whole-core CPUs the next one is checked
+        against (K policy_static.go `enforceSMTAlignment`, `allocateCPUs`)."""
+        topo = cpus.topology
+        request = self.bound["cpu"]
+        free = set(cpus.available)
+        others = {r: amount for r, amount in self.bound.items() if r != "cpu"}
+        left = {r: dict(self.tables[r]) for r in others}
+        pools = dict(self.pools)
+        total = 0
+        for numa in nodes:
+            while all(left[r].get(numa, 0) >= amount for r, amount in others.items()):
+                if any(pools[r] < amount for r, amount in self.pooled.items()):
+                    return total
+                aligned = {cpu for cpu in free if topo.details[cpu].numa_node == numa}
+                if len(aligned) < request or len(free - cpus.reserved_physical) < request:
+                    break
+                try:
+                    free -= take_by_topology(topo, aligned, request, options=cpus.options)
+                except NotEnoughCpus:
+                    break
+                for r, amount in others.items():
+                    left[r][numa] -= amount
+                for r, amount in self.pooled.items():
+                    pools[r] -= amount
+                total += 1
+        return total
 
 
 def with_stranded(

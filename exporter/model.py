@@ -44,6 +44,7 @@ class Cpu:
     core_id: int
     socket_id: int
     siblings: CpuSet
+    uncore_cache: int | None = None  # L3 id; the kubelet falls back to the socket id without one
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,6 +110,10 @@ class Topology:
     @property
     def numa_node_ids(self) -> tuple[int, ...]:
         return tuple(numa.numa_node for numa in self.numa_nodes)
+
+    def uncore_of_cpu(self) -> Mapping[int, int]:
+        """CPU id -> uncore (L3) cache id, the socket id where sysfs gives none (as the kubelet does)."""
+        return {cpu.cpu: cpu.socket_id if cpu.uncore_cache is None else cpu.uncore_cache for cpu in self.cpus}
 
     def numa_node_of_cpu(self) -> Mapping[int, int]:
         """CPU id -> NUMA node (the lowest one when firmware lists a CPU twice)."""

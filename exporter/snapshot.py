@@ -20,13 +20,15 @@ from exporter.accounting import (
     KubeletState,
     ReservedCpus,
     ResourceAccount,
+    exclusive_cpus,
     numa_accounted_resources,
     reserved_cpus,
     resource_accounts,
     stale_entries,
 )
 from exporter.alignment import ContainerAlignment, container_alignment
-from exporter.devices import DeviceRecord, device_inventory, device_numa_nodes
+from exporter.cpu_assignment import CpuTopology
+from exporter.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
 from exporter.discovery import discover
 from exporter.errors import SourceError, SourceMissing
 from exporter.fit import ProfileFit, profile_fits, with_stranded
@@ -70,15 +72,23 @@ class Snapshot:
 
 def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile, ...] | None = None) -> Accounting:
     """Every number the exporter publishes, from discovery and the kubelet's records. Pure."""
-    reserved = reserved_cpus(topology, state.config)
+    cpus = CpuTopology.from_topology(topology)
+    reserved = reserved_cpus(topology, state.config, cpus)
     placement = device_numa_nodes(topology, state.devices)
-    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=placement)
+    admission = admission_numa_nodes(topology, state.devices)
+    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus)
     accounted = numa_accounted_resources(state, accounts)
     if profiles is None:
         present = {a.resource for a in accounts if a.resource in accounted and a.capacity > 0}
         units = {r: _hugepage_unit(r, topology) for r in present if r.startswith("hugepages-")}
         profiles = default_profiles(numa_accounted=present, unit_of=units)
-    fits = profile_fits(accounts, profiles=profiles, numa_accounted=accounted, numa_nodes=topology.numa_node_ids)
+    fits = profile_fits(
+        accounts,
+        profiles=profiles,
+        numa_accounted=accounted,
+        numa_nodes=topology.numa_node_ids,
+        cpus=exclusive_cpus(state, cpus, reserved.cpus),
+    )
     return Accounting(
         accounts=with_stranded(accounts, profiles=profiles, fits=fits, numa_accounted=accounted),
         numa_accounted=accounted,

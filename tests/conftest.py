@@ -109,6 +109,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")
         for fault, seconds in sorted(recovery.items()):
             terminalreporter.write_line(f"{seconds:8.2f}  {fault}")
+    differential = sys.modules.get("tests.test_oracle_differential")
+    compared = getattr(differential, "COMPARED", None)
+    if compared:
+        terminalreporter.write_sep("-", "kubelet-oracle: generated node states compared")
+        for what, count in sorted(compared.items()):
+            terminalreporter.write_line(f"{count:8d}  {what}")
     fuzz = sys.modules.get("tests.test_fuzz")
     tried = getattr(fuzz, "TRIED", None)
     if not tried:

@@ -110,5 +110,9 @@ def test_accounting_invariants_hold_for_any_state(state: KubeletState, profiles:
         else:
             assert entry.stranded == 0
     for fit in accounting.fits:
-        assert fit.aligned == sum(fit.per_numa.values())
+        # NUMA nodes share the pool of devices whose plugin reports no topology, so the nodes' own fits can
+        # add up to more than the node admits; without such devices they add up exactly.
+        assert fit.aligned <= sum(fit.per_numa.values())
         assert 0 <= fit.aligned <= fit.unaligned
+        if not any(a.numa_node == -1 and a.resource in accounting.numa_accounted for a in accounting.accounts):
+            assert fit.aligned == sum(fit.per_numa.values())

@@ -1,7 +1,8 @@
 """Logical CPUs from sysfs: which are online, and their core, socket and SMT siblings.
 
 Reads `<sysfs>/devices/system/cpu/{online, cpu<N>/topology/{core_id, physical_package_id,
-thread_siblings_list}}`. Only online CPUs are reported: an offline CPU cannot be handed to a pod.
+thread_siblings_list}, cpu<N>/cache/index3/id}` (the L3, which cadvisor calls the uncore cache).
+Only online CPUs are reported: an offline CPU cannot be handed to a pod.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def read_cpus(paths: HostPaths, *, online: CpuSet) -> tuple[Cpu, ...]:
                 core_id=_int_or(read_sysfs_int(f"{topology}/core_id"), cpu),
                 socket_id=_int_or(read_sysfs_int(f"{topology}/physical_package_id"), 0),
                 siblings=siblings or frozenset({cpu}),
+                uncore_cache=read_sysfs_int(f"{base}/cpu{cpu}/cache/index3/id"),
             )
         )
     return tuple(cpus)
