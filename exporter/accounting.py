@@ -23,7 +23,7 @@ from exporter.model import (
     PodRef,
     Topology,
 )
-from exporter.units import hugepage_resource, parse_quantity
+from exporter.units import hugepage_resource, parse_quantity_exact
 
 HUGEPAGES_PREFIX = "hugepages-"
 
@@ -101,7 +101,8 @@ def reserved_cpus(topology: Topology, config: KubeletConfig, cpus: CpuTopology |
         return ReservedCpus(cpus=frozenset(), source="none")
     try:
         quantity = sum(
-            parse_quantity(reserved.get("cpu", "0")) for reserved in (config.kube_reserved, config.system_reserved)
+            parse_quantity_exact(reserved.get("cpu", "0"))
+            for reserved in (config.kube_reserved, config.system_reserved)
         )
     except ValueError:
         quantity = 0

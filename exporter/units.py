@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+from fractions import Fraction
 
 from exporter.errors import InvalidText
 
@@ -14,8 +16,10 @@ _BINARY_SUFFIXES = (
     ("Mi", 1 << 20),
     ("Ki", 1 << 10),
 )
-_DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)$")
+_DECIMAL_SUFFIXES = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+# The Kubernetes quantity grammar (k8s.io/apimachinery resource.ParseQuantity): a signed decimal number, then a
+# binary-SI suffix, a decimal-SI suffix, or a decimal exponent (`e3`, `E-2`).
+_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
 
 
 def hugepage_size_name(size_bytes: int) -> str:
@@ -30,27 +34,32 @@ def hugepage_resource(size_bytes: int) -> str:
     return f"hugepages-{hugepage_size_name(size_bytes)}"
 
 
-def parse_quantity(text: str | int | float) -> float:
-    """A Kubernetes quantity (`500m`, `1Gi`, `2`, `1.5G`) as a number of base units."""
+def parse_quantity_exact(text: str | int | float) -> Fraction:
+    """A Kubernetes quantity (`500m`, `1Gi`, `2`, `1.5G`, `100n`, `1e3`) as an exact number of base units."""
     if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise InvalidText(f"invalid quantity {text!r}")
     if isinstance(text, int | float):
-        return float(text)
-    value = text.strip()
-    if value.endswith("m") and value[:-1].replace(".", "", 1).isdigit() and value[:-1].isascii():
-        return float(value[:-1]) / 1000
-    match = _QUANTITY.match(value)
+        return Fraction(text)
+    match = _QUANTITY.match(text.strip())
     if not match:
         raise InvalidText(f"invalid quantity {text!r}")
-    number, suffix = float(match.group(1)), match.group(2)
-    if not suffix:
-        return number
+    number, suffix = Fraction(match.group(1)), match.group(2) or ""
     for name, factor in _BINARY_SUFFIXES:
         if suffix == name:
             return number * factor
-    if suffix in _DECIMAL_SUFFIXES:
-        return number * _DECIMAL_SUFFIXES[suffix]
-    raise InvalidText(f"invalid quantity suffix in {text!r}")
+    if suffix[:1] in ("e", "E"):
+        return number * Fraction(10) ** int(suffix[1:])
+    return number * Fraction(10) ** _DECIMAL_SUFFIXES[suffix]
+
+
+def parse_quantity(text: str | int | float) -> float:
+    """A Kubernetes quantity as a number of base units (see parse_quantity_exact)."""
+    return float(parse_quantity_exact(text))
+
+
+def quantity_value(text: str | int | float) -> int:
+    """`Quantity.Value()`: the quantity in whole base units, rounded up (`1.5` -> 2, `100m` -> 1)."""
+    return math.ceil(parse_quantity_exact(text))
 
 
 def human_bytes(size_bytes: int) -> str:

@@ -167,9 +167,11 @@ def test_memory_v3_data() -> None:
     assert state.machine_state[1].memory_map["hugepages-2Mi"].free_bytes == 805306368
 
 
-def test_memory_policy_is_compared_case_insensitively_and_zero_checksum_refused() -> None:
+def test_memory_policy_is_compared_case_insensitively_and_zero_checksum_accepted() -> None:
     obj = json.loads((KUBELET_FIXTURES / "memory_manager_state.static-empty.json").read_bytes())
-    obj["checksum"] = 0
+    obj["checksum"] = 0  # the 1.36 V1 verifier accepts 0, like the CPU manager's
+    assert parse_memory_manager_state(json.dumps(obj).encode()).is_static
+    obj["checksum"] = 1
     with pytest.raises(SourceChecksumError):
         parse_memory_manager_state(json.dumps(obj).encode())
     text = (

@@ -30,7 +30,7 @@ from exporter.cpuset import format_cpuset, parse_cpuset
 from exporter.profiles import Profile
 from exporter.snapshot import account
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
-from tests.oracle import GIB, MachineSpec, asset, ask
+from tests.oracle import GIB, MachineSpec, ask, asset
 
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "250"))
 MIB = 1 << 20
@@ -192,10 +192,11 @@ def _oracle_state(node: NodeState) -> dict[str, Any] | None:
         "kubeletConfig": {**node.config, "topologyManagerPolicy": node.prefill_policy},
         "devices": node.machine.oracle_devices(),
         "allocatedDevices": node.preallocated,
+        # With no prefill pods, a pod that never fits: the state is what the managers wrote at start.
         "queries": [
             {"type": "fit", "pod": {"requests": node.prefill_pod}, "maxPods": node.prefill_count}
             if node.prefill_count
-            else {"type": "reserved_cpus"}
+            else {"type": "fit", "pod": {"requests": {"cpu": "100000", "memory": "100000Gi"}}, "maxPods": 1}
         ],
     }
     answer = ask(request)
@@ -234,7 +235,9 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
             "machine": node.machine.oracle_machine(),
             "kubeletConfig": node.config,
             "devices": node.machine.oracle_devices(),
-            "state": state,
+            # No prefill: the oracle starts fresh, and we read the files its managers write at start. (The
+            # 1.36.2 CPU manager refuses its own state file under strict-cpu-reservation at a restart.)
+            **({"state": state} if node.prefill_count else {}),
             "queries": [
                 {"type": "reserved_cpus"},
                 {"type": "fit", "pod": {"requests": _quantity_pod(node.profile)}, "maxPods": 500, "omitFinalState": True},
@@ -244,7 +247,7 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
     assert "error" not in answer, answer["error"]
     reserved, fit = answer["results"]
     if "error" in fit:  # e.g. the prefill left the shared pool empty: the kubelet would not start
-        COMPARED["state the kubelet refuses at start"] += 1
+        COMPARED[f"state the kubelet refuses at start: {fit['error'].split(chr(34))[0].strip()}"] += 1
         return
     accounting, cpus = _ours(node, state)
 

@@ -4,6 +4,8 @@ Versions (docs/reference.md section 1): v1 (entries keyed by container ID), v2 (
 cpuset; what every released kubelet writes), v3 (v2 + `podEntries`, 1.36 with PodLevelResourceManagers),
 v4 (1.37: the authoritative copy is the JSON string `data`, checksummed by `dataChecksum`).
 A stored v1/v2/v3 checksum of 0 is accepted, as the kubelet does ("compatibility with old file backend").
+With `PodLevelResourceManagers` off, 1.36-era kubelets hash a `CPUManagerCheckpointV2` struct, so the text
+begins `(*state.CPUManagerCheckpointV2){`; the verifier tries that name first, then the legacy one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from exporter.sources.files import read_bounded
 
 SOURCE = "cpu_manager_state"
 _TYPE = "*state.CPUManagerCheckpoint"
+_TYPE_V2 = "*state.CPUManagerCheckpointV2"
 _TYPE_V3_DEV = "*state.CPUManagerCheckpointV3"
 
 
@@ -81,7 +84,8 @@ def _candidates(obj: dict[str, Any], policy: str, default: str) -> list[tuple[st
         )
         v3 = _text_v3(policy, default, v2_entries, obj)
         if not has_pod_entries:
-            candidates.append(("v2", _text_v2(policy, default, v2_entries)))
+            v2 = _text_v2(policy, default, v2_entries)
+            candidates.extend((("v2", v2.replace(_TYPE, _TYPE_V2, 1)), ("v2", v2)))
         candidates.extend((("v3", v3.replace(_TYPE_V3_DEV, _TYPE, 1)), ("v3", v3)))
         if not has_entries and not has_pod_entries:
             candidates.append(("v1", _text_v1(policy, default, obj)))

@@ -16,7 +16,7 @@ from exporter.errors import SourceFormatError, SourceParseError
 from exporter.model import KubeletConfig
 from exporter.paths import HostPaths
 from exporter.sources.files import read_bounded
-from exporter.units import parse_quantity
+from exporter.units import quantity_value
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's loader when PyYAML was built with it
 
@@ -121,7 +121,7 @@ def _reserved_memory(value: Any) -> dict[int, dict[str, int]]:
         per_numa = reserved.setdefault(item["numaNode"], {})
         for resource, quantity in limits.items():
             try:
-                per_numa[str(resource)] = per_numa.get(str(resource), 0) + int(parse_quantity(quantity))
+                per_numa[str(resource)] = per_numa.get(str(resource), 0) + quantity_value(quantity)
             except ValueError as exc:
                 raise SourceParseError(SOURCE, f"reservedMemory: {exc}") from None
     return reserved

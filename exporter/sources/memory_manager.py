@@ -1,7 +1,9 @@
 """`<kubelet>/memory_manager_state`: v1 (1.21-1.36), v2 (+ `podEntries`), v3 (1.37: `data` + `dataChecksum`).
 
 Per-NUMA availability is `machineState[n].memoryMap[r].free`, never a sum of `entries` (init-container
-blocks shrink as app containers reuse them). Released kubelets accept no zero checksum here, nor do we.
+blocks shrink as app containers reuse them). 1.36-era kubelets hash a `MemoryManagerCheckpointV1` struct
+(text `(*state.MemoryManagerCheckpointV1){`) and their V1 verifier accepts a stored checksum of 0; both
+names are tried, the V1 one first.
 Policy names are `None`/`Static` (an early pre-release wrote `static`): compared case-insensitively.
 """
 
@@ -17,6 +19,7 @@ from exporter.sources.files import read_bounded
 
 SOURCE = "memory_manager_state"
 _TYPE = "*state.MemoryManagerCheckpoint"
+_TYPE_V1 = "*state.MemoryManagerCheckpointV1"
 _TABLE_FIELDS = (
     ("total", "TotalMemSize"),
     ("systemReserved", "SystemReserved"),
@@ -42,7 +45,8 @@ def parse_memory_manager_state(raw: bytes) -> MemoryManagerState:
         return _state("v3", kj.decode_object(text.encode("utf-8"), source=SOURCE))
     checksum = kj.expect_uint(kj.field(obj, "checksum"), source=SOURCE, what="checksum")
     state = _state("v2" if kj.has_field(obj, "podEntries") else "v1", obj)
-    if kj.spew_checksum(hash_text(obj)) != checksum:
+    text = hash_text(obj)
+    if checksum != 0 and checksum not in {kj.spew_checksum(text.replace(_TYPE, _TYPE_V1, 1)), kj.spew_checksum(text)}:
         raise SourceChecksumError(SOURCE, f"checksum {checksum} does not match the file's content")
     return state
 
