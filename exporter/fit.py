@@ -56,10 +56,11 @@ def profile_fits(
         if not parts or any(per_numa is None for per_numa in known.values()):
             continue
         shape = _Shape({r: table for r, table in known.items() if table is not None}, parts)
-        if cpus is not None and cpus.full_pcpus_only and shape.bound.get("cpu", 0) % max(cpus.topology.cpus_per_core, 1):
+        whole_cores = cpus is not None and cpus.full_pcpus_only
+        if whole_cores and cpus is not None and shape.bound.get("cpu", 0) % max(cpus.topology.cpus_per_core, 1):
             fits.append(ProfileFit(profile=profile.name, per_numa=dict.fromkeys(nodes, 0), aligned=0, unaligned=0))
             continue  # SMTAlignmentError: not a multiple of the threads per core
-        if cpus is not None and cpus.full_pcpus_only and "cpu" in shape.bound:
+        if whole_cores and cpus is not None and "cpu" in shape.bound:
             aligned = shape.aligned_whole_cores(nodes, cpus)
         else:
             aligned = shape.aligned(nodes)

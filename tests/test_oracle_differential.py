@@ -173,16 +173,20 @@ def _without_evidence(machine: MachineSpec, state: dict[str, Any]) -> MachineSpe
     entries = (state.get("kubelet_internal_checkpoint") or {}).get("Data", {}).get("PodDeviceEntries") or []
     allocated = {entry["ResourceName"] for entry in entries}
     devices = {
-        resource: [(device, reported, -1 if not reported and resource not in allocated else hardware)
-                   for device, reported, hardware in ids]
+        resource: [
+            (device, reported, -1 if not reported and resource not in allocated else hardware)
+            for device, reported, hardware in ids
+        ]
         for resource, ids in machine.devices.items()
     }
     return MachineSpec(cpus=machine.cpus, memory=machine.memory, hugepages=machine.hugepages, devices=devices)
 
 
 def _quantity_pod(profile: dict[str, int]) -> dict[str, str]:
-    return {resource: (f"{amount // MIB}Mi" if resource != "cpu" and amount >= MIB else str(amount))
-            for resource, amount in profile.items()}
+    return {
+        resource: (f"{amount // MIB}Mi" if resource != "cpu" and amount >= MIB else str(amount))
+        for resource, amount in profile.items()
+    }
 
 
 def _oracle_state(node: NodeState) -> dict[str, Any] | None:
@@ -223,7 +227,12 @@ def _ours(node: NodeState, state: dict[str, Any]) -> tuple[Any, CpuTopology]:
     return account(topology, kubelet, profiles=(profile,)), CpuTopology.from_topology(topology)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=os.environ.get("ORACLE_RANDOM") != "1")
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=os.environ.get("ORACLE_RANDOM") != "1",
+)
 @given(node_states())
 def test_accounting_equals_the_kubelet(node: NodeState) -> None:
     state = _oracle_state(node)
@@ -240,7 +249,12 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
             **({"state": state} if node.prefill_count else {}),
             "queries": [
                 {"type": "reserved_cpus"},
-                {"type": "fit", "pod": {"requests": _quantity_pod(node.profile)}, "maxPods": 500, "omitFinalState": True},
+                {
+                    "type": "fit",
+                    "pod": {"requests": _quantity_pod(node.profile)},
+                    "maxPods": 500,
+                    "omitFinalState": True,
+                },
             ],
         }
     )
