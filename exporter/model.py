@@ -212,6 +212,8 @@ class KubeletConfig:
     reserved_memory: Mapping[int, Mapping[str, int]] = field(default_factory=dict)
     system_reserved: Mapping[str, str] = field(default_factory=dict)
     kube_reserved: Mapping[str, str] = field(default_factory=dict)
+    eviction_hard: Mapping[str, str] | None = None  # None: unset, the kubelet's defaults apply
+    feature_gates: Mapping[str, bool] = field(default_factory=dict)
     from_file: bool = False
 
     @property
@@ -226,6 +228,13 @@ class KubeletConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PodRef:
+    """A pod on this node. `spec_known`: it came from the API, so `exclusive_native` (Guaranteed with an
+    integral CPU, memory or hugepages request in a steady-state container) and `non_native` (the extended
+    resources those containers request) say what the scheduler's fingerprint rule needs (podspec.py)."""
+
     uid: str
     namespace: str
     name: str
+    spec_known: bool = False
+    exclusive_native: bool = False
+    non_native: frozenset[str] = frozenset()

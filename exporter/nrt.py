@@ -34,11 +34,26 @@ def zone_name(numa_node: int) -> str:
 
 
 def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
-    """The pods the fingerprint covers: every pod on the node (`all`), or only those holding pinned CPUs,
-    Static memory or NUMA-placed devices (`with-exclusive-resources`, as resource-topology-exporter)."""
+    """The pods the fingerprint covers: exactly the set the consumer enumerates for `method`.
+
+    `all`: every pod on the node. `with-exclusive-resources`: the pods scheduler-plugins' overreserve cache
+    keeps (podspec.py): Guaranteed with an integral CPU, memory or hugepages request, or requesting a
+    non-native resource this object's zones list, in a steady-state container. A pod known only from the
+    kubelet's pod log directory (no API server) has no spec here: it counts when the kubelet pinned CPUs,
+    Static memory or NUMA-placed devices for it, as resource-topology-exporter decides."""
     pods = snapshot.kubelet.pods or ()
     if method == METHOD_ALL:
         return list(pods)
+    listed = {name for zone in zone_resources(snapshot).values() for name in (entry["name"] for entry in zone)}
+    pinned = _pinned_pods(snapshot)
+    return [
+        pod
+        for pod in pods
+        if (pod.exclusive_native or bool(pod.non_native & listed) if pod.spec_known else pod.uid in pinned)
+    ]
+
+
+def _pinned_pods(snapshot: Snapshot) -> set[str]:
     state = snapshot.kubelet
     exclusive: set[str] = set()
     if state.cpu is not None and state.cpu_policy == "static":
@@ -52,14 +67,12 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
         for allocation in state.devices.allocations:
             if any(numa >= 0 and ids for numa, ids in allocation.devices_by_numa.items()):
                 exclusive.add(allocation.pod_uid)
-    return [pod for pod in pods if pod.uid in exclusive]
+    return exclusive
 
 
-def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, method: str) -> dict[str, Any]:
-    config = snapshot.kubelet.config
-    pods_fingerprint = fingerprint((pod.namespace, pod.name) for pod in fingerprint_pods(snapshot, method=method))
-    ids = [numa.numa_node for numa in snapshot.topology.numa_nodes]
-    resources: dict[int, list[dict[str, Any]]] = {numa: [] for numa in ids}
+def zone_resources(snapshot: Snapshot) -> dict[int, list[dict[str, Any]]]:
+    """NUMA node -> the `resources` of its zone: every account with a known NUMA node and availability."""
+    resources: dict[int, list[dict[str, Any]]] = {numa.numa_node: [] for numa in snapshot.topology.numa_nodes}
     for account in sorted(snapshot.accounting.accounts, key=lambda a: a.resource):
         if account.numa_node == UNKNOWN_NUMA_NODE or account.available is None or account.numa_node not in resources:
             continue
@@ -71,6 +84,13 @@ def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, metho
                 "available": account.available,
             }
         )
+    return resources
+
+
+def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, method: str) -> dict[str, Any]:
+    config = snapshot.kubelet.config
+    pods_fingerprint = fingerprint((pod.namespace, pod.name) for pod in fingerprint_pods(snapshot, method=method))
+    resources = zone_resources(snapshot)
     zones = []
     for numa in snapshot.topology.numa_nodes:
         zone: dict[str, Any] = {"name": zone_name(numa.numa_node), "type": "Node"}

@@ -101,20 +101,24 @@ def apiserver() -> Iterator[FakeApiServer]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many inputs the fuzz targets tried (tests/test_fuzz.py), and how fast NRT recovered from each
-    fault (tests/test_faults.py): the figures RELIABILITY.md reports."""
+    """How many inputs the fuzz targets tried (tests/test_fuzz.py), how fast NRT recovered from each fault
+    (tests/test_faults.py), and how many generated cases the kubelet-oracle suites compared: the figures
+    RELIABILITY.md and BENCHMARKS.md report."""
     faults = sys.modules.get("tests.test_faults")
     recovery = getattr(faults, "RECOVERY_SECONDS", None)
     if recovery:
         terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")
         for fault, seconds in sorted(recovery.items()):
             terminalreporter.write_line(f"{seconds:8.2f}  {fault}")
-    differential = sys.modules.get("tests.test_oracle_differential")
-    compared = getattr(differential, "COMPARED", None)
-    if compared:
-        terminalreporter.write_sep("-", "kubelet-oracle: generated node states compared")
-        for what, count in sorted(compared.items()):
-            terminalreporter.write_line(f"{count:8d}  {what}")
+    for module, title in (
+        ("tests.test_oracle_differential", "generated node states compared"),
+        ("tests.test_doctor_oracle", "kubelet configurations judged"),
+    ):
+        counts = getattr(sys.modules.get(module), "COUNTS", None)
+        if counts:
+            terminalreporter.write_sep("-", f"kubelet-oracle: {title}")
+            for what, count in sorted(counts.items()):
+                terminalreporter.write_line(f"{count:8d}  {what}")
     fuzz = sys.modules.get("tests.test_fuzz")
     tried = getattr(fuzz, "TRIED", None)
     if not tried:

@@ -34,6 +34,7 @@ memoryManagerPolicy: {memory}
 topologyManagerPolicy: single-numa-node
 topologyManagerScope: container
 reservedSystemCPUs: "0,16"
+kubeReserved: {{memory: 1948Mi}}
 reservedMemory:
 - numaNode: 0
   limits: {{memory: 1Gi}}

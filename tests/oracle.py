@@ -68,7 +68,7 @@ def ask(request: Mapping[str, Any]) -> dict[str, Any]:
         check=False,
         timeout=120,
     )
-    if done.returncode not in (0, 2, 3):
+    if done.returncode not in (0, 2, 3) or not done.stdout.strip():
         raise AssertionError(f"kubelet-oracle exited {done.returncode}: {done.stderr[-2000:]}")
     answer: dict[str, Any] = json.loads(done.stdout)
     return answer
@@ -93,6 +93,7 @@ class MachineSpec:
                     "id": numa,
                     "memory": str(size),
                     "hugepages": {_page_name(page): count for page, count in self.hugepages.get(numa, {}).items()},
+                    "distances": [10 if other == numa else 20 for other in sorted(self.memory)],
                 }
                 for numa, size in sorted(self.memory.items())
             ],

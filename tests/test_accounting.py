@@ -211,7 +211,11 @@ def test_stale_entries_are_reported_and_still_subtracted(machine: HostTree) -> N
 
 
 def test_reserved_cpus_derived_from_kube_reserved(machine: HostTree) -> None:
-    config = fixture_config(memory="None").replace('reservedSystemCPUs: "0,16"', "kubeReserved: {cpu: 1500m}")
+    config = (
+        fixture_config(memory="None")
+        .replace('reservedSystemCPUs: "0,16"\n', "")
+        .replace("kubeReserved: {memory: 1948Mi}", "kubeReserved: {cpu: 1500m, memory: 1948Mi}")
+    )
     install(machine, cpu="cpu_manager_state.static-empty.json", config=config)
     reserved = build(machine).accounting.reserved
     assert (reserved.source, reserved.cpus) == ("derived", {0, 16})

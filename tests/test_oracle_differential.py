@@ -35,7 +35,7 @@ from tests.oracle import GIB, MachineSpec, ask, asset
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "250"))
 MIB = 1 << 20
 PAGE_2M = 2 * MIB
-COMPARED: Counter[str] = Counter()
+COUNTS: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -156,12 +156,15 @@ def node_states(draw: st.DrawFn) -> NodeState:
         profile["hugepages-2Mi"] = draw(st.integers(1, 8)) * PAGE_2M
     if machine.devices and draw(st.booleans()):
         profile[draw(st.sampled_from(sorted(machine.devices)))] = 1
+    # The v1.36.2 CPU manager refuses its own strict-cpu-reservation state file at a restart ("current set
+    # of available CPUs doesn't match"): such nodes are compared from a fresh start only.
+    strict = "strict-cpu-reservation" in config.get("cpuManagerPolicyOptions", {})
     return NodeState(
         machine=machine,
         config=config,
         prefill_policy=draw(st.sampled_from(["single-numa-node", "best-effort", "none"])),
         prefill_pod=prefill_pod,
-        prefill_count=draw(st.integers(0, 2)),
+        prefill_count=0 if strict else draw(st.integers(0, 2)),
         preallocated={resource: ids for resource, ids in preallocated.items() if ids},
         profile=profile,
     )
@@ -237,7 +240,7 @@ def _ours(node: NodeState, state: dict[str, Any]) -> tuple[Any, CpuTopology]:
 def test_accounting_equals_the_kubelet(node: NodeState) -> None:
     state = _oracle_state(node)
     if state is None:
-        COMPARED["config the kubelet refuses (doctor's tests cover those)"] += 1
+        COUNTS["config the kubelet refuses (doctor's tests cover those)"] += 1
         return
     answer = ask(
         {
@@ -261,7 +264,7 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
     assert "error" not in answer, answer["error"]
     reserved, fit = answer["results"]
     if "error" in fit:  # e.g. the prefill left the shared pool empty: the kubelet would not start
-        COMPARED[f"state the kubelet refuses at start: {fit['error'].split(chr(34))[0].strip()}"] += 1
+        COUNTS[f"state the kubelet refuses at start: {fit['error'].split(chr(34))[0].strip()}"] += 1
         return
     accounting, cpus = _ours(node, state)
 
@@ -272,7 +275,7 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
             if account.resource == "cpu":
                 node_cpus = {cpu for cpu, info in cpus.details.items() if info.numa_node == account.numa_node}
                 assert account.allocatable == len(node_cpus & allocatable), f"NUMA {account.numa_node}"
-        COMPARED["reserved sets and per-NUMA allocatable CPUs"] += 1
+        COUNTS["reserved sets and per-NUMA allocatable CPUs"] += 1
     if node.config.get("memoryManagerPolicy") == "Static":
         theirs = {(b["numaAffinity"][0], b["type"]): b["size"] for b in reserved.get("allocatableMemory") or []}
         ours = {
@@ -281,10 +284,10 @@ def test_accounting_equals_the_kubelet(node: NodeState) -> None:
             if a.resource == "memory" or a.resource.startswith("hugepages-")
         }
         assert {key: ours.get(key) for key in theirs} == theirs
-        COMPARED["per-NUMA allocatable memory and hugepages"] += 1
+        COUNTS["per-NUMA allocatable memory and hugepages"] += 1
     if not accounting.fits:  # nothing in the profile is NUMA-accounted: no NUMA limit at all
         assert fit["limitReached"], fit.get("rejection")
         return
     (shape,) = accounting.fits
     assert shape.aligned == fit["count"], (fit.get("rejection"), shape)
-    COMPARED["aligned fit = pods the kubelet admits one after another"] += 1
+    COUNTS["aligned fit = pods the kubelet admits one after another"] += 1

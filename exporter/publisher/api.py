@@ -27,6 +27,7 @@ from exporter.errors import (
 )
 from exporter.model import PodRef
 from exporter.nrt import GROUP, PLURAL, VERSION
+from exporter.podspec import exclusivity
 
 T = TypeVar("T")
 kubernetes: Any = _kubernetes  # the client's own annotations are partial: treat it as untyped, check our side
@@ -221,6 +222,12 @@ def pod_ref(pod: Any) -> PodRef | None:
         return None
     if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
         return None
+    exclusive_native, non_native = exclusivity(pod)
     return PodRef(
-        uid=str(metadata["uid"]), namespace=str(metadata.get("namespace") or ""), name=str(metadata.get("name") or "")
+        uid=str(metadata["uid"]),
+        namespace=str(metadata.get("namespace") or ""),
+        name=str(metadata.get("name") or ""),
+        spec_known=True,
+        exclusive_native=exclusive_native,
+        non_native=non_native,
     )

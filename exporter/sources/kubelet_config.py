@@ -69,6 +69,8 @@ def parse_kubelet_config(raw: bytes) -> KubeletConfig:
         reserved_memory=_reserved_memory(document.get("reservedMemory")),
         system_reserved=_string_map(document, "systemReserved"),
         kube_reserved=_string_map(document, "kubeReserved"),
+        eviction_hard=_string_map(document, "evictionHard") if document.get("evictionHard") is not None else None,
+        feature_gates=_feature_gates(document.get("featureGates")),
         from_file=True,
     )
 
@@ -100,6 +102,14 @@ def _string_map(document: Mapping[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SourceParseError(SOURCE, f"{key} must be a mapping")
     return {str(name): str(item).lower() if isinstance(item, bool) else str(item) for name, item in value.items()}
+
+
+def _feature_gates(value: Any) -> dict[str, bool]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(enabled, bool) for enabled in value.values()):
+        raise SourceParseError(SOURCE, "featureGates must map gate names to true or false")
+    return {str(name): enabled for name, enabled in value.items()}
 
 
 def _reserved_memory(value: Any) -> dict[int, dict[str, int]]:

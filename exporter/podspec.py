@@ -1,0 +1,105 @@
+"""What a pod's spec says about exclusive resources, as the NUMA-aware scheduler decides it.
+
+scheduler-plugins' overreserve cache recomputes `nodeTopologyPodsFingerprint` over the pods it knows on a node
+and, for the method `with-exclusive-resources`, keeps those `resourcerequests.AreExclusiveForPod` accepts
+(pkg/noderesourcetopology/resourcerequests/exclusive.go): a steady-state container (an app container, or an
+init container with `restartPolicy: Always`, a sidecar; regular init containers finish and do not count)
+requests a non-native resource the node's NodeResourceTopology lists, or the pod is Guaranteed and a
+steady-state container requests an integral CPU count, or memory or hugepages above zero. The QoS class is
+`status.qosClass` when the API server set it, else computed as the kubelet's `ComputePodQOS` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from fractions import Fraction
+from typing import Any
+
+from exporter.units import parse_quantity_exact
+
+GUARANTEED = "Guaranteed"
+NATIVE_PREFIX = "kubernetes.io/"
+QOS_RESOURCES = ("cpu", "memory")
+
+
+def is_native(resource: str) -> bool:
+    """`v1helper.IsNativeResource`: no domain, or a `kubernetes.io/` one."""
+    return "/" not in resource or NATIVE_PREFIX in resource
+
+
+def exclusivity(pod: Mapping[str, Any]) -> tuple[bool, frozenset[str]]:
+    """(Guaranteed with an exclusive native request, the non-native resources requested), both over the
+    steady-state containers only."""
+    spec = pod.get("spec") or {}
+    guaranteed = qos_class(pod) == GUARANTEED
+    exclusive_native = False
+    non_native: set[str] = set()
+    for container in _steady_containers(spec):
+        for resource, quantity in _requests(container).items():
+            if not is_native(resource):
+                non_native.add(resource)
+            elif guaranteed and _exclusive_native(resource, quantity):
+                exclusive_native = True
+    return exclusive_native, frozenset(non_native)
+
+
+def _steady_containers(spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    for container in spec.get("initContainers") or []:
+        if isinstance(container, dict) and container.get("restartPolicy") == "Always":
+            yield container
+    for container in spec.get("containers") or []:
+        if isinstance(container, dict):
+            yield container
+
+
+def _requests(container: Mapping[str, Any]) -> dict[str, Any]:
+    requests = (container.get("resources") or {}).get("requests")
+    return requests if isinstance(requests, dict) else {}
+
+
+def _exclusive_native(resource: str, quantity: Any) -> bool:
+    value = _quantity(quantity)
+    if value is None:
+        return False
+    if resource == "cpu":
+        return bool(value > 0 and value.denominator == 1)  # Value()*1000 == MilliValue() and Value() > 0
+    return bool((resource == "memory" or resource.startswith("hugepages-")) and value > 0)
+
+
+def _quantity(quantity: Any) -> Fraction | None:
+    try:
+        return parse_quantity_exact(quantity)
+    except ValueError:
+        return None
+
+
+def qos_class(pod: Mapping[str, Any]) -> str:
+    status = (pod.get("status") or {}).get("qosClass")
+    if isinstance(status, str) and status:
+        return status
+    spec = pod.get("spec") or {}
+    containers = [
+        c for c in (*(spec.get("initContainers") or []), *(spec.get("containers") or [])) if isinstance(c, dict)
+    ]
+    requests: dict[str, Fraction] = {}
+    limits: dict[str, Fraction] = {}
+    guaranteed = True
+    for container in containers:
+        resources = container.get("resources") or {}
+        for table, into in ((resources.get("requests") or {}, requests), (resources.get("limits") or {}, limits)):
+            for name, quantity in table.items():
+                value = _quantity(quantity)
+                if name in QOS_RESOURCES and value is not None and value > 0:
+                    into[name] = into.get(name, Fraction(0)) + value
+        found = {name for name, quantity in (resources.get("limits") or {}).items() if name in QOS_RESOURCES}
+        if not {"cpu", "memory"} <= found:
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    if (
+        guaranteed
+        and all(limits.get(name) == value for name, value in requests.items())
+        and len(requests) == len(limits)
+    ):
+        return GUARANTEED
+    return "Burstable"
