@@ -38,10 +38,14 @@ run: install
 	$(VENV)/bin/numa-topology-exporter snapshot --format table
 	$(VENV)/bin/numa-topology-exporter serve --web.listen-address $(LISTEN) --log-level info
 
-# A large hypothesis budget for every parser (make test runs the same targets with a small one).
+# A large hypothesis budget for every parser, and thousands of generated node states and kubelet
+# configurations judged against kubelet-oracle (make test runs the same targets with a small one).
 FUZZ_EXAMPLES ?= 5000
+ORACLE_EXAMPLES ?= 4000
 fuzz: system-deps install
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/test_fuzz.py -p no:cacheprovider
+	ORACLE_EXAMPLES=$(ORACLE_EXAMPLES) ORACLE_RANDOM=1 $(VENV)/bin/pytest tests/test_oracle_differential.py \
+	  tests/test_doctor_oracle.py -p no:cacheprovider
 
 # 50 concurrent scrapers for 5 minutes while the state files change 10 times a second.
 SOAK_SECONDS ?= 300
