@@ -30,7 +30,7 @@ def container(requests: dict[str, str], limits: dict[str, str] | None = None, **
         (
             pod(container({"cpu": "1", "memory": "1Gi", "example.com/nic": "1"}, {"cpu": "2", "memory": "1Gi"})),
             (False, frozenset({"example.com/nic"})),
-        ),  # fmt: skip
+        ),
         (pod(container({}, {})), (False, frozenset())),  # BestEffort
     ],
 )
