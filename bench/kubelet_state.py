@@ -23,11 +23,12 @@ from bench.common import median_seconds, print_table
 from exporter.accounting import KubeletState
 from exporter.cpuset import format_cpuset
 from exporter.discovery import discover
+from exporter.profiles import Profile
 from exporter.snapshot import account
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
 from exporter.sources.kubelet_json import spew_checksum
 from tests.hosttree import HostTree
-from tests.kubelet_files import device_state, memory_state
+from tests.kubelet_files import cpu_state, device_state, memory_state
 
 NUMA_NODES, CPUS_PER_NUMA, PODS = 8, 32, 100
 GIB = 1 << 30
@@ -168,6 +169,27 @@ def main() -> None:
     ]
     total = median_seconds(read_and_account, repeat=args.repeat)
     rows.append(("all three + config + accounting", sum(sizes.values()), f"{total * 1e3:.2f}"))
+    # The slowest case: reserved CPUs chosen by takeByTopology, and full-pcpus-only fit, which picks every
+    # admitted pod's CPUs as the CPU manager does.
+    config = paths.kubelet_config.read_text()
+    paths.kubelet_config.write_text(
+        config.replace('reservedSystemCPUs: "0,128"', 'kubeReserved: {cpu: "4"}\ncpuManagerPolicyOptions: {full-pcpus-only: "true"}')
+    )
+    whole_cores = (Profile(name="two-cpus", requests={"cpu": 2, "memory": 1 << 30}),)
+    free = cpu_manager.parse_cpu_manager_state(cpu_state(default=[cpu.cpu for cpu in topology.cpus], entries={}))
+
+    def derived_and_whole_cores() -> object:  # every CPU free: the fit admits pods until the CPUs run out
+        state = KubeletState(
+            config=kubelet_config.read_kubelet_config(paths),
+            cpu=free,
+            memory=memory_manager.read_memory_manager_state(paths),
+            devices=device_checkpoint.read_device_checkpoint(paths),
+        )
+        return account(topology, state, profiles=whole_cores)
+
+    worst = median_seconds(derived_and_whole_cores, repeat=args.repeat)
+    rows.append(("same, derived reserved + full-pcpus-only fit", sum(sizes.values()), f"{worst * 1e3:.2f}"))
+    paths.kubelet_config.write_text(config)
     print(
         f"host: {len(topology.numa_nodes)} NUMA nodes, {len(topology.cpus)} CPUs, "
         f"{sum(d.kind == 'gpu' for d in topology.pci_devices)} GPUs, {sum(d.kind == 'vf' for d in topology.pci_devices)} VFs, "

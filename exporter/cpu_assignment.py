@@ -66,6 +66,11 @@ class CpuTopology:
     def cpus_per_socket(self) -> int:
         return self.num_cpus // self.num_sockets
 
+    @cached_property
+    def all_details(self) -> _Details:
+        """Every CPU's groupings (read-only: accumulators take from their own copy)."""
+        return _Details(self, self.details)
+
     def numa_node_cpus(self) -> dict[int, CpuSet]:
         nodes: dict[int, set[int]] = {}
         for cpu, info in self.details.items():
@@ -149,7 +154,7 @@ class _Accumulator:
         self.result: set[int] = set()
         self.spread = spread
         self.numa_first = topo.num_sockets >= topo.num_numa_nodes
-        self._all = _Details(topo, topo.details)
+        self._all = topo.all_details
 
     # --- orderings ---------------------------------------------------------------------------------
 
