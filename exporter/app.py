@@ -164,6 +164,20 @@ async def serve(
     return code
 
 
+def _warning_counter(nrt: NrtStats, loop: asyncio.AbstractEventLoop) -> Any:
+    """The API server's Warning headers (seen on the API threads): each counted on the event loop, each
+    distinct text logged once."""
+    seen: set[str] = set()
+
+    def count(text: str) -> None:
+        nrt.warning()
+        if text not in seen and len(seen) < 100:
+            seen.add(text)
+            log.warning("the API server warns: %s", text)
+
+    return lambda text: loop.call_soon_threadsafe(count, text)
+
+
 def api_server_configured(kubeconfig: Path | None) -> bool:
     """A kubeconfig was given, or this runs in a pod (the service account's environment is there)."""
     return kubeconfig is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
@@ -190,6 +204,7 @@ def _start_publishing(
         log.warning(STANDALONE)
         return None
     from exporter.publisher.api import KubeApi, client_from  # noqa: PLC0415 - see the docstring
+    from exporter.publisher.ownwatch import NrtWatcher  # noqa: PLC0415
     from exporter.publisher.pods import PodWatcher  # noqa: PLC0415
     from exporter.publisher.writer import NrtWriter  # noqa: PLC0415
 
@@ -197,7 +212,7 @@ def _start_publishing(
     if client is None:
         log.warning(STANDALONE)
         return None
-    api = KubeApi(client)
+    api = KubeApi(client, on_warning=_warning_counter(nrt, asyncio.get_running_loop()))
     writer = NrtWriter(
         api,
         node_name=options.node_name,
@@ -207,6 +222,7 @@ def _start_publishing(
     )
     refresher.add_listener(writer.on_snapshot)
     tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))
+    NrtWatcher(api, node_name=options.node_name, observer=writer.observe).start(asyncio.get_running_loop())
     watcher = PodWatcher(api, node_name=options.node_name, on_change=lambda: trigger.fire("pods"))
     fallback = builder.pods_reader
     builder.use_pods_reader(lambda: watcher.pods() if watcher.synced else fallback())

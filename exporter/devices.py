@@ -175,4 +175,3 @@ def device_inventory(
             DeviceRecord(device=device, resource=resource, kind="other", numa_node=numa, pci_address="", model="")
         )
     return tuple(records)
-

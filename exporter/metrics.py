@@ -61,6 +61,11 @@ class NrtStats:
     writes: dict[tuple[str, str], int] = field(default_factory=dict)
     last_success_timestamp: float | None = None
     version: int = 0
+    api_warnings: int = 0
+
+    def warning(self) -> None:
+        self.version += 1
+        self.api_warnings += 1
 
     def record(self, *, operation: str, result: str, when: float | None = None) -> None:
         self.version += 1
@@ -110,6 +115,11 @@ def _nrt_metrics(nrt: NrtStats) -> Iterator[Metric]:
     for (operation, result), count in sorted(nrt.writes.items()):
         writes.add_metric([operation, result], count)
     yield writes
+    warnings = CounterMetricFamily(
+        f"{PREFIX}api_warnings", "Warning headers the API server sent back (e.g. an unknown field it dropped)."
+    )
+    warnings.add_metric([], nrt.api_warnings)
+    yield warnings
     if nrt.last_success_timestamp is not None:
         yield GaugeMetricFamily(
             f"{PREFIX}nrt_last_success_timestamp_seconds",

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.controlplane import ControlPlane, control_plane
 from tests.fakeapi import FakeApiServer, fake_api_server
 from tests.hosttree import HostTree, fixture_machine
 
@@ -93,6 +94,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def update_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The real control plane (etcd + kube-apiserver v1.36.2), started once per session; the scheduler is
+    started by the tests that need it (`kube.start_scheduler()`)."""
+    yield from control_plane(tmp_path_factory.mktemp("controlplane"))
 
 
 @pytest.fixture

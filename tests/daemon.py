@@ -10,6 +10,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -70,6 +71,18 @@ class Daemon:
         )
         self.output: list[str] = []
         self.base_url = self._read_url()
+        # Keep reading what it prints, so that a chatty daemon never blocks on a full pipe.
+        self._drain = threading.Thread(target=self._read_rest, name="daemon-output", daemon=True)
+        self._drain.start()
+
+    def _read_rest(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.output)
 
     def _read_url(self) -> str:
         assert self.process.stdout is not None
@@ -112,8 +125,7 @@ class Daemon:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         code = self.process.wait(timeout=timeout)
-        if self.process.stdout is not None:
-            self.output.append(self.process.stdout.read())
+        self._drain.join(timeout=5)
         return code
 
     def __enter__(self) -> Daemon:

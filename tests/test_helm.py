@@ -19,31 +19,10 @@ from exporter.publisher.api import KubeApi, client_from
 from exporter.publisher.pods import PodWatcher
 from exporter.publisher.writer import NrtWriter
 from exporter.snapshot import SnapshotBuilder
+from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, render
 from tests.fakeapi import FakeApiServer
 from tests.hosttree import HostTree
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
-
-CHART = Path(__file__).resolve().parent.parent / "helm" / "numa-topology-exporter"
-SCENARIOS = {"default": {}} | {
-    path.stem: yaml.safe_load(path.read_text()) for path in sorted((CHART / "ci").glob("*.yaml"))
-}
-KUBE_VERSIONS = ("1.30.0", "1.36.0")
-OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
-
-
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
-    chart = helm.Chart.load(CHART)
-    manifests = chart.render(values, name="nte", namespace="numa-system", is_install=True)
-    documents = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith("NOTES.txt"):
-            continue
-        documents.extend(doc for doc in yaml.safe_load_all(text) if doc)
-    return documents
-
-
-def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in documents if doc["kind"] == kind]
 
 
 def daemonset(values: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import kubernetes as _kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from exporter import __version__
 from exporter.errors import (
     ApiConflict,
     ApiCrdMissing,
@@ -116,101 +117,128 @@ def client_from(kubeconfig: Path | None) -> Any:
     return kubernetes.client.ApiClient(configuration)
 
 
+FIELD_MANAGER = "numa-topology-exporter"
+USER_AGENT = f"numa-topology-exporter/{__version__}"
+NRT_COLLECTION = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+GONE = 410
+
+
 class KubeApi:
-    """The calls the agent makes, each returning plain data or raising an ApiError."""
+    """The calls the agent makes, each returning plain data or raising an ApiError.
 
-    def __init__(self, client: Any) -> None:
+    Every request goes through the client's ApiClient (auth, TLS, proxies from the kubeconfig) with the
+    agent's own user agent; writes name the field manager `numa-topology-exporter` and ask for server-side
+    field validation in `Warn` mode. The server's `Warning` headers are handed to `on_warning`. CoreV1Api
+    and CustomObjectsApi are not used: the generated modules cost memory for a handful of calls.
+    """
+
+    def __init__(self, client: Any, *, on_warning: Callable[[str], None] | None = None) -> None:
         self._client = client
-        self._custom = kubernetes.client.CustomObjectsApi(client)
+        client.user_agent = USER_AGENT
+        self.on_warning = on_warning or (lambda text: None)
 
-    def _core_get(
+    def _request(
         self,
+        method: str,
         path: str,
         *,
         query: list[tuple[str, Any]] | None = None,
+        body: Any = None,
         stream: bool = False,
         timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Any:
-        """A GET on the core API through the client's ApiClient (auth, TLS, proxies from the kubeconfig).
-
-        CoreV1Api is not used: its generated module alone costs ~21 MiB of memory for three calls.
-        Returns the decoded JSON, or the open response when `stream` (a watch).
-        """
-        method, url, headers, _body, _post = self._client.param_serialize(
-            "GET", path, query_params=query or [], header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )  # fmt: skip
-        response = self._client.call_api(method, url, header_params=headers, _request_timeout=timeout)
-        if stream:
-            if not 200 <= response.status <= 299:
-                response.read()
-                self._client.response_deserialize(response, {})  # raises the ApiException for the status
-            return response.response  # the raw urllib3 response kubernetes.watch reads line by line
-        response.read()
-        return self._client.response_deserialize(response, {"2XX": "object"}).data
-
-    def _call(self, call: Callable[[], T]) -> T:
+        """Decoded JSON, or the open urllib3 response when `stream` (a watch). Raises ApiError."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         try:
-            return call()
+            method, url, headers, payload, _post = self._client.param_serialize(
+                method, path, query_params=query or [], header_params=headers, body=body,
+                auth_settings=["BearerToken"],
+            )  # fmt: skip
+            response = self._client.call_api(method, url, header_params=headers, body=payload, _request_timeout=timeout)
+            for warning in response.response.headers.getlist("Warning"):
+                self.on_warning(warning)
+            if stream:
+                if not 200 <= response.status <= 299:
+                    response.read()
+                    self._client.response_deserialize(response, {})  # raises the ApiException for the status
+                return response.response
+            response.read()
+            return self._client.response_deserialize(response, {"2XX": "object"}).data
         except Exception as exc:
             raise api_error(exc) from None
 
     def get_nrt(self, name: str) -> dict[str, Any] | None:
         try:
-            return dict(
-                self._call(
-                    lambda: self._custom.get_cluster_custom_object(
-                        GROUP, VERSION, PLURAL, name, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                    )
-                )
-            )
+            return dict(self._request("GET", f"{NRT_COLLECTION}/{quote(name, safe='')}"))
         except ApiNotFound:
             return None
 
     def create_nrt(self, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            self._call(
-                lambda: self._custom.create_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            )
-        )
+        return dict(self._request("POST", NRT_COLLECTION, query=self._write_query(), body=body))
 
     def replace_nrt(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(
-            self._call(
-                lambda: self._custom.replace_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, name, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            )
-        )
+        path = f"{NRT_COLLECTION}/{quote(name, safe='')}"
+        return dict(self._request("PUT", path, query=self._write_query(), body=body))
+
+    @staticmethod
+    def _write_query() -> list[tuple[str, Any]]:
+        return [("fieldManager", FIELD_MANAGER), ("fieldValidation", "Warn")]
 
     def node_uid(self, name: str) -> str:
-        node = self._call(lambda: self._core_get(f"/api/v1/nodes/{quote(name, safe='')}"))
+        node = self._request("GET", f"/api/v1/nodes/{quote(name, safe='')}")
         return str((node.get("metadata") or {}).get("uid", ""))
 
-    def list_pods(self, node_name: str) -> tuple[dict[str, PodRef], str]:
-        selector = [("fieldSelector", f"spec.nodeName={node_name}")]
-        pods = self._call(lambda: self._core_get("/api/v1/pods", query=selector))
-        refs = {ref.uid: ref for ref in (pod_ref(pod) for pod in pods.get("items") or []) if ref is not None}
-        return refs, str((pods.get("metadata") or {}).get("resourceVersion") or "")
+    def list(self, path: str, selector: str) -> tuple[list[Any], str]:
+        """The items of a collection matching a field selector, and the list's resourceVersion."""
+        listed = self._request("GET", path, query=[("fieldSelector", selector)])
+        return list(listed.get("items") or []), str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
-    def watch_pods(self, node_name: str, resource_version: str, *, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
-        """(event type, pod as a dict) until the server ends the watch; raises ApiError (410 Gone: re-list)."""
-        watcher = kubernetes.watch.Watch(return_type="object")
-
-        def list_pods(**kwargs: Any) -> Any:
-            query = [("fieldSelector", f"spec.nodeName={node_name}"), ("watch", "true"),
-                     ("resourceVersion", resource_version), ("timeoutSeconds", timeout_seconds)]  # fmt: skip
-            return self._core_get("/api/v1/pods", query=query, stream=True, timeout=timeout_seconds + 10)
-
+    def watch(
+        self, path: str, selector: str, resource_version: str, *, timeout_seconds: int
+    ) -> Iterator[tuple[str, Any]]:
+        """(event type, object) from a watch with bookmarks until the server ends it. Raises ApiError; an
+        expired resourceVersion (410 Gone, as a status or as an ERROR event) is ApiUnavailable(status=410)."""
+        query = [("fieldSelector", selector), ("watch", "true"), ("allowWatchBookmarks", "true"),
+                 ("resourceVersion", resource_version), ("timeoutSeconds", timeout_seconds)]  # fmt: skip
+        response = self._request("GET", path, query=query, stream=True, timeout=timeout_seconds + 10)
         try:
-            for event in watcher.stream(list_pods, timeout_seconds=timeout_seconds):
-                yield str(event["type"]), event["raw_object"]
+            pending = b""
+            for chunk in response.stream(64 * 1024, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield _event(line)
+        except ApiError:
+            raise
         except Exception as exc:
             raise api_error(exc) from None
         finally:
-            watcher.stop()
+            response.release_conn()
+
+    def list_pods(self, node_name: str) -> tuple[dict[str, PodRef], str]:
+        items, version = self.list("/api/v1/pods", f"spec.nodeName={node_name}")
+        return {ref.uid: ref for ref in (pod_ref(pod) for pod in items) if ref is not None}, version
+
+    def watch_pods(self, node_name: str, resource_version: str, *, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
+        return self.watch(
+            "/api/v1/pods", f"spec.nodeName={node_name}", resource_version, timeout_seconds=timeout_seconds
+        )
+
+
+def _event(line: bytes) -> tuple[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError:
+        raise ApiUnavailable("the API server sent a watch event that is not JSON") from None
+    kind = str(event.get("type") or "")
+    obj = event.get("object")
+    if kind == "ERROR":
+        code = int((obj or {}).get("code") or 0)
+        raise ApiUnavailable(str((obj or {}).get("message") or "watch error"), status=code)
+    return kind, obj
 
 
 def pod_ref(pod: Any) -> PodRef | None:

@@ -1,5 +1,9 @@
 """Writes this node's NodeResourceTopology: early at start-up, then only when its content changes, and
-re-asserted (read back, rewritten only if it differs) on every periodic resync.
+re-asserted on every periodic resync (compared with the server's copy, rewritten only if it differs).
+
+The server's copy comes from a watch on the object (ownwatch.py): a deletion or someone else's edit is
+repaired as soon as the watch reports it, and a resync costs no request. Without that watch (not yet
+synced, or not allowed) the writer reads the object back itself, as it does after a conflict.
 
 With `min_interval_seconds`, changes closer together than that are coalesced into one write of the
 newest content (freshness traded for API load; off by default).
@@ -72,7 +76,30 @@ class NrtWriter:
         self._node_lookup_due = True  # at start, then again on each resync while the Node is unknown
         self._said_node_missing = False
         self._said_crd_missing = False
+        self._watched = False  # the own-object watch is synced: self._server is the server's copy
         self.writes = 0
+        self.repairs = 0
+
+    def observe(self, obj: dict[str, Any] | None, synced: bool) -> None:
+        """Own-object watch listener (on the event loop): the object as the server now has it."""
+        was_watched, self._watched = self._watched, synced
+        if not synced:
+            return
+        if obj is not None and _older(obj, self._server):
+            return  # an event from before our own last write
+        self._server = obj
+        if self._snapshot is None:
+            return
+        if obj is None or content(obj) != content(self.desired()):
+            if self._written is not None:
+                self.repairs += 1
+                log.info(
+                    "NodeResourceTopology %s was %s: repairing", self.node_name, "deleted" if obj is None else "changed"
+                )
+            self._reassert = True
+            self._wake.set()
+        if not was_watched:
+            self._resync.set()  # the API may be back (the CRD installed): cut a slow retry short
 
     async def on_snapshot(self, snapshot: Snapshot, reasons: set[str]) -> None:
         """Refresher listener: note the newest snapshot and wake the writer."""
@@ -172,12 +199,12 @@ class NrtWriter:
         Any failure, of the read or of the write, is counted under the operation it was for."""
         operation = "update" if self._server is not None else "create"
         try:
-            if self._reassert or self._server is None:
+            if not self._watched and (self._reassert or self._server is None):
                 self._server = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
                 operation = "update" if self._server is not None else "create"
-                if self._server is not None and content(self._server) == want:
-                    self._confirmed(want)
-                    return
+            if self._server is not None and content(self._server) == want:
+                self._confirmed(want)  # the server's copy (read back, or as the watch last saw it) is current
+                return
             current = self._server
             if current is None:
                 written = await in_daemon_thread(lambda: self._api.create_nrt(body))
@@ -196,6 +223,7 @@ class NrtWriter:
         except ApiError as exc:
             if isinstance(exc, ApiConflict | ApiNotFound):
                 self._server = None  # someone else wrote or deleted it: read it back before the retry
+                self._watched = False  # until the watch reports again
             self.stats.record(operation=operation, result=exc.result)
             raise
         self._server = written
@@ -208,3 +236,13 @@ class NrtWriter:
     def _confirmed(self, want: dict[str, Any]) -> None:
         self._written = want
         self.stats.last_success_timestamp = self._clock()
+
+
+def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
+    """Whether `obj` is an older version of `than` (etcd's resourceVersions are increasing integers; any
+    other form is opaque and never called older)."""
+    if than is None:
+        return False
+    mine = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    theirs = str((than.get("metadata") or {}).get("resourceVersion") or "")
+    return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
