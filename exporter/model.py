@@ -238,3 +238,4 @@ class PodRef:
     spec_known: bool = False
     exclusive_native: bool = False
     non_native: frozenset[str] = frozenset()
+    running: bool = False  # status.phase Running: the kubelet admitted and started it

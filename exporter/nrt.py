@@ -34,21 +34,27 @@ def zone_name(numa_node: int) -> str:
 
 
 def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
-    """The pods the fingerprint covers: exactly the set the consumer enumerates for `method`.
+    """The pods the fingerprint covers: the set the consumer enumerates for `method`, each counted once
+    the kubelet has admitted it.
 
     `all`: every pod on the node. `with-exclusive-resources`: the pods scheduler-plugins' overreserve cache
     keeps (podspec.py): Guaranteed with an integral CPU, memory or hugepages request, or requesting a
-    non-native resource this object's zones list, in a steady-state container. A pod known only from the
-    kubelet's pod log directory (no API server) has no spec here: it counts when the kubelet pinned CPUs,
-    Static memory or NUMA-placed devices for it, as resource-topology-exporter decides."""
+    non-native resource this object's zones list, in a steady-state container. A pod enters the
+    fingerprint only when what the kubelet gave it is in the numbers (its allocation is in the state files)
+    or it runs: a fingerprint that named a pod whose resources the zones do not subtract yet would let the
+    scheduler trust stale zones; one that is late only keeps the scheduler's cautious reservation a
+    moment longer. A pod known only from the kubelet's pod log directory (no API server) has no spec here:
+    it counts when the kubelet pinned CPUs, Static memory or NUMA-placed devices for it, as
+    resource-topology-exporter decides."""
     pods = snapshot.kubelet.pods or ()
-    if method == METHOD_ALL:
-        return list(pods)
-    listed = {name for zone in zone_resources(snapshot).values() for name in (entry["name"] for entry in zone)}
     pinned = _pinned_pods(snapshot)
+    admitted = [pod for pod in pods if not pod.spec_known or pod.running or pod.uid in pinned]
+    if method == METHOD_ALL:
+        return admitted
+    listed = {name for zone in zone_resources(snapshot).values() for name in (entry["name"] for entry in zone)}
     return [
         pod
-        for pod in pods
+        for pod in admitted
         if (pod.exclusive_native or bool(pod.non_native & listed) if pod.spec_known else pod.uid in pinned)
     ]
 

@@ -258,4 +258,5 @@ def pod_ref(pod: Any) -> PodRef | None:
         spec_known=True,
         exclusive_native=exclusive_native,
         non_native=non_native,
+        running=(pod.get("status") or {}).get("phase") == "Running",
     )

@@ -1,0 +1,288 @@
+"""End to end with the real consumer: several simulated nodes, one agent each, the real kube-scheduler with
+NodeResourceTopologyMatch, and the kubelet played by the kubelet's own code.
+
+Each node is a host tree (the fixture machine: 2 NUMA nodes, 32 CPUs, hugepages, 4 GPUs) with its own
+kubelet directory and agent. Guaranteed pods of varied shapes are created one after another with
+`schedulerName: topo-aware-scheduler`. Whenever the scheduler binds one, kubelet-oracle admits it on that
+node's current state exactly as the kubelet would; the state files it writes (with the pod's real UID)
+replace the node's, and the pod is marked Running, so the agent republishes. The measure of the product:
+no pod is bound where the kubelet then rejects it (the mismatch count, goal 0), and the scheduler's cache
+resyncs from our fingerprint rather than keeping nodes dirty.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.sources import device_checkpoint
+from exporter.sources.kubelet_json import spew_checksum
+from tests.controlplane import AGENT_USER, ControlPlane, wait_until
+from tests.daemon import Daemon
+from tests.hosttree import fixture_machine
+from tests.kubelet_files import replace_atomically
+from tests.oracle import GIB, MachineSpec, ask
+
+NODES = 3
+PODS = int(__import__("os").environ.get("E2E_PODS", "200"))
+NAMESPACE = "e2e"
+GPU = "nvidia.com/gpu"
+GPUS = (("0000:1a:00.0", 0), ("0000:1b:00.0", 0), ("0000:8a:00.0", 1), ("0000:8b:00.0", 1))
+# The fixture machine (tests/hosttree.py): CPU i is core i % 16, socket (i % 16) // 8; siblings i, i + 16.
+MACHINE = MachineSpec(
+    cpus=[(i, (i % 16) // 8, i % 16, (i % 16) // 8) for i in range(32)],
+    memory={0: 64 * GIB, 1: 64 * GIB},
+    hugepages={0: {GIB: 4, 2 << 20: 512}, 1: {GIB: 4, 2 << 20: 512}},
+    devices={GPU: [(address, (numa,), numa) for address, numa in GPUS]},
+)
+CONFIG: dict[str, Any] = {
+    "cpuManagerPolicy": "static",
+    "reservedSystemCPUs": "0,16",
+    "memoryManagerPolicy": "Static",
+    "kubeReserved": {"memory": "1948Mi"},
+    "reservedMemory": [{"numaNode": 0, "limits": {"memory": "1Gi"}}, {"numaNode": 1, "limits": {"memory": "1Gi"}}],
+    "topologyManagerPolicy": "single-numa-node",
+    "topologyManagerScope": "container",
+}
+CONFIG_YAML = """\
+kind: KubeletConfiguration
+cpuManagerPolicy: static
+reservedSystemCPUs: "0,16"
+memoryManagerPolicy: Static
+kubeReserved: {memory: 1948Mi}
+reservedMemory:
+- {numaNode: 0, limits: {memory: 1Gi}}
+- {numaNode: 1, limits: {memory: 1Gi}}
+topologyManagerPolicy: single-numa-node
+topologyManagerScope: container
+"""
+CAPACITY = {"cpu": "32", "memory": "128Gi", "hugepages-1Gi": "8Gi", "hugepages-2Mi": "2Gi", GPU: "4", "pods": "110"}
+COUNTS: dict[str, int] = {}
+
+
+class KubeletPlayer:
+    """The kubelet of one simulated node: admission by kubelet-oracle, state files written as it writes them."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.tree = fixture_machine(root / name)
+        self.tree.kubelet.joinpath("config.yaml").write_text(CONFIG_YAML)
+        fresh = ask(
+            {
+                "machine": MACHINE.oracle_machine(),
+                "kubeletConfig": CONFIG,
+                "devices": MACHINE.oracle_devices(),
+                "queries": [{"type": "fit", "pod": {"requests": {"cpu": "1000", "memory": "1Gi"}}, "maxPods": 1}],
+            }
+        )
+        self.state: dict[str, Any] = fresh["results"][0]["finalState"]
+        self.write()
+
+    def write(self) -> None:
+        """The state as files. Renaming the oracle's pod UID changed what the checksums cover: the CPU and
+        memory files take checksum 0 (both verifiers accept it), the device checkpoint is re-hashed."""
+        self.state["cpu_manager_state"]["checksum"] = 0
+        self.state["memory_manager_state"]["checksum"] = 0
+        checkpoint = self.state["kubelet_internal_checkpoint"]
+        checkpoint["Checksum"] = spew_checksum(device_checkpoint.hash_text(checkpoint["Data"], v1=False))
+        files = {
+            self.tree.paths.cpu_manager_state: self.state["cpu_manager_state"],
+            self.tree.paths.memory_manager_state: self.state["memory_manager_state"],
+            self.tree.paths.device_checkpoint: checkpoint,
+        }
+        for path, body in files.items():
+            replace_atomically(path, json.dumps(body, separators=(",", ":")).encode())
+
+    def admit(self, pod: dict[str, Any]) -> tuple[bool, str]:
+        spec = {"containers": [{"name": c["name"], "resources": c["resources"]} for c in pod["spec"]["containers"]]}
+        answer = ask(
+            {
+                "machine": MACHINE.oracle_machine(),
+                "kubeletConfig": CONFIG,
+                "devices": MACHINE.oracle_devices(),
+                "state": self.state,
+                "queries": [{"type": "admit_on", "pod": {"spec": spec}}],
+            }
+        )
+        result = answer["results"][0]
+        if "error" in result or not result.get("admitted"):
+            return False, str(result.get("error") or result.get("rejection"))
+        oracle_uid = result["pods"][0]["uid"]
+        text = json.dumps(result["finalState"]).replace(oracle_uid, pod["metadata"]["uid"])
+        self.state = json.loads(text)
+        self.write()
+        return True, ""
+
+    def would_admit(self, pod: dict[str, Any]) -> bool:
+        spec = {"containers": [{"name": c["name"], "resources": c["resources"]} for c in pod["spec"]["containers"]]}
+        answer = ask(
+            {
+                "machine": MACHINE.oracle_machine(),
+                "kubeletConfig": CONFIG,
+                "devices": MACHINE.oracle_devices(),
+                "state": self.state,
+                "queries": [{"type": "admit_on", "pod": {"spec": spec}, "omitFinalState": True}],
+            }
+        )
+        return bool(answer["results"][0].get("admitted"))
+
+
+def shape(rng: random.Random) -> dict[str, str]:
+    resources = {
+        "cpu": str(rng.choice([1, 2, 2, 4, 6, 8, 12])),
+        "memory": rng.choice(["1Gi", "2Gi", "8Gi", "24Gi", "48Gi"]),
+    }
+    if rng.random() < 0.2:
+        resources["hugepages-1Gi"] = rng.choice(["1Gi", "2Gi"])
+    if rng.random() < 0.25:
+        resources[GPU] = "1"
+    return resources
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, tuple[KubeletPlayer, Daemon]]]:
+    kube.ensure_namespace(NAMESPACE)
+    root = tmp_path_factory.mktemp("e2e")
+    nodes: dict[str, tuple[KubeletPlayer, Daemon]] = {}
+    try:
+        for index in range(NODES):
+            name = f"e2e-node-{index}"
+            kube.add_node(name, capacity=CAPACITY)
+            player = KubeletPlayer(root, name)
+            extra = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", name, "--resync-interval", "5",
+                     "--debounce", "0.05", "--no-nvml", "--log-level", "warning"]  # fmt: skip
+            nodes[name] = (player, Daemon(player.tree.paths, extra=extra))
+        for name in nodes:
+            wait_until(lambda name=name: kube.nrt(name) is not None, timeout=30, what=f"the NRT of {name}")
+        # Only now: the scheduler's overreserve cache (scheduler-plugins 903da7df) loads the NRT objects that
+        # exist when it starts and ignores ones created later ("modified non-existent NRT").
+        kube.start_scheduler()
+        yield nodes
+    finally:
+        for _, daemon in nodes.values():
+            daemon.stop()
+
+
+def test_no_pod_is_bound_where_the_kubelet_rejects_it(
+    kube: ControlPlane, cluster: dict[str, tuple[KubeletPlayer, Daemon]]
+) -> None:
+    rng = random.Random(20261202)
+    bound: dict[str, str] = {}
+    mismatches: list[str] = []
+    pending: list[dict[str, Any]] = []
+    for index in range(PODS):
+        resources = shape(rng)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"p{index:03d}", "namespace": NAMESPACE},
+            "spec": {
+                "schedulerName": "topo-aware-scheduler",
+                "containers": [
+                    {"name": "c", "image": "pause", "resources": {"requests": resources, "limits": resources}}
+                ],
+            },
+        }
+        created = kube.ok("POST", f"/api/v1/namespaces/{NAMESPACE}/pods", body)
+        path = f"/api/v1/namespaces/{NAMESPACE}/pods/{created['metadata']['name']}"
+
+        def decided(path: str = path) -> dict[str, Any] | None:
+            pod: dict[str, Any] = kube.ok("GET", path)
+            if pod["spec"].get("nodeName"):
+                return pod
+            conditions = pod.get("status", {}).get("conditions") or []
+            if any(c["type"] == "PodScheduled" and c["status"] == "False" for c in conditions):
+                return pod
+            return None
+
+        pod = wait_until(decided, timeout=30, what=f"the scheduler's decision on {path}", interval=0.05)
+        node = pod["spec"].get("nodeName")
+        if not node:
+            pending.append(pod)
+            continue
+        player, _ = cluster[node]
+        admitted, why = player.admit(pod)
+        if not admitted:
+            zones = {z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in kube.nrt(node)["zones"]}
+            mismatches.append(f"{pod['metadata']['name']} {resources} on {node}: {why}; published {zones}")
+            pod["status"] = {**pod.get("status", {}), "phase": "Failed", "reason": "TopologyAffinityError"}
+        else:
+            bound[pod["metadata"]["name"]] = node
+            pod["status"] = {**pod.get("status", {}), "phase": "Running"}
+        kube.ok("PUT", f"{path}/status", pod)
+        if admitted:  # wait until the agent has published it: its fingerprint names the pod
+            wait_until(lambda node=node: _fingerprinted(kube, cluster, node), timeout=15, what=f"{node}'s republish")
+
+    # Pods the scheduler found unschedulable while a node's cache was still overreserved wait for a cluster
+    # event: touch the Nodes, then play the kubelet for every pod bound in the next round.
+    late_mismatches: list[str] = []
+    for round_number in range(6):
+        for name in cluster:
+            kube.ok("PATCH", f"/api/v1/nodes/{name}", {"metadata": {"labels": {"e2e-round": str(round_number)}}},
+                    content_type="application/merge-patch+json")  # fmt: skip
+
+        def newly_bound(pending: list[dict[str, Any]] = pending) -> list[dict[str, Any]]:
+            items = kube.ok("GET", f"/api/v1/namespaces/{NAMESPACE}/pods")["items"]
+            waiting = {pod["metadata"]["name"] for pod in pending}
+            return [p for p in items if p["metadata"]["name"] in waiting and p["spec"].get("nodeName")]
+
+        try:
+            late = wait_until(newly_bound, timeout=8, what="a pending pod bound after the nodes changed")
+        except AssertionError:
+            break
+        for pod in late:
+            node = pod["spec"]["nodeName"]
+            admitted, why = cluster[node][0].admit(pod)
+            pending = [p for p in pending if p["metadata"]["name"] != pod["metadata"]["name"]]
+            if not admitted:  # several binds before the kubelet admitted any: see COUNTS / BENCHMARKS.md
+                late_mismatches.append(f"{pod['metadata']['name']} (late) on {node}: {why}")
+                pod["status"] = {**pod.get("status", {}), "phase": "Failed", "reason": "TopologyAffinityError"}
+            else:
+                bound[pod["metadata"]["name"]] = node
+                pod["status"] = {**pod.get("status", {}), "phase": "Running"}
+            kube.ok("PUT", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}/status", pod)
+            if admitted:
+                wait_until(
+                    lambda node=node: _fingerprinted(kube, cluster, node), timeout=15, what=f"{node}'s republish"
+                )
+
+    fits_somewhere = [
+        pod["metadata"]["name"] for pod in pending if any(player.would_admit(pod) for player, _ in cluster.values())
+    ]
+    COUNTS.update(pods=PODS, bound=len(bound), pending=len(pending), mismatches=len(mismatches),
+                   late_mismatches=len(late_mismatches), pending_that_fit=len(fits_somewhere))  # fmt: skip
+    print("E2E COUNTS", COUNTS)
+    assert mismatches == [], mismatches
+    assert len(bound) >= 20, COUNTS
+    assert pending, "the nodes fill up: some shapes must stay Pending"
+    reasons = {
+        c.get("message", "")
+        for pod in pending
+        for c in (kube.ok("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod['metadata']['name']}")["status"].get("conditions") or [])
+    }  # fmt: skip
+    assert any("NUMA" in reason or "Insufficient" in reason or "resource" in reason for reason in reasons), reasons
+    log = kube.log("kube-scheduler-nrt")
+    synced = log.count("podset fingerprint check")
+    assert synced > 0, "the scheduler's cache compared our fingerprint"
+    COUNTS["fingerprint checks"] = synced
+    COUNTS["fingerprint mismatches logged"] = log.count("fingerprint mismatch")
+
+
+def _fingerprinted(kube: ControlPlane, cluster: dict[str, tuple[KubeletPlayer, Daemon]], node: str) -> bool:
+    """The node's NRT fingerprint covers every pod running there (and its zones were rebuilt with them)."""
+    from exporter.fingerprint import fingerprint
+
+    pods = kube.ok("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node}")["items"]
+    running = [
+        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in pods if p["status"].get("phase") == "Running"
+    ]
+    obj = kube.nrt(node)
+    attributes = {a["name"]: a["value"] for a in (obj or {}).get("attributes", [])}
+    return attributes.get("nodeTopologyPodsFingerprint") == fingerprint(running)
