@@ -4,7 +4,6 @@ arguments (parsed by the real CLI), and its RBAC against what the publisher actu
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +13,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser
-from exporter.metrics import NrtStats
-from exporter.publisher.api import KubeApi, client_from
-from exporter.publisher.pods import PodWatcher
-from exporter.publisher.writer import NrtWriter
-from exporter.snapshot import SnapshotBuilder
 from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, render
-from tests.fakeapi import FakeApiServer
-from tests.hosttree import HostTree
-from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 
 
 def daemonset(values: dict[str, Any]) -> dict[str, Any]:
@@ -165,60 +156,7 @@ def test_monitoring_objects_ship_the_generated_rules_and_dashboards() -> None:
     assert not [d for d in render({}) if d["kind"] in OPERATOR_KINDS], "monitoring objects are off by default"
 
 
-def rbac_rules(values: dict[str, Any]) -> set[tuple[str, str, str]]:
-    (role,) = by_kind(render(values), "ClusterRole")
-    return {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-
-
-def observed_requests(apiserver: FakeApiServer, machine: HostTree, tmp_path: Path) -> set[tuple[str, str, str]]:
-    """Every request the publisher and the pod watch make in a full life: create, update, re-assert, node
-    lookup, list and watch; mapped to RBAC (apiGroup, resource, verb)."""
-    apiserver.add_node("worker-1")
-    apiserver.set_pod(namespace="default", name="p", uid="u", node="worker-1")
-    install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
-    api = KubeApi(client_from(apiserver.kubeconfig(tmp_path / "kubeconfig")))
-    writer = NrtWriter(api, node_name="worker-1", stats=NrtStats())
-    builder = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False)
-
-    async def life() -> None:
-        watcher = PodWatcher(api, node_name="worker-1", on_change=lambda: None)
-        watcher.start(asyncio.get_running_loop())
-        await writer.on_snapshot(builder.build(), {"start"})
-        await writer.sync()
-        replace_atomically(
-            machine.paths.cpu_manager_state, (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
-        )
-        await writer.on_snapshot(builder.build(), {"resync"})
-        await writer.sync()
-        while not any(path.endswith("?watch") for _m, path in apiserver.state.requests):
-            await asyncio.sleep(0.01)
-        watcher.stop()
-
-    asyncio.run(asyncio.wait_for(life(), timeout=20))
-    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
-    observed = set()
-    for method, path in apiserver.state.requests:
-        parts = path.removesuffix("?watch").strip("/").split("/")
-        group = "" if parts[0] == "api" else parts[1]
-        resource_parts = parts[2:] if parts[0] == "api" else parts[3:]
-        resource, named = resource_parts[0], len(resource_parts) > 1
-        verb = verbs[method] if named or method != "GET" else ("watch" if path.endswith("?watch") else "list")
-        observed.add((group, resource, verb))
-    return observed
-
-
-def test_rbac_covers_exactly_what_the_publisher_uses(
-    apiserver: FakeApiServer, machine: HostTree, tmp_path: Path
-) -> None:
-    observed = observed_requests(apiserver, machine, tmp_path)
-    assert observed == rbac_rules({})
-    assert ("topology.node.k8s.io", "noderesourcetopologies", "update") in observed
+# The chart's RBAC against what a running agent asks a real API server for: tests/test_kube.py.
 
 
 def test_no_rbac_when_nothing_is_published() -> None:
