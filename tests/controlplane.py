@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from typing import Any
 import yaml
 
 from tests.chart import by_kind, render
+from tests.daemon import wait_for as wait_until
 from tests.oracle import asset
 
 CHART = Path(__file__).resolve().parent.parent / "helm" / "numa-topology-exporter"
@@ -44,17 +44,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_until(check: Any, *, timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
