@@ -98,18 +98,17 @@ class KubeletPlayer:
         for path, body in files.items():
             replace_atomically(path, json.dumps(body, separators=(",", ":")).encode())
 
-    def admit(self, pod: dict[str, Any]) -> tuple[bool, str]:
+    def _admit_on(self, pod: dict[str, Any], *, keep: bool) -> dict[str, Any]:
+        """The oracle's `admit_on` for this pod's containers on this node's current state."""
         spec = {"containers": [{"name": c["name"], "resources": c["resources"]} for c in pod["spec"]["containers"]]}
-        answer = ask(
-            {
-                "machine": MACHINE.oracle_machine(),
-                "kubeletConfig": CONFIG,
-                "devices": MACHINE.oracle_devices(),
-                "state": self.state,
-                "queries": [{"type": "admit_on", "pod": {"spec": spec}}],
-            }
-        )
-        result = answer["results"][0]
+        query = {"type": "admit_on", "pod": {"spec": spec}, "omitFinalState": not keep}
+        request = {"machine": MACHINE.oracle_machine(), "kubeletConfig": CONFIG, "devices": MACHINE.oracle_devices(),
+                   "state": self.state, "queries": [query]}  # fmt: skip
+        result: dict[str, Any] = ask(request)["results"][0]
+        return result
+
+    def admit(self, pod: dict[str, Any]) -> tuple[bool, str]:
+        result = self._admit_on(pod, keep=True)
         if "error" in result or not result.get("admitted"):
             return False, str(result.get("error") or result.get("rejection"))
         oracle_uid = result["pods"][0]["uid"]
@@ -119,17 +118,7 @@ class KubeletPlayer:
         return True, ""
 
     def would_admit(self, pod: dict[str, Any]) -> bool:
-        spec = {"containers": [{"name": c["name"], "resources": c["resources"]} for c in pod["spec"]["containers"]]}
-        answer = ask(
-            {
-                "machine": MACHINE.oracle_machine(),
-                "kubeletConfig": CONFIG,
-                "devices": MACHINE.oracle_devices(),
-                "state": self.state,
-                "queries": [{"type": "admit_on", "pod": {"spec": spec}, "omitFinalState": True}],
-            }
-        )
-        return bool(answer["results"][0].get("admitted"))
+        return bool(self._admit_on(pod, keep=False).get("admitted"))
 
 
 def shape(rng: random.Random) -> dict[str, str]:
