@@ -6,8 +6,11 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from tests.controlplane import ControlPlane, control_plane
 
 ROOT = Path(__file__).resolve().parent.parent
 HWLOC_FIXTURES = ROOT / "tests" / "fixtures" / "hwloc"
@@ -41,3 +44,10 @@ def print_table(headers: tuple[str, ...], rows: list[tuple[object, ...]]) -> Non
         print("| " + " | ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) + " |")
         if row is headers:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+@contextmanager
+def real_control_plane() -> Iterator[ControlPlane]:
+    """The test suite's real control plane (etcd + kube-apiserver v1.36.2, the chart's CRD and RBAC), from
+    $KUBEBUILDER_ASSETS or ../shared/k8s; the benchmark fails with the reason where neither exists."""
+    yield from control_plane(Path(tempfile.mkdtemp(prefix="bench-controlplane-")))

@@ -6,16 +6,20 @@ scrape   scrape latency and scrapes/s on the largest hwloc fixture host, against
          prometheus-node-exporter --collector.meminfo_numa reading the same sysfs tree
 memory   resident memory after D seconds of scrapes and state changes, ours and node_exporter's
 idle     CPU time and context switches while idle for D seconds, ours and node_exporter's
+imports  where the resident memory goes: RSS after each group of imports the daemon makes, in a fresh
+         interpreter, standalone and publishing
 
   .venv/bin/python bench/daemon.py latency --changes 200
   .venv/bin/python bench/daemon.py scrape --seconds 10
   .venv/bin/python bench/daemon.py memory --seconds 600
   .venv/bin/python bench/daemon.py idle --seconds 60
+  .venv/bin/python bench/daemon.py imports
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -29,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table, unpack_hwloc_trees
+from bench.common import print_table, real_control_plane, unpack_hwloc_trees
 from exporter.paths import HostPaths
+from tests.controlplane import AGENT_USER, ControlPlane
 from tests.daemon import Daemon, cpu_series, wait_for
-from tests.fakeapi import FakeApiServer
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 from tests.prometheus import free_port
@@ -162,40 +166,43 @@ def cpu_and_switches(pid: int) -> tuple[float, int]:
     return ticks / os.sysconf("SC_CLK_TCK"), switches
 
 
+def nrt_writes(daemon: Daemon) -> int:
+    return sum(
+        int(float(line.rsplit(" ", 1)[1])) for line in daemon.metrics().splitlines()
+        if line.startswith("numa_topology_nrt_writes_total{") and 'result="success"' in line
+    )  # fmt: skip
+
+
 def memory(seconds: float, *, with_nrt: bool) -> None:
     paths = machine_with_state()
     fsroot = Path(paths.sysfs).parent
     node_exporter, node_url = start_node_exporter(fsroot)
     extra = ["--no-nvml", "--debounce", "0"]
-    server = None
-    if with_nrt:
-        server = FakeApiServer()
-        server.add_node("bench-node")
-        extra += ["--kubeconfig", str(server.kubeconfig(fsroot / "kubeconfig")), "--node-name", "bench-node"]
     states = [(KUBELET_FIXTURES / name).read_bytes() for name in
               ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json")]  # fmt: skip
-    try:
-        with Daemon(paths, extra=extra) as daemon:
-            wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
-            start_rss = rss_kib(daemon.process.pid)
-            stop = time.monotonic() + seconds
-            scrapes = changes = 0
-            while time.monotonic() < stop:
-                daemon.metrics()
-                _ok(node_url + "/metrics")
-                scrapes += 1
-                if scrapes % 10 == 0:
-                    replace_atomically(paths.cpu_manager_state, states[changes % 2])
-                    changes += 1
-                time.sleep(0.02)
-            ours_rss, theirs_rss = rss_kib(daemon.process.pid), rss_kib(node_exporter.pid)
-            nrt_writes = len(server.writes()) if server is not None else 0
-    finally:
-        node_exporter.terminate()
-        node_exporter.wait()
-        if server is not None:
-            server.stop()
-    mode = f"publishing NRT ({nrt_writes} writes)" if with_nrt else "standalone"
+    with contextlib.ExitStack() as stack:
+        stack.callback(node_exporter.wait)
+        stack.callback(node_exporter.terminate)
+        if with_nrt:
+            kube: ControlPlane = stack.enter_context(real_control_plane())
+            kube.add_node("bench-node")
+            extra += ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", "bench-node"]
+        daemon = stack.enter_context(Daemon(paths, extra=extra))
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        start_rss = rss_kib(daemon.process.pid)
+        stop = time.monotonic() + seconds
+        scrapes = changes = 0
+        while time.monotonic() < stop:
+            daemon.metrics()
+            _ok(node_url + "/metrics")
+            scrapes += 1
+            if scrapes % 10 == 0:
+                replace_atomically(paths.cpu_manager_state, states[changes % 2])
+                changes += 1
+            time.sleep(0.02)
+        ours_rss, theirs_rss = rss_kib(daemon.process.pid), rss_kib(node_exporter.pid)
+        writes = nrt_writes(daemon)
+    mode = f"publishing NRT to the real kube-apiserver ({writes} writes)" if with_nrt else "standalone"
     print(f"{seconds:.0f} s, {mode}, {scrapes} scrapes of each, {changes} state-file changes")
     print_table(("exporter", "RSS MiB at start", "RSS MiB at end"),
                 [("numa-topology-exporter", f"{start_rss / 1024:.1f}", f"{ours_rss / 1024:.1f}"),
@@ -222,6 +229,51 @@ def idle(seconds: float) -> None:
                   theirs_after[1] - theirs_before[1])])  # fmt: skip
 
 
+# What the daemon imports, in the order it imports it: each step's RSS increase is what that group adds
+# beyond everything before it (shared dependencies are charged to the first group that loads them).
+IMPORT_STEPS = (
+    ("the interpreter", ""),
+    ("ssl (libssl, libcrypto)", "import ssl"),
+    ("asyncio", "import asyncio"),
+    ("aiohttp (the HTTP server; its package also loads its client)", "import aiohttp.web"),
+    ("prometheus_client", "import prometheus_client"),
+    ("PyYAML", "import yaml"),
+    ("the exporter (sources, accounting, CLI)", "import exporter.cli"),
+    ("the exporter's server (app, metrics, refresher)", "import exporter.app"),
+    ("urllib3", "import urllib3"),
+    ("pydantic (the client's api_client)", "import pydantic"),
+    ("requests, oauthlib (the client's kube_config)", "import requests, requests_oauthlib"),
+    ("python-dateutil", "import dateutil.parser"),
+    ("kubernetes client and config, and the publisher", "import exporter.publisher.writer, exporter.publisher.pods, "
+     "exporter.publisher.ownwatch"),
+)  # fmt: skip
+
+RSS_PROBE = """
+import sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS'):
+            return int(line.split()[1])
+for statement in sys.argv[1:]:
+    exec(statement)
+    print(rss(), len(sys.modules), flush=True)
+"""
+
+
+def imports() -> None:
+    statements = [statement or "pass" for _, statement in IMPORT_STEPS]
+    output = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, *statements], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    rows, previous, previous_modules = [], 0, 0
+    for (what, _), line in zip(IMPORT_STEPS, output, strict=False):
+        kib, modules = (int(field) for field in line.split())
+        rows.append((what, f"{(kib - previous) / 1024:.1f}", modules - previous_modules, f"{kib / 1024:.1f}"))
+        previous, previous_modules = kib, modules
+    print(f"resident memory by import group, {sys.executable}")
+    print_table(("group", "+MiB", "+modules", "total MiB"), rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -231,8 +283,9 @@ def main() -> None:
     scrape_parser.add_argument("--clients", type=int, default=4)
     memory_parser = commands.add_parser("memory")
     memory_parser.add_argument("--seconds", type=float, default=600)
-    memory_parser.add_argument("--with-nrt", action="store_true", help="also publish NRT to a fake API server")
+    memory_parser.add_argument("--with-nrt", action="store_true", help="also publish NRT to the real kube-apiserver")
     commands.add_parser("idle").add_argument("--seconds", type=float, default=60)
+    commands.add_parser("imports")
     args = parser.parse_args()
     if args.command == "latency":
         latency(args.changes)
@@ -240,6 +293,8 @@ def main() -> None:
         scrape(args.seconds, args.clients)
     elif args.command == "memory":
         memory(args.seconds, with_nrt=args.with_nrt)
+    elif args.command == "imports":
+        imports()
     else:
         idle(args.seconds)
 

@@ -173,7 +173,10 @@ def main() -> None:
     # admitted pod's CPUs as the CPU manager does.
     config = paths.kubelet_config.read_text()
     paths.kubelet_config.write_text(
-        config.replace('reservedSystemCPUs: "0,128"', 'kubeReserved: {cpu: "4"}\ncpuManagerPolicyOptions: {full-pcpus-only: "true"}')
+        config.replace(
+            'reservedSystemCPUs: "0,128"',
+            'kubeReserved: {cpu: "4"}\ncpuManagerPolicyOptions: {full-pcpus-only: "true"}',
+        )
     )
     whole_cores = (Profile(name="two-cpus", requests={"cpu": 2, "memory": 1 << 30}),)
     free = cpu_manager.parse_cpu_manager_state(cpu_state(default=[cpu.cpu for cpu in topology.cpus], entries={}))

@@ -1,8 +1,8 @@
 """NodeResourceTopology writes per hour: ours against the reference exporter's policy, and at 5,000 nodes.
 
 An hour is replayed time-compressed (1 simulated second = --scale real seconds) through the real
-pipeline: state files changed on disk, SnapshotBuilder, NrtWriter, the `kubernetes` client, and the fake
-API server from the test suite, which counts the writes it receives. Scenarios:
+pipeline: state files changed on disk, SnapshotBuilder, NrtWriter, the `kubernetes` client, and the real
+kube-apiserver v1.36.2 of the test suite, behind its recording proxy, which counts the writes. Scenarios:
   idle              nothing changes; resync every 60 s
   churn-ordinary    one pod starts or stops every 10 s; they hold no exclusive resources
   churn-exclusive   one pod with 2 pinned CPUs starts or stops every 10 s
@@ -23,13 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table
+from bench.common import print_table, real_control_plane
 from exporter.cpuset import format_cpuset
 from exporter.metrics import NrtStats
 from exporter.publisher.api import KubeApi, client_from
 from exporter.publisher.writer import NrtWriter
 from exporter.snapshot import SnapshotBuilder
-from tests.fakeapi import FakeApiServer
+from tests.controlplane import AGENT_USER, ControlPlane
+from tests.faultproxy import FaultProxy
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import fixture_config, install, replace_atomically
 
@@ -49,14 +50,15 @@ def cpu_state(pinned: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-async def replay(scenario: str, *, scale: float, min_interval: float) -> int:
-    server = FakeApiServer()
-    server.add_node("worker-1")
+async def replay(kube: ControlPlane, scenario: str, *, scale: float, min_interval: float) -> int:
+    node = f"bench-{scenario}-{min_interval:.0f}"
+    kube.add_node(node)
+    proxy = FaultProxy(kube.url)
     try:
         host = fixture_machine(Path(tempfile.mkdtemp(prefix="bench-nrt-")))
         install(host, cpu=cpu_state(False), config=fixture_config(memory="None"))
-        api = KubeApi(client_from(server.kubeconfig(host.root / "kubeconfig")))
-        writer = NrtWriter(api, node_name="worker-1", stats=NrtStats(), min_interval_seconds=min_interval * scale)
+        api = KubeApi(client_from(kube.kubeconfig(AGENT_USER, server=proxy.url)))
+        writer = NrtWriter(api, node_name=node, stats=NrtStats(), min_interval_seconds=min_interval * scale)
         builder = SnapshotBuilder(host.paths, use_nvml=False, use_udev=False)
         task = asyncio.create_task(writer.run())
         await writer.on_snapshot(builder.build(), {"start"})
@@ -80,9 +82,9 @@ async def replay(scenario: str, *, scale: float, min_interval: float) -> int:
             await asyncio.sleep(scale)
         await asyncio.sleep(max(min_interval * scale, 0.05) + 0.2)
         task.cancel()
-        return len(server.writes())
+        return len([seen for seen in proxy.requests() if seen.method in ("POST", "PUT", "PATCH")])
     finally:
-        server.stop()
+        proxy.close()
 
 
 def main() -> None:
@@ -90,13 +92,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.002, help="real seconds per simulated second")
     args = parser.parse_args()
     rows = []
-    for scenario in ("idle", "churn-ordinary", "churn-exclusive"):
-        ours = asyncio.run(replay(scenario, scale=args.scale, min_interval=0))
-        coalesced = asyncio.run(replay(scenario, scale=args.scale, min_interval=30))
-        rows.append((
-            scenario, ours, coalesced, REFERENCE_PER_HOUR,
-            f"{ours * NODES / HOUR:.1f}", f"{coalesced * NODES / HOUR:.1f}", f"{REFERENCE_PER_HOUR * NODES / HOUR:.1f}",
-        ))  # fmt: skip
+    with real_control_plane() as kube:
+        for scenario in ("idle", "churn-ordinary", "churn-exclusive"):
+            ours = asyncio.run(replay(kube, scenario, scale=args.scale, min_interval=0))
+            coalesced = asyncio.run(replay(kube, scenario, scale=args.scale, min_interval=30))
+            rows.append((
+                scenario, ours, coalesced, REFERENCE_PER_HOUR,
+                f"{ours * NODES / HOUR:.1f}", f"{coalesced * NODES / HOUR:.1f}",
+                f"{REFERENCE_PER_HOUR * NODES / HOUR:.1f}",
+            ))  # fmt: skip
     print(f"writes per node per hour (replayed at {args.scale} s per simulated second), and writes/s at {NODES} nodes")
     print_table(
         ("scenario", "ours", "ours --nrt-min-interval 30", "reference (60 s scan)",

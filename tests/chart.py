@@ -30,5 +30,3 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in documents if doc["kind"] == kind]
-
-

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.controlplane import ControlPlane, control_plane
-from tests.fakeapi import FakeApiServer, fake_api_server
+from tests.faultproxy import FaultProxy, fault_proxy
 from tests.hosttree import HostTree, fixture_machine
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -104,16 +106,26 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
 
 
 @pytest.fixture
-def apiserver() -> Iterator[FakeApiServer]:
-    yield from fake_api_server()
+def proxy(kube: ControlPlane) -> Iterator[FaultProxy]:
+    """A fault-injecting proxy in front of the session's real API server, recording every request."""
+    yield from fault_proxy(kube.url)
+
+
+@pytest.fixture
+def node(request: pytest.FixtureRequest, kube: ControlPlane) -> str:
+    """A Node of this test's own (the server is shared by the session)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50] + f"-{time.monotonic_ns() % 10**6}"
+    kube.add_node(name)
+    return name
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """How many inputs the fuzz targets tried (tests/test_fuzz.py), how fast NRT recovered from each fault
     (tests/test_faults.py), and how many generated cases the kubelet-oracle suites compared: the figures
     RELIABILITY.md and BENCHMARKS.md report."""
-    faults = sys.modules.get("tests.test_faults")
-    recovery = getattr(faults, "RECOVERY_SECONDS", None)
+    recovery: dict[str, float] = {}
+    for module in ("tests.test_faults", "tests.test_kube"):
+        recovery.update(getattr(sys.modules.get(module), "RECOVERY_SECONDS", {}))
     if recovery:
         terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")
         for fault, seconds in sorted(recovery.items()):

@@ -118,6 +118,10 @@ class FaultProxy:
         with self._lock:
             return list(self.seen[since:])
 
+    def open_streams(self) -> int:
+        """Responses being streamed right now: the open watch connections."""
+        return len(self._streams)
+
     def mark(self) -> int:
         with self._lock:
             return len(self.seen)

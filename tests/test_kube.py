@@ -10,9 +10,7 @@ request the agent makes.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,7 +21,7 @@ from exporter.publisher.api import FIELD_MANAGER, KubeApi, client_from
 from exporter.publisher.pods import PodWatcher
 from tests.controlplane import AGENT_USER, LIMITED_USER, NRT_PATH, ControlPlane, wait_until
 from tests.daemon import Daemon
-from tests.faultproxy import FaultProxy, fault_proxy
+from tests.faultproxy import FaultProxy
 from tests.hosttree import HostTree
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 
@@ -31,19 +29,6 @@ RESYNC = 1.0
 EMPTY = (KUBELET_FIXTURES / "cpu_manager_state.static-empty.json").read_bytes()
 TWO_PODS = (KUBELET_FIXTURES / "cpu_manager_state.static-2pods.json").read_bytes()
 RECOVERY_SECONDS: dict[str, float] = {}
-
-
-@pytest.fixture
-def proxy(kube: ControlPlane) -> Iterator[FaultProxy]:
-    yield from fault_proxy(kube.url)
-
-
-@pytest.fixture
-def node(request: pytest.FixtureRequest, kube: ControlPlane) -> str:
-    """A Node of this test's own (the server is shared by the session)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:50] + f"-{time.monotonic_ns() % 10**6}"
-    kube.add_node(name)
-    return name
 
 
 def agent(machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str, *, user: str = AGENT_USER) -> Daemon:

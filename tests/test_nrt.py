@@ -1,7 +1,9 @@
-"""`snapshot --format nrt` for every fixture host: valid against the CRD's schema, equal to its golden file."""
+"""`snapshot --format nrt` for every fixture host: accepted by the real API server under the chart's CRD
+(a strict dry-run create as the agent's user: schema, unknown fields, RBAC), equal to its golden file."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from exporter.fingerprint import METHOD_ALL, fingerprint
 from exporter.nrt import build_nrt, content
 from exporter.snapshot import SnapshotBuilder
 from tests.conftest import HWLOC_NAMES
-from tests.fakeapi import validation_errors
+from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane
 from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
 
 GOLDEN = Path(__file__).parent / "golden" / "nrt"
@@ -22,7 +24,7 @@ SCENARIOS = [*HWLOC_NAMES, *KUBELET_SCENARIOS]
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_nrt_matches_golden_and_the_crd(
     name: str, *, tmp_path: Path, hwloc_trees: dict[str, Path], nvml_config: Path,
-    update_golden: bool, capsys: pytest.CaptureFixture[str],
+    update_golden: bool, capsys: pytest.CaptureFixture[str], kube: ControlPlane,
 ) -> None:  # fmt: skip
     config = nvml_config_for(name, nvml_config)
     paths = scenario_paths(name, tmp_path / name, hwloc_trees)
@@ -31,7 +33,9 @@ def test_nrt_matches_golden_and_the_crd(
     assert main(argv if config else [*argv, "--no-nvml"]) == 0
     text = capsys.readouterr().out
     obj = yaml.safe_load(text)
-    assert validation_errors(obj) == []
+    obj["metadata"]["name"] = re.sub(r"[^a-z0-9-]+", "-", f"golden-{name}".lower())
+    answer = kube.request("POST", f"{NRT_PATH}?dryRun=All&fieldValidation=Strict", obj, user=AGENT_USER)
+    assert answer.status == 201, answer.body.get("message")
     golden = GOLDEN / f"{name}.yaml"
     if update_golden:
         golden.parent.mkdir(parents=True, exist_ok=True)

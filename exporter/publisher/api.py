@@ -4,16 +4,17 @@ that maps API failures to the exporter's exception tree (errors.py)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-import kubernetes as _kubernetes
 import urllib3
-from kubernetes.client.exceptions import ApiException
 
 from exporter import __version__
 from exporter.errors import (
@@ -31,7 +32,29 @@ from exporter.nrt import GROUP, PLURAL, VERSION
 from exporter.podspec import exclusivity
 
 T = TypeVar("T")
-kubernetes: Any = _kubernetes  # the client's own annotations are partial: treat it as untyped, check our side
+
+
+def _import_client() -> Any:
+    """The `kubernetes` package with only the sub-packages the agent uses (`client`, `config`).
+
+    The package's own `__init__` imports every sub-package: `dynamic` (and through it kubernetes-validate
+    and jsonschema, where installed), `stream`, `watch`, `informer`, `leaderelection`. None is used here, and
+    together they cost 2 to 4 MiB resident (BENCHMARKS.md, "Resident memory"). The package is registered
+    from its import spec without running that `__init__`; its sub-packages then import as usual. Where the
+    package was already imported whole (a process that uses it for more), that module is used as it is.
+    """
+    if "kubernetes" not in sys.modules:
+        spec = importlib.util.find_spec("kubernetes")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("the kubernetes package is not installed")
+        sys.modules["kubernetes"] = importlib.util.module_from_spec(spec)
+    for name in ("kubernetes.client", "kubernetes.client.exceptions", "kubernetes.config"):
+        importlib.import_module(name)
+    return sys.modules["kubernetes"]
+
+
+kubernetes: Any = _import_client()  # the client's annotations are partial: treat it as untyped, check our side
+ApiException: Any = kubernetes.client.exceptions.ApiException
 REQUEST_TIMEOUT_SECONDS = 30.0
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
