@@ -21,6 +21,7 @@ from exporter.model import (
     MemoryManagerState,
     MemoryTable,
     PodRef,
+    PodResourcesReading,
     Topology,
 )
 from exporter.units import hugepage_resource, parse_quantity_exact
@@ -37,6 +38,7 @@ class KubeletState:
     memory: MemoryManagerState | None = None
     devices: DeviceCheckpoint | None = None
     pods: tuple[PodRef, ...] | None = None
+    podresources: PodResourcesReading | None = None
 
     @property
     def cpu_policy(self) -> str:
@@ -261,11 +263,12 @@ def device_accounts(
     return accounts
 
 
-def stale_entries(state: KubeletState) -> dict[str, int]:
-    """Entries for pods no longer on the node, per source; {} when the pods on the node are unknown."""
-    if state.pods is None:
+def stale_entries(state: KubeletState, *, live_uids: frozenset[str] | None = None) -> dict[str, int]:
+    """Entries for pods no longer on the node, per source; {} when the pods on the node are unknown.
+    `live_uids`: the pods the kubelet itself still holds (its podresources API), exact where given."""
+    if live_uids is None and state.pods is None:
         return {}
-    live = {pod.uid for pod in state.pods}
+    live = live_uids if live_uids is not None else {pod.uid for pod in state.pods or ()}
     stale = {}
     if state.cpu is not None:
         stale["cpu_manager_state"] = sum(

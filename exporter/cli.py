@@ -109,6 +109,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="Kubernetes node name (default: $NODE_NAME, then the hostname)",
     )
+    group.add_argument(
+        "--path.podresources-socket",
+        dest="podresources_socket",
+        type=Path,
+        default=None,
+        help="the kubelet's podresources gRPC socket (default: <path.kubelet>/pod-resources/kubelet.sock)",
+    )
+    group.add_argument(
+        "--no-podresources",
+        dest="podresources",
+        action="store_false",
+        help="do not read the kubelet's podresources API (state files only)",
+    )
     group.add_argument("--profiles", type=Path, default=None, help="YAML file of pod profiles for fit and stranded")
     group.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
     group.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -121,6 +134,7 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
         kubelet_dir=args.kubelet_dir,
         pod_logs=args.pod_logs,
         kubelet_config_file=args.kubelet_config,
+        podresources_socket_file=args.podresources_socket,
     )
 
 
@@ -142,7 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def builder(args: argparse.Namespace) -> SnapshotBuilder:
     profiles = load_profiles(args.profiles) if args.profiles is not None else None
-    return SnapshotBuilder(host_paths(args), profiles=profiles, use_nvml=args.nvml)
+    return SnapshotBuilder(
+        host_paths(args), profiles=profiles, use_nvml=args.nvml, use_podresources=args.podresources
+    )
 
 
 def _snapshot(args: argparse.Namespace) -> int:

@@ -8,8 +8,9 @@
   plugin reported (K devicemanager/topology_hints.go). The checkpoint files each allocated device under the
   NUMA keys its plugin reported, `-1` for none; a resource whose allocations all sit under `-1` has a plugin
   that reports no topology, so its devices go with CPUs and memory of any NUMA node. A free device's plugin
-  topology is not in any state file: it is taken to be the hardware's (what the NVIDIA and SR-IOV plugins
-  report), and none where hardware does not know.
+  topology is in no state file: the kubelet's podresources API gives it (`GetAllocatableResources`); without
+  that source it is taken to be the hardware's (what the NVIDIA and SR-IOV plugins report), and none where
+  hardware does not know.
 Also the device inventory behind `numa_topology_device_info`: one record per device, registered or not.
 """
 
@@ -63,10 +64,19 @@ def _checkpoint_keys(checkpoint: DeviceCheckpoint) -> dict[str, set[int]]:
     return keys
 
 
-def admission_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -> dict[str, frozenset[int]]:
-    """Every device ID the checkpoint names -> the NUMA nodes its plugin reported (empty: no topology)."""
+def admission_numa_nodes(
+    topology: Topology,
+    checkpoint: DeviceCheckpoint | None,
+    reported: Mapping[str, frozenset[int]] | None = None,
+) -> dict[str, frozenset[int]]:
+    """Every device ID the checkpoint names -> the NUMA nodes its plugin reported (empty: no topology).
+
+    `reported`: the topology of every device as the kubelet's podresources API gives it (its plugin's
+    own report, free devices included); where it names a device, it is the answer for a free device, and a
+    resource whose reported devices all carry no topology has a plugin that reports none."""
     if checkpoint is None:
         return {}
+    reported = reported or {}
     hardware = hardware_numa(topology)
     evidence = checkpoint.version != "v1"  # v1 files carry no NUMA keys at all
     keys = _checkpoint_keys(checkpoint) if evidence else {}
@@ -78,13 +88,20 @@ def admission_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None
                 numa for numa, ids in allocation.devices_by_numa.items() if ids
             )
         without_topology = {resource for resource, numas in by_resource.items() if numas == {UNKNOWN_NUMA_NODE}}
+    by_plugin: dict[str, list[frozenset[int]]] = {}
+    for resource, device in _devices(checkpoint):
+        if device in reported:
+            by_plugin.setdefault(resource, []).append(reported[device])
+    without_topology |= {resource for resource, numas in by_plugin.items() if not any(numas)}
     placement = {}
     for resource, device in _devices(checkpoint):
-        reported = {numa for numa in keys.get(device, ()) if numa != UNKNOWN_NUMA_NODE}
-        if resource in without_topology or (device in keys and not reported):
+        filed = {numa for numa in keys.get(device, ()) if numa != UNKNOWN_NUMA_NODE}
+        if resource in without_topology or (device in keys and not filed):
             placement[device] = NO_TOPOLOGY
-        elif reported:
-            placement[device] = frozenset(reported)
+        elif filed:
+            placement[device] = frozenset(filed)
+        elif device in reported:
+            placement[device] = reported[device]
         else:
             known = hardware_numa_of(hardware, device)
             placement[device] = NO_TOPOLOGY if known == UNKNOWN_NUMA_NODE else frozenset({known})

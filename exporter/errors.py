@@ -10,6 +10,8 @@
      |    +-- SourceParseError    the text is not what the format says (reason "parse")
      |    +-- SourceFormatError   a layout this version does not know (reason "format")
      |    +-- SourceChecksumError the kubelet's checksum does not verify (reason "checksum")
+     |    +-- SourceRpcError      a gRPC call failed (podresources): reason "unavailable", "deadline",
+     |                            "resource_exhausted", "bad_response" or "rpc"
      +-- InvalidText              a low-level value (cpuset, cpumask, SLIT row, quantity) does not parse;
      |                            also a ValueError, so callers that expect one keep working
      +-- ConfigError              the exporter's own configuration (flags, profiles file) is wrong
@@ -74,6 +76,12 @@ class SourceFormatError(SourceError):
 
 class SourceChecksumError(SourceError):
     reason = "checksum"
+
+
+class SourceRpcError(SourceError):
+    def __init__(self, source: str, message: str, *, reason: str) -> None:
+        super().__init__(source, message)
+        self.reason = reason
 
 
 class InvalidText(ExporterError, ValueError):

@@ -239,3 +239,63 @@ class PodRef:
     exclusive_native: bool = False
     non_native: frozenset[str] = frozenset()
     running: bool = False  # status.phase Running: the kubelet admitted and started it
+
+
+# --- the kubelet's podresources API (sources/podresources.py) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportedDevices:
+    """Devices of one resource with the topology their plugin reported (empty: it reported none)."""
+
+    resource: str
+    ids: tuple[str, ...]
+    numa_nodes: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportedMemory:
+    memory_type: str  # "memory" or "hugepages-<size>"
+    size_bytes: int
+    numa_nodes: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClaimDevice:
+    """One DRA device a container holds: the claim, and the driver/pool/device triplet naming the device."""
+
+    claim_namespace: str
+    claim_name: str
+    driver: str
+    pool: str
+    device: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportedContainer:
+    name: str
+    cpu_ids: CpuSet
+    devices: tuple[ReportedDevices, ...]
+    memory: tuple[ReportedMemory, ...]
+    claims: tuple[ClaimDevice, ...]
+
+    @property
+    def holds_anything(self) -> bool:
+        return bool(self.cpu_ids or self.devices or self.memory or self.claims)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportedPod:
+    namespace: str
+    name: str
+    containers: tuple[ReportedContainer, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodResourcesReading:
+    """One `List` and one `GetAllocatableResources` answer of the kubelet's podresources API (v1)."""
+
+    pods: tuple[ReportedPod, ...]
+    allocatable_cpus: CpuSet
+    allocatable_devices: tuple[ReportedDevices, ...]
+    allocatable_memory: tuple[ReportedMemory, ...]

@@ -22,6 +22,7 @@ class HostPaths:
     kubelet_dir: Path = DEFAULT_KUBELET_DIR
     pod_logs: Path = DEFAULT_POD_LOGS
     kubelet_config_file: Path | None = None
+    podresources_socket_file: Path | None = None
 
     @property
     def numa_nodes_dir(self) -> Path:
@@ -50,6 +51,13 @@ class HostPaths:
     @property
     def device_checkpoint(self) -> Path:
         return self.device_plugins_dir / "kubelet_internal_checkpoint"
+
+    @property
+    def podresources_socket(self) -> Path:
+        """The kubelet's podresources gRPC socket (K pkg/kubelet/apis/podresources/constants.go)."""
+        if self.podresources_socket_file is not None:
+            return self.podresources_socket_file
+        return self.kubelet_dir / "pod-resources" / "kubelet.sock"
 
     @property
     def kubelet_config(self) -> Path:

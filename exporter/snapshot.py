@@ -28,11 +28,12 @@ from exporter.accounting import (
 )
 from exporter.alignment import ContainerAlignment, container_alignment
 from exporter.cpu_assignment import CpuTopology
+from exporter.crosscheck import CrossCheck, Disagreement, cross_check
 from exporter.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
 from exporter.discovery import discover
 from exporter.errors import SourceError, SourceMissing
 from exporter.fit import ProfileFit, profile_fits, with_stranded
-from exporter.model import KubeletConfig, PodRef, SourceStatus, Topology
+from exporter.model import KubeletConfig, PodRef, PodResourcesReading, SourceStatus, Topology
 from exporter.paths import HostPaths
 from exporter.profiles import Profile, default_profiles
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager, nvml, pod_logs
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 KUBELET_SOURCES = ("kubelet_config", "cpu_manager_state", "memory_manager_state", "device_checkpoint")
+PODRESOURCES = "podresources"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -54,6 +56,7 @@ class Accounting:
     stale_entries: Mapping[str, int]
     reserved: ReservedCpus
     devices: tuple[DeviceRecord, ...]
+    crosscheck: CrossCheck | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,6 +66,7 @@ class Snapshot:
     accounting: Accounting
     sources: tuple[SourceStatus, ...]
     errors_total: Mapping[tuple[str, str], int]
+    disagreements_total: Mapping[str, int] = dataclasses.field(default_factory=dict)
     taken_at: float
     duration_seconds: float
 
@@ -71,11 +75,20 @@ class Snapshot:
 
 
 def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile, ...] | None = None) -> Accounting:
-    """Every number the exporter publishes, from discovery and the kubelet's records. Pure."""
+    """Every number the exporter publishes, from discovery and the kubelet's records. Pure.
+
+    With a podresources reading, the pods are the ones the kubelet lists (unless the API watch names
+    them), a state-file entry of any other pod is stale, and a free device's plugin topology is known
+    (crosscheck.py)."""
+    crosscheck = None
+    if state.podresources is not None:
+        crosscheck = cross_check(state, state.podresources, api_synced=api_synced(state.pods))
+        if not api_synced(state.pods):
+            state = dataclasses.replace(state, pods=crosscheck.pods)
     cpus = CpuTopology.from_topology(topology)
     reserved = reserved_cpus(topology, state.config, cpus)
     placement = device_numa_nodes(topology, state.devices)
-    admission = admission_numa_nodes(topology, state.devices)
+    admission = admission_numa_nodes(topology, state.devices, crosscheck.reported_topology if crosscheck else None)
     accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus)
     accounted = numa_accounted_resources(state, accounts)
     if profiles is None:
@@ -95,10 +108,16 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
         profiles=profiles,
         fits=fits,
         containers=container_alignment(topology, state, placement=placement),
-        stale_entries=stale_entries(state),
+        stale_entries=stale_entries(state, live_uids=crosscheck.live_uids if crosscheck else None),
         reserved=reserved,
         devices=device_inventory(topology, state.devices, placement),
+        crosscheck=crosscheck,
     )
+
+
+def api_synced(pods: tuple[PodRef, ...] | None) -> bool:
+    """The pods came from a synced API watch (their specs are known), not from the pod log directory."""
+    return bool(pods) and all(pod.spec_known for pod in pods or ())
 
 
 def _hugepage_unit(resource: str, topology: Topology) -> int:
@@ -122,6 +141,7 @@ class SnapshotBuilder:
         use_udev: bool | None = None,
         nvml_library: nvml.NvmlLibrary | None = None,
         pods_reader: Callable[[], tuple[PodRef, ...]] | None = None,
+        use_podresources: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.paths = paths
@@ -133,9 +153,14 @@ class SnapshotBuilder:
             lambda: pod_logs.read_pods_from_logs(paths)
         )
         self._clock = clock
+        self._use_podresources = use_podresources
+        self._podresources_client: Any = None
         self._last: dict[str, Any] = {}
         self._statuses: dict[str, SourceStatus] = {}
         self.errors_total: Counter[tuple[str, str]] = Counter()
+        self.disagreements_total: Counter[str] = Counter()
+        self._disagreements_seen: set[Disagreement] = set()
+        self._containers_logged: set[tuple[str, str, str]] = set()
 
     def use_pods_reader(self, reader: Callable[[], tuple[PodRef, ...]]) -> None:
         """Where pods on this node come from (the API watch, when there is an API server)."""
@@ -163,17 +188,56 @@ class SnapshotBuilder:
                 "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
             ),
             pods=self._read("pods", self.pods_reader, needed=False),
+            podresources=self._read(PODRESOURCES, self._read_podresources, needed=False)
+            if self._use_podresources
+            else None,
         )
         accounting = account(topology, state, profiles=self.profiles)
+        if accounting.crosscheck is not None:
+            self._note_disagreements(accounting.crosscheck.disagreements)
+        names = (*KUBELET_SOURCES, "pods", *((PODRESOURCES,) if self._use_podresources else ()))
         return Snapshot(
             topology=topology,
             kubelet=state,
             accounting=accounting,
-            sources=(*topology.sources, *(self._statuses[name] for name in (*KUBELET_SOURCES, "pods"))),
+            sources=(*topology.sources, *(self._statuses[name] for name in names)),
             errors_total=dict(self.errors_total),
+            disagreements_total=dict(self.disagreements_total),
             taken_at=self._clock(),
             duration_seconds=time.perf_counter() - started,
         )
+
+    def _read_podresources(self) -> PodResourcesReading:
+        socket = self.paths.podresources_socket
+        if self._podresources_client is None:
+            if not socket.exists():  # grpcio (about 17 MiB resident) is loaded only where there is a socket
+                raise SourceMissing(PODRESOURCES, f"{socket} does not exist (no podresources socket here)")
+            from exporter.sources import podresources  # noqa: PLC0415 (imported on first use, see above)
+
+            self._podresources_client = podresources.PodResourcesClient(socket)
+        reading: PodResourcesReading = self._podresources_client.read()
+        return reading
+
+    def close(self) -> None:
+        if self._podresources_client is not None:
+            self._podresources_client.close()
+
+    def _note_disagreements(self, disagreements: tuple[Disagreement, ...]) -> None:
+        """Each distinct disagreement counted once, and logged once per container and resource."""
+        for item in disagreements:
+            if item in self._disagreements_seen:
+                continue
+            self._disagreements_seen.add(item)
+            self.disagreements_total[item.resource] += 1
+            who = (item.pod_uid or f"{item.namespace}/{item.pod}", item.container, item.resource)
+            if who not in self._containers_logged:
+                self._containers_logged.add(who)
+                log.warning(
+                    "podresources and the state files disagree on %s of %s/%s container %s: state files %s, "
+                    "podresources %s",
+                    item.resource, item.namespace or "?", item.pod or item.pod_uid, item.container,
+                    item.state_files, item.podresources,
+                )  # fmt: skip
 
     def _topology(self) -> Topology:
         try:

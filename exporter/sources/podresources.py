@@ -1,0 +1,260 @@
+"""The kubelet's podresources API (v1) over its unix socket: `List` and `GetAllocatableResources`.
+
+The supported interface for node agents (docs/reference.md section 8): pod names, namespaces and
+container names; the exclusively pinned CPUs, memory blocks and devices of each container, each device
+with the topology its plugin reported; the DRA devices of each container; and, through
+`GetAllocatableResources`, every device the kubelet can hand out with its plugin's topology, free devices
+included. `Get` is not used: one `List` answers for every pod, where `Get` would be one call per pod.
+
+A pure read over a socket, like every source over a root: one `read()` is two calls, never faster than
+the kubelet's own limit (100 queries/s, burst 10) allows. An absent socket is a missing source (older
+kubelets, the socket not mounted): normal, not an error. A socket that refuses us (permission), a kubelet
+that is not listening or answers UNAVAILABLE, a deadline, RESOURCE_EXHAUSTED, or an answer that does not
+parse or names impossible CPUs or NUMA nodes is a SourceRpcError with that reason; the builder keeps the
+last good reading.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from exporter.errors import SourceMissing, SourceNotAFile, SourcePermissionError, SourceRpcError
+from exporter.model import (
+    ClaimDevice,
+    PodResourcesReading,
+    ReportedContainer,
+    ReportedDevices,
+    ReportedMemory,
+    ReportedPod,
+)
+from exporter.paths import HostPaths
+from exporter.sources.podresources_v1 import api_pb2, api_pb2_grpc
+
+SOURCE = "podresources"
+STUB: Any = api_pb2_grpc.PodResourcesListerStub  # generated, untyped
+KUBELET_QPS = 100.0  # K pkg/kubelet/apis/podresources/constants.go: DefaultQPS
+KUBELET_BURST = 10  # DefaultBurstTokens
+CALLS_PER_READ = 2
+TIMEOUT_SECONDS = 5.0
+MAX_MESSAGE_BYTES = 16 << 20  # a List of thousands of containers fits; anything larger is refused, not read
+MAX_CPU_ID = 1 << 16
+MAX_NUMA_ID = 1 << 10
+REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "unavailable",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
+    grpc.StatusCode.INTERNAL: "bad_response",  # what grpcio raises for an answer that does not deserialize
+    grpc.StatusCode.UNIMPLEMENTED: "unavailable",  # a kubelet without GetAllocatableResources (< 1.23)
+}
+
+
+class TokenBucket:
+    """The kubelet's rate limiter, on our side: `rate` tokens a second, at most `burst` saved."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate, self.burst = rate, burst
+        self._tokens = float(burst)
+        self._clock, self._sleep = clock, sleep
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self, tokens: int) -> float:
+        """Wait until `tokens` are there and take them; returns the seconds waited."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            wait = max(0.0, (tokens - self._tokens) / self.rate)
+            self._tokens -= tokens
+        if wait:
+            self._sleep(wait)
+        return wait
+
+
+class PodResourcesClient:
+    """One channel to the kubelet's socket, kept across reads (gRPC reconnects by itself when the kubelet
+    restarts). Not thread-safe beyond the rate limiter: one refresher owns it."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        timeout_seconds: float = TIMEOUT_SECONDS,
+        limiter: TokenBucket | None = None,
+    ) -> None:
+        self.path = path
+        self.timeout_seconds = timeout_seconds
+        self.limiter = limiter or TokenBucket(KUBELET_QPS, KUBELET_BURST)
+        self._channel: grpc.Channel | None = None
+        self.calls = 0
+
+    def read(self) -> PodResourcesReading:
+        self._check_socket()
+        self.limiter.take(CALLS_PER_READ)
+        stub = STUB(self._open())
+        try:
+            listed = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_seconds)
+            self.calls += 1
+            allocatable = stub.GetAllocatableResources(
+                api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_seconds
+            )
+            self.calls += 1
+        except grpc.RpcError as exc:
+            self.close()  # a fresh channel next time: no backoff state carried over from a dead kubelet
+            raise rpc_error(exc) from None
+        return reading_from(listed, allocatable)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _open(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                f"unix://{self.path}",
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.enable_retries", 0),
+                    ("grpc.primary_user_agent", "numa-topology-exporter"),
+                ],
+            )
+        return self._channel
+
+    def _check_socket(self) -> None:
+        """What connect(2) says, before gRPC turns it into a generic UNAVAILABLE: missing, not a socket,
+        permission (connecting needs write access to the socket), or nobody listening."""
+        try:
+            mode = self.path.stat().st_mode
+        except FileNotFoundError:
+            raise SourceMissing(SOURCE, f"{self.path} does not exist (no podresources socket here)") from None
+        except PermissionError:
+            raise SourcePermissionError(SOURCE, f"{self.path}: permission denied") from None
+        if not stat.S_ISSOCK(mode):
+            raise SourceNotAFile(SOURCE, f"{self.path} is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(self.timeout_seconds)
+            probe.connect(str(self.path))
+        except PermissionError:
+            raise SourcePermissionError(
+                SOURCE, f"{self.path}: permission denied (connecting needs write access to the socket)"
+            ) from None
+        except OSError as exc:
+            reason = "unavailable" if exc.errno in (errno.ECONNREFUSED, errno.ENOENT) else "rpc"
+            raise SourceRpcError(SOURCE, f"{self.path}: {os.strerror(exc.errno or 0)}", reason=reason) from None
+        finally:
+            probe.close()
+
+
+def read_podresources(paths: HostPaths, *, client: PodResourcesClient | None = None) -> PodResourcesReading:
+    """One reading; a client of its own when none is given (one-shot commands)."""
+    own = client is None
+    client = client or PodResourcesClient(paths.podresources_socket)
+    try:
+        return client.read()
+    finally:
+        if own:
+            client.close()
+
+
+def rpc_error(exc: grpc.RpcError) -> SourceRpcError:
+    code: Any = exc.code() if isinstance(exc, grpc.Call) else None
+    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
+    reason = REASONS.get(code, "rpc")
+    name = code.name if code is not None else "error"
+    return SourceRpcError(SOURCE, f"{name}: {details.splitlines()[0][:200]}", reason=reason)
+
+
+# --- the answer, checked -------------------------------------------------------------------------------
+
+
+def reading_from(listed: Any, allocatable: Any) -> PodResourcesReading:
+    pods = []
+    for pod in listed.pod_resources:
+        if not pod.name or not pod.namespace:
+            raise _bad("a pod without a name or namespace")
+        containers = tuple(
+            ReportedContainer(
+                name=_named(container.name, "container"),
+                cpu_ids=_cpus(container.cpu_ids),
+                devices=tuple(_devices(entry) for entry in container.devices),
+                memory=tuple(_memory(entry) for entry in container.memory),
+                claims=tuple(
+                    ClaimDevice(
+                        claim_namespace=claim.claim_namespace,
+                        claim_name=claim.claim_name,
+                        driver=resource.driver_name,
+                        pool=resource.pool_name,
+                        device=resource.device_name,
+                    )
+                    for claim in container.dynamic_resources
+                    for resource in claim.claim_resources
+                ),
+            )
+            for container in pod.containers
+        )
+        pods.append(ReportedPod(namespace=pod.namespace, name=pod.name, containers=containers))
+    return PodResourcesReading(
+        pods=tuple(pods),
+        allocatable_cpus=_cpus(allocatable.cpu_ids),
+        allocatable_devices=tuple(_devices(entry) for entry in allocatable.devices),
+        allocatable_memory=tuple(_memory(entry) for entry in allocatable.memory),
+    )
+
+
+def _bad(what: str) -> SourceRpcError:
+    return SourceRpcError(SOURCE, f"bad response: {what}", reason="bad_response")
+
+
+def _named(name: str, what: str) -> str:
+    if not name:
+        raise _bad(f"a {what} without a name")
+    return name
+
+
+def _cpus(ids: Iterable[int]) -> frozenset[int]:
+    cpus = frozenset(ids)
+    if any(cpu < 0 or cpu >= MAX_CPU_ID for cpu in cpus):
+        raise _bad(f"CPU ids out of range: {sorted(cpus)[:5]}")
+    return cpus
+
+
+def _numa(topology: Any) -> frozenset[int]:
+    nodes = frozenset(node.ID for node in topology.nodes)
+    if any(numa < 0 or numa >= MAX_NUMA_ID for numa in nodes):
+        raise _bad(f"NUMA node ids out of range: {sorted(nodes)[:5]}")
+    return nodes
+
+
+def _devices(entry: Any) -> ReportedDevices:
+    if not entry.resource_name:
+        raise _bad("devices without a resource name")
+    return ReportedDevices(
+        resource=entry.resource_name,
+        ids=tuple(_named(device, "device") for device in entry.device_ids),
+        numa_nodes=_numa(entry.topology),
+    )
+
+
+def _memory(entry: Any) -> ReportedMemory:
+    return ReportedMemory(
+        memory_type=_named(entry.memory_type, "memory block"), size_bytes=entry.size, numa_nodes=_numa(entry.topology)
+    )
