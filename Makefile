@@ -8,7 +8,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux
 LISTEN      ?= 127.0.0.1:9709
 
-.PHONY: run test check lint system-deps install fuzz soak bench clean
+.PHONY: run test check lint system-deps install fuzz soak bench clean proto
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -59,6 +59,12 @@ bench: system-deps install
 	$(PY) bench/daemon.py scrape --seconds 10
 	$(PY) bench/daemon.py idle --seconds 60
 	$(PY) bench/daemon.py memory --seconds 600
+
+# The podresources v1 client, generated from exporter/sources/podresources_v1/api.proto by the pinned
+# grpcio-tools (pyproject.toml); the generated modules are committed.
+proto: install
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  exporter/sources/podresources_v1/api.proto
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

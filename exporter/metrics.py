@@ -262,6 +262,23 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
             up.add_metric([status.source], 1 if status.up else 0)
     yield up
     yield _errors(snapshot.errors_total)
+    disagreements = CounterMetricFamily(
+        f"{PREFIX}source_disagreements",
+        "Distinct disagreements between the kubelet's state files and its podresources API, by resource.",
+        labels=["resource"],
+    )
+    for resource, count in sorted(snapshot.disagreements_total.items()):
+        disagreements.add_metric([resource], count)
+    yield disagreements
+    if accounting.crosscheck is not None:
+        current = GaugeMetricFamily(
+            f"{PREFIX}source_disagreement",
+            "1 for each container and resource on which the state files and podresources disagree now.",
+            labels=["namespace", "pod", "pod_uid", "container", "resource"],
+        )
+        for item in accounting.crosscheck.disagreements:
+            current.add_metric([item.namespace, item.pod, item.pod_uid, item.container, item.resource], 1)
+        yield current
     yield GaugeMetricFamily(
         f"{PREFIX}last_refresh_timestamp_seconds", "When the current snapshot was built.", value=snapshot.taken_at
     )

@@ -226,6 +226,18 @@ def render_snapshot(snapshot: Snapshot) -> str:
             + ", ".join(f"{s} {n}" for s, n in stale.items())
         )
         out.append("\n")
+    crosscheck = accounting.crosscheck
+    if crosscheck is not None and crosscheck.disagreements:
+        out.append(f"\nState files and podresources disagree: {len(crosscheck.disagreements)}\n")
+        out.append(
+            table(
+                ("POD", "CONTAINER", "RESOURCE", "STATE FILES", "PODRESOURCES"),
+                (
+                    (f"{d.namespace}/{d.pod}", d.container, d.resource, d.state_files, d.podresources)
+                    for d in crosscheck.disagreements
+                ),
+            )
+        )
     return "".join(out)
 
 

@@ -98,7 +98,7 @@ def test_daemonset_security(scenario: str) -> None:
     assert not pod.get("hostPID")
     assert not pod.get("hostIPC")
     host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_volumes == {"sys", "proc", "kubelet", "pod-logs"}
+    assert host_volumes - {"pod-resources"} == {"sys", "proc", "kubelet", "pod-logs"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
     assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
@@ -165,3 +165,25 @@ def test_no_rbac_when_nothing_is_published() -> None:
     pod = by_kind(documents, "DaemonSet")[0]["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert "--no-nrt" in pod["containers"][0]["args"]
+
+
+def test_the_podresources_socket_is_reached_read_only_and_can_be_turned_off() -> None:
+    def container_of(values: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        pod = daemonset(values)["spec"]["template"]["spec"]
+        return pod["containers"][0], pod["volumes"]
+
+    default, volumes = container_of({})
+    parsed = build_parser().parse_args(default["args"])
+    assert parsed.podresources
+    assert parsed.podresources_socket is None, "through the kubelet mount: <path.kubelet>/pod-resources"
+    assert "pod-resources" not in {v["name"] for v in volumes}
+    own, volumes = container_of(SCENARIOS["podresources-values"])
+    parsed = build_parser().parse_args(own["args"])
+    assert str(parsed.podresources_socket) == "/host/pod-resources/kubelet.sock"
+    mount = next(m for m in own["volumeMounts"] if m["name"] == "pod-resources")
+    assert mount == {"name": "pod-resources", "mountPath": "/host/pod-resources", "readOnly": True}
+    assert next(v for v in volumes if v["name"] == "pod-resources")["hostPath"] == {
+        "path": "/var/lib/kubelet/pod-resources", "type": "Directory",
+    }  # fmt: skip
+    off, _ = container_of({"podresources": {"enabled": False}})
+    assert "--no-podresources" in off["args"]

@@ -276,3 +276,49 @@ def test_a_socket_the_agent_may_not_connect_to_is_a_permission_error(
         wait_for(lambda: daemon.sample(series), what="the permission error counted")
         assert daemon.sample('numa_topology_source_up{source="podresources"}') == 0
         assert "connecting needs write access" in daemon.text
+
+
+def test_snapshot_shows_disagreements_in_metrics_and_the_table(
+    host: HostTree, server: PodResourcesServer, socket_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.cli import main
+
+    server.listed.pod_resources[0].containers[0].cpu_ids.append(4)
+    argv = ["snapshot", "--no-nvml", "--path.sysfs", str(host.paths.sysfs), "--path.kubelet",
+            str(host.paths.kubelet_dir), "--path.podresources-socket", str(socket_path)]  # fmt: skip
+    assert main([*argv, "--format", "metrics"]) == 0
+    metrics = capsys.readouterr().out
+    assert 'numa_topology_source_disagreements_total{resource="cpu"} 1.0' in metrics
+    assert 'numa_topology_source_up{source="podresources"} 1.0' in metrics
+    assert 'numa_topology_source_disagreement{container="app",namespace="team-a"' in metrics
+    assert main([*argv, "--format", "table"]) == 0
+    assert "State files and podresources disagree: 1" in capsys.readouterr().out
+    assert main([*argv, "--no-podresources", "--format", "metrics"]) == 0
+    assert 'source="podresources"' not in capsys.readouterr().out
+
+
+def test_the_socket_is_read_through_a_read_only_mount(
+    host: HostTree, server: PodResourcesServer, socket_path: Path, tmp_path: Path
+) -> None:
+    """What the chart relies on to keep every mount read-only: connect(2) to a socket on a read-only bind
+    mount works (the kernel refuses writes to files there, not connections)."""
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None or shutil.which("mount") is None:
+        pytest.skip("needs unshare and mount (util-linux)")
+    view = Path(tempfile.mkdtemp(prefix="pr-ro-", dir="/tmp"))
+    probe = (
+        "from pathlib import Path; from exporter.sources.podresources import PodResourcesClient; "
+        f"reading = PodResourcesClient(Path('{view}/kubelet.sock')).read(); print(len(reading.pods))"
+    )
+    script = (
+        f"mount --bind {socket_path.parent} {view} && mount -o remount,bind,ro {view} && "
+        f"! touch {view}/written 2>/dev/null && {sys.executable} -c \"{probe}\""
+    )
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
+    view.rmdir()
+    if "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+        pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2", "both pods listed through the read-only mount"
