@@ -64,13 +64,14 @@ class _Held:
 
 def cross_check(state: KubeletState, reading: PodResourcesReading, *, api_synced: bool) -> CrossCheck:
     held = _held(state)
+    index = _index(held)
     known = {(pod.namespace, pod.name): pod for pod in state.pods or ()}
     listed = [pod for pod in reading.pods if not (api_synced and (pod.namespace, pod.name) not in known)]
     uid_of: dict[tuple[str, str], str] = {}
     claimed: set[str] = set()
     for pod in listed:
         ref = known.get((pod.namespace, pod.name))
-        uid = ref.uid if ref is not None else _match(pod, held, claimed)
+        uid = ref.uid if ref is not None else _match(pod, index, claimed)
         if uid:
             uid_of[(pod.namespace, pod.name)] = uid
             claimed.add(uid)
@@ -151,23 +152,47 @@ def _reported_devices(container: ReportedContainer) -> dict[str, dict[str, froze
     return devices
 
 
-def _match(pod: ReportedPod, held: Mapping[tuple[str, str], _Held], claimed: set[str]) -> str:
+@dataclass(frozen=True, slots=True)
+class _Index:
+    """The state files' holdings, looked up by what identifies a container: its exclusive CPUs, a device."""
+
+    by_cpus: Mapping[tuple[str, frozenset[int]], str]  # (container, CPUs) -> pod UID
+    by_device: Mapping[tuple[str, str], str]  # (container, device ID) -> pod UID
+    by_name: Mapping[str, tuple[tuple[str, _Held], ...]]  # container -> (pod UID, holding)
+
+
+def _index(held: Mapping[tuple[str, str], _Held]) -> _Index:
+    by_cpus: dict[tuple[str, frozenset[int]], str] = {}
+    by_device: dict[tuple[str, str], str] = {}
+    by_name: dict[str, list[tuple[str, _Held]]] = {}
+    for (uid, name), holding in sorted(held.items()):
+        if holding.cpus:
+            by_cpus[(name, holding.cpus)] = uid
+        for devices in holding.devices.values():
+            for device in devices:
+                by_device[(name, device)] = uid
+        by_name.setdefault(name, []).append((uid, holding))
+    return _Index(by_cpus, by_device, {name: tuple(entries) for name, entries in by_name.items()})
+
+
+def _match(pod: ReportedPod, index: _Index, claimed: set[str]) -> str:
     """The state-file pod UID whose containers hold what this listed pod's containers hold ("" if none)."""
     votes: Counter[str] = Counter()
     for container in pod.containers:
         if not container.holds_anything:
             continue
-        reported_devices = {device for ids in _reported_devices(container).values() for device in ids}
+        uid = index.by_cpus.get((container.name, container.cpu_ids), "") if container.cpu_ids else ""
+        if uid and uid not in claimed:
+            votes[uid] += 2
+        for ids in _reported_devices(container).values():
+            for owner in {index.by_device.get((container.name, device), "") for device in ids} - {""}:
+                if owner not in claimed:
+                    votes[owner] += 2
         reported_memory = _reported_memory(container)
-        for (uid, name), holding in held.items():
-            if name != container.name or uid in claimed:
-                continue
-            if container.cpu_ids and holding.cpus == container.cpu_ids:
-                votes[uid] += 2
-            if reported_devices & {device for ids in holding.devices.values() for device in ids}:
-                votes[uid] += 2
-            if reported_memory and holding.memory == reported_memory:
-                votes[uid] += 1
+        if reported_memory and not container.cpu_ids and not container.devices:
+            for owner, holding in index.by_name.get(container.name, ()):
+                if owner not in claimed and holding.memory == reported_memory:
+                    votes[owner] += 1
     if not votes:
         return ""
     best = max(votes.values())
