@@ -148,6 +148,12 @@ def node_dashboard() -> dict[str, Any]:
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
         panel(grid, "timeseries", "Source errors", q["source_errors"], width=6, unit="ops"),
         panel(grid, "stat", "Seconds since last refresh", q["freshness"], width=6, unit="s"),
+        panel(grid, "table", "State files vs podresources: disagreements", q["disagreements"], width=24,
+              description="Containers on which the kubelet's state files and its podresources API disagree (CPUs, "
+                          "devices or their NUMA nodes, memory blocks), and new disagreements in the last hour. "
+                          "The numbers follow the state files; a row here means one of the kubelet's two accounts "
+                          "is wrong or stale.",
+              transformations=_merge()),
         panel(grid, "table", "Kubelet configuration", q["kubelet"], width=18, transformations=_merge()),
     ]  # fmt: skip
     return _dashboard(UIDS["node"], "NUMA / Node", panels, with_node=True)

@@ -69,6 +69,14 @@ NODE_QUERIES: dict[str, list[Query]] = {
             expect_data=False,
         )
     ],
+    "disagreements": [
+        Query(f"numa_topology_source_disagreement{{{NODE}}}", instant=True, expect_data=False),
+        Query(
+            f"sum by (resource) (increase(numa_topology_source_disagreements_total{{{NODE}}}[1h]))",
+            instant=True,
+            expect_data=False,
+        ),
+    ],
     "freshness": [
         Query(f"time() - numa_topology_last_refresh_timestamp_seconds{{{NODE}}}", legend="seconds since refresh")
     ],
