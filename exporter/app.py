@@ -160,6 +160,7 @@ async def serve(
     if udev is not None:
         loop.remove_reader(udev[0])
     await runner.cleanup()
+    builder.close()
     log.info("stopped")
     return code
 

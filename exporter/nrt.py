@@ -10,6 +10,7 @@ fingerprint; the object is owned by the Node so it is garbage-collected with it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from exporter.fingerprint import (
@@ -33,28 +34,35 @@ def zone_name(numa_node: int) -> str:
     return f"node-{numa_node}"
 
 
+PENDING = "#pending"  # a bound pod the kubelet has not admitted yet (never a pod's name: "#" is not allowed)
+
+
 def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
-    """The pods the fingerprint covers: the set the consumer enumerates for `method`, each counted once
-    the kubelet has admitted it.
+    """The pods the fingerprint covers: the set the consumer enumerates for `method`.
 
     `all`: every pod on the node. `with-exclusive-resources`: the pods scheduler-plugins' overreserve cache
     keeps (podspec.py): Guaranteed with an integral CPU, memory or hugepages request, or requesting a
-    non-native resource this object's zones list, in a steady-state container. A pod enters the
-    fingerprint only when what the kubelet gave it is in the numbers (its allocation is in the state files)
-    or it runs: a fingerprint that named a pod whose resources the zones do not subtract yet would let the
-    scheduler trust stale zones; one that is late only keeps the scheduler's cautious reservation a
-    moment longer. A pod known only from the kubelet's pod log directory (no API server) has no spec here:
-    it counts when the kubelet pinned CPUs, Static memory or NUMA-placed devices for it, as
-    resource-topology-exporter decides."""
-    pods = snapshot.kubelet.pods or ()
+    non-native resource this object's zones list, in a steady-state container.
+
+    A pod counts once the kubelet admitted it (its allocation is in the state files, or it runs). A pod the
+    API shows bound here that the kubelet has not admitted yet counts as `<name>#pending`, a name no pod
+    has: the consumer's cache compares our fingerprint with the Running pods it sees, so while any bound
+    pod waits for the kubelet the two cannot agree, and the scheduler keeps its own reservation for that
+    pod (the node stays dirty) instead of trusting zones that do not subtract it yet. Once the kubelet
+    admitted it, the same snapshot both subtracts it and names it. A pod known only from the pod log
+    directory or podresources (no spec) counts when the kubelet pinned CPUs, Static memory or NUMA-placed
+    devices for it, as resource-topology-exporter decides."""
     pinned = _pinned_pods(snapshot)
-    admitted = [pod for pod in pods if not pod.spec_known or pod.running or pod.uid in pinned]
+    pods = [
+        pod if not pod.spec_known or pod.running or pod.uid in pinned else replace(pod, name=pod.name + PENDING)
+        for pod in snapshot.kubelet.pods or ()
+    ]
     if method == METHOD_ALL:
-        return admitted
+        return pods
     listed = {name for zone in zone_resources(snapshot).values() for name in (entry["name"] for entry in zone)}
     return [
         pod
-        for pod in admitted
+        for pod in pods
         if (pod.exclusive_native or bool(pod.non_native & listed) if pod.spec_known else pod.uid in pinned)
     ]
 

@@ -91,3 +91,32 @@ def test_unknown_availability_and_unknown_numa_are_left_out(machine) -> None:  #
     assert "cpu" not in names, "static CPU manager without a readable state file: availability unknown"
     gpus = sum(r["capacity"] for zone in obj["zones"] for r in zone["resources"] if r["name"] == "nvidia.com/gpu")
     assert gpus == 3, "the free GPU NVML could not place (NUMA -1) is not in any zone"
+
+
+def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_matching(machine) -> None:  # type: ignore[no-untyped-def]
+    """The consumer compares our fingerprint with the Running pods it sees: a pod bound here that the
+    kubelet has not admitted yet must keep the two apart (named `<name>#pending`), and count by its own
+    name once admitted (pinned in the state files) or Running."""
+    from exporter.model import PodRef
+    from exporter.nrt import PENDING
+    from tests.kubelet_files import POD_A, POD_B, fixture_config, install
+
+    install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+
+    def published(*pods: PodRef) -> str:
+        snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, pods_reader=lambda: pods).build()
+        obj = build_nrt(snapshot, node_name="worker-1", node_uid=None, method="with-exclusive-resources")
+        return next(a["value"] for a in obj["attributes"] if a["name"] == "nodeTopologyPodsFingerprint")
+
+    def api_pod(uid: str, name: str, *, running: bool) -> PodRef:
+        return PodRef(uid=uid, namespace="team", name=name, spec_known=True, exclusive_native=True, running=running)
+
+    pinned_pending = api_pod(POD_A, "a", running=False)  # admitted: its CPUs are in cpu_manager_state
+    running = api_pod(POD_B, "b", running=True)
+    bound = api_pod("c0ffee00-0000-4000-8000-000000000000", "c", running=False)  # not admitted yet
+    assert published(pinned_pending, running) == fingerprint([("team", "a"), ("team", "b")])
+    with_bound = published(pinned_pending, running, bound)
+    assert with_bound == fingerprint([("team", "a"), ("team", "b"), ("team", "c" + PENDING)])
+    scheduler_views = [fingerprint(view) for view in ([("team", "b")], [("team", "a"), ("team", "b")],
+                                                      [("team", "a"), ("team", "b"), ("team", "c")])]  # fmt: skip
+    assert with_bound not in scheduler_views, "no set of Running pods matches while one waits for the kubelet"
