@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -56,6 +57,7 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._streams: set[web.StreamResponse] = set()
         self._ready = threading.Event()
+        self._unrecorded = 0  # requests received whose answer (status) is not recorded yet
         self.port = 0
         self._thread = threading.Thread(target=self._run, name="fault-proxy", daemon=True)
         self._thread.start()
@@ -123,8 +125,14 @@ class FaultProxy:
         return len(self._streams)
 
     def mark(self) -> int:
-        with self._lock:
-            return len(self.seen)
+        """The position after every request received so far: waits (briefly) for those still on their way
+        to the server to be recorded, so none of them is counted as coming after the mark."""
+        deadline = time.monotonic() + 5
+        while True:
+            with self._lock:
+                if self._unrecorded == 0 or time.monotonic() > deadline:
+                    return len(self.seen)
+            time.sleep(0.005)
 
     def close(self) -> None:
         async def shutdown() -> None:
@@ -152,12 +160,25 @@ class FaultProxy:
         return None
 
     def _record(self, request: web.Request, status: int) -> None:
+        request["recorded"] = True
         with self._lock:
+            self._unrecorded -= 1
             self.seen.append(
                 Seen(request.method, request.path, request.query_string, request.headers.get("User-Agent", ""), status)
             )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._lock:
+            self._unrecorded += 1
+        try:
+            return await self._forward(request)
+        except BaseException:
+            with self._lock:
+                if request.get("recorded") is None:
+                    self._unrecorded -= 1
+            raise
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
         rule = self._rule(request.method, request.path_qs)
         if rule is not None and rule.status == -1:
             self._record(request, 0)
