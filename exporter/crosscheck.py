@@ -133,9 +133,7 @@ def _held(state: KubeletState) -> dict[tuple[str, str], _Held]:
                         block_key = (block.resource, block.size_bytes, frozenset(block.numa_affinity))
                         memory.setdefault((pod, container), Counter())[block_key] += 1
     keys = set(cpus) | set(devices) | set(memory)
-    return {
-        key: _Held(cpus.get(key, frozenset()), devices.get(key, {}), memory.get(key, Counter())) for key in keys
-    }
+    return {key: _Held(cpus.get(key, frozenset()), devices.get(key, {}), memory.get(key, Counter())) for key in keys}
 
 
 def _reported_memory(container: ReportedContainer) -> Counter[tuple[str, int, frozenset[int]]]:

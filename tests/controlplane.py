@@ -309,6 +309,18 @@ class ControlPlane:
         self.request("DELETE", f"{NRT_PATH}/{name}")
 
 
+def guaranteed_pod(name: str, node: str, *, cpu: str = "1", container: str = "c") -> dict[str, Any]:
+    """A Guaranteed pod already bound to `node` (spec.nodeName set: no scheduler involved)."""
+    amounts = {"cpu": cpu, "memory": "64Mi"}
+    resources = {"requests": amounts, "limits": amounts}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": container, "image": "pause", "resources": resources}]},
+    }
+
+
 def control_plane(root: Path) -> Iterator[ControlPlane]:
     for tool in ("openssl",):
         if shutil.which(tool) is None:

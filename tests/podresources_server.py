@@ -110,7 +110,7 @@ def answers_from_state(
     def container(pod: str, name: str) -> api_pb2.ContainerResources:
         return containers.setdefault((pod, name), api_pb2.ContainerResources(name=name))
 
-    for pod, entries in (cpu.entries.items() if cpu is not None else ()):
+    for pod, entries in cpu.entries.items() if cpu is not None else ():
         for name, cpuset in entries.items():
             container(pod, name).cpu_ids.extend(sorted(cpuset))
     if memory is not None and memory.is_static:
@@ -119,7 +119,9 @@ def answers_from_state(
                 for block in blocks:
                     container(pod, name).memory.append(
                         api_pb2.ContainerMemory(
-                            memory_type=block.resource, size=block.size_bytes, topology=topology(set(block.numa_affinity))
+                            memory_type=block.resource,
+                            size=block.size_bytes,
+                            topology=topology(set(block.numa_affinity)),
                         )
                     )
     for allocation in devices.allocations if devices is not None else ():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from exporter.errors import ApiForbidden
 from exporter.metrics import NrtStats
 from exporter.publisher.api import FIELD_MANAGER, KubeApi, client_from
 from exporter.publisher.pods import PodWatcher
-from tests.controlplane import AGENT_USER, LIMITED_USER, NRT_PATH, ControlPlane, wait_until
+from tests.controlplane import AGENT_USER, LIMITED_USER, NRT_PATH, ControlPlane, guaranteed_pod, wait_until
 from tests.daemon import Daemon
 from tests.faultproxy import FaultProxy
 from tests.hosttree import HostTree
@@ -274,7 +273,7 @@ def test_pod_watch_lists_once_then_resumes_with_bookmarks(kube: ControlPlane, no
     async def run() -> None:
         watcher.start(asyncio.get_running_loop())
         for index in range(3):
-            kube.ok("POST", "/api/v1/namespaces/team-a/pods", pod(f"p{index}-{node}"[:60], node))
+            kube.ok("POST", "/api/v1/namespaces/team-a/pods", guaranteed_pod(f"p{index}-{node}"[:60], node))
         deadline = time.monotonic() + 20
         while (len(watcher.pods()) < 3 or watcher.watches < 4) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -305,16 +304,6 @@ def test_pod_watch_relists_after_410_gone(kube: ControlPlane, proxy: FaultProxy,
     asyncio.run(run())
     assert watcher.lists >= 2, "the expired resourceVersion led to a new list"
     assert watcher.synced
-
-
-def pod(name: str, node: str) -> dict[str, Any]:
-    resources = {"requests": {"cpu": "1", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "64Mi"}}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "pause", "resources": resources}]},
-    }
 
 
 def test_forbidden_reads_map_to_a_clear_error(kube: ControlPlane, node: str) -> None:

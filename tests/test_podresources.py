@@ -130,7 +130,11 @@ def test_disagreements_are_counted_per_resource_and_logged_once_per_container(
     found = {(d.pod, d.container, d.resource) for d in first.accounting.crosscheck.disagreements}
     assert ("trainer-0", "app", "cpu") in found
     assert ("trainer-0", "app", "nvidia.com/gpu") in found
-    assert {("db-0", "db", "cpu"), ("db-0", "db", "nvidia.com/gpu"), ("db-0", "db", "intel.com/sriov_netdevice")} <= found
+    assert {
+        ("db-0", "db", "cpu"),
+        ("db-0", "db", "nvidia.com/gpu"),
+        ("db-0", "db", "intel.com/sriov_netdevice"),
+    } <= found
     assert ("trainer-0", "app", "intel.com/sriov_netdevice") not in found, "what agrees is not reported"
     assert second.disagreements_total == first.disagreements_total, "the same disagreement is counted once"
     assert first.disagreements_total["cpu"] >= 2
@@ -314,7 +318,7 @@ def test_the_socket_is_read_through_a_read_only_mount(
     )
     script = (
         f"mount --bind {socket_path.parent} {view} && mount -o remount,bind,ro {view} && "
-        f"! touch {view}/written 2>/dev/null && {sys.executable} -c \"{probe}\""
+        f'! touch {view}/written 2>/dev/null && {sys.executable} -c "{probe}"'
     )
     result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, check=False)
     view.rmdir()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
 
 import pytest
 
@@ -15,7 +14,7 @@ from exporter.metrics import NrtStats
 from exporter.publisher.api import KubeApi, client_from
 from exporter.publisher.writer import NrtWriter
 from exporter.snapshot import SnapshotBuilder
-from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane
+from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane, guaranteed_pod
 from tests.daemon import Daemon, wait_for
 from tests.faultproxy import FaultProxy
 from tests.hosttree import HostTree
@@ -237,21 +236,15 @@ def state_for(uid: str) -> bytes:
     return json.dumps(state).encode()
 
 
-def guaranteed_pod(name: str, node: str) -> dict[str, Any]:
-    resources = {"requests": {"cpu": "2", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "64Mi"}}
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "pause", "resources": resources}]},
-    }
-
-
 def test_serve_publishes_and_names_pods_from_the_api(
     static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
 ) -> None:
     kube.ensure_namespace("team-a")
-    created = kube.ok("POST", "/api/v1/namespaces/team-a/pods", guaranteed_pod(f"api-named-{node}"[:60], node))
+    created = kube.ok(
+        "POST",
+        "/api/v1/namespaces/team-a/pods",
+        guaranteed_pod(f"api-named-{node}"[:60], node, cpu="2", container="app"),
+    )
     uid = created["metadata"]["uid"]
     replace_atomically(static_machine.paths.cpu_manager_state, state_for(uid))
     kubeconfig = kube.kubeconfig(AGENT_USER, server=proxy.url)
@@ -269,7 +262,9 @@ def test_serve_publishes_and_names_pods_from_the_api(
         updates = daemon.sample(update) or 0
         replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_EMPTY)
         wait_for(lambda: cpu_available(kube, node) == 16, what="the change published")
-        wait_for(lambda: (daemon.sample(update) or 0) >= updates + 1, what="the update counted (after the server applied it)")
+        wait_for(
+            lambda: (daemon.sample(update) or 0) >= updates + 1, what="the update counted (after the server applied it)"
+        )
         assert daemon.stop() == 0
 
 
