@@ -23,8 +23,9 @@ from exporter.sources.podresources import TokenBucket
 from exporter.sources.podresources_v1 import api_pb2
 from tests.daemon import Daemon, wait_for, without_capabilities
 from tests.hosttree import HostTree
-from tests.kubelet_files import POD_A, POD_B, fixture_config, install, pod_logs
+from tests.kubelet_files import POD_A, POD_B
 from tests.podresources_server import Fault, PodResourcesServer, topology
+from tests.scenarios import KUBELET_SCENARIOS
 
 NAMES = {POD_A: ("team-a", "trainer-0"), POD_B: ("team-b", "db-0")}
 GPU = "GPU-1b7c9a2e-0000-0000-0000-00000000000{}"
@@ -39,16 +40,9 @@ def socket_path() -> Iterator[Path]:
 
 
 @pytest.fixture
-def host(machine: HostTree) -> HostTree:
-    """The GPU machine with both pods pinned, Static memory and devices (the machine-gpu-static scenario)."""
-    install(
-        machine,
-        cpu="cpu_manager_state.static-2pods.json",
-        memory="memory_manager_state.static-hugepages.json",
-        devices="kubelet_internal_checkpoint.gpu-sriov.json",
-        config=fixture_config(),
-    )
-    return machine
+def host(tmp_path: Path) -> HostTree:
+    """The machine-gpu-static scenario: both pods pinned, Static memory, devices, and their pod log names."""
+    return KUBELET_SCENARIOS["machine-gpu-static"](tmp_path / "machine")
 
 
 @pytest.fixture
@@ -75,7 +69,6 @@ def aligned(snapshot: Snapshot) -> set[tuple[str, str, str, str]]:
 def test_agreeing_sources_give_the_same_numbers_and_names_without_the_pod_log_directory(
     host: HostTree, server: PodResourcesServer, socket_path: Path
 ) -> None:
-    pod_logs(host, [("team-a", "trainer-0", POD_A), ("team-b", "db-0", POD_B)])
     files_only = SnapshotBuilder(host.paths, use_nvml=False, use_udev=False, use_podresources=False).build()
     shutil.rmtree(host.paths.pod_logs)  # identity now comes from podresources alone
     both = SnapshotBuilder(paths_with(host, socket_path), use_nvml=False, use_udev=False).build()

@@ -39,7 +39,7 @@ def _import_client() -> Any:
 
     The package's own `__init__` imports every sub-package: `dynamic` (and through it kubernetes-validate
     and jsonschema, where installed), `stream`, `watch`, `informer`, `leaderelection`. None is used here, and
-    together they cost 2 to 4 MiB resident (BENCHMARKS.md, "Resident memory"). The package is registered
+    together they cost 1.5 to 3.5 MiB resident (BENCHMARKS.md, "Resident memory"). The package is registered
     from its import spec without running that `__init__`; its sub-packages then import as usual. Where the
     package was already imported whole (a process that uses it for more), that module is used as it is.
     """

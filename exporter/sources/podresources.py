@@ -37,7 +37,6 @@ from exporter.model import (
     ReportedMemory,
     ReportedPod,
 )
-from exporter.paths import HostPaths
 from exporter.sources.podresources_v1 import api_pb2, api_pb2_grpc
 
 SOURCE = "podresources"
@@ -103,21 +102,19 @@ class PodResourcesClient:
         self.timeout_seconds = timeout_seconds
         self.limiter = limiter or TokenBucket(KUBELET_QPS, KUBELET_BURST)
         self._channel: grpc.Channel | None = None
-        self.calls = 0
 
     def read(self) -> PodResourcesReading:
-        self._check_socket()
         self.limiter.take(CALLS_PER_READ)
         stub = STUB(self._open())
         try:
             listed = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_seconds)
-            self.calls += 1
             allocatable = stub.GetAllocatableResources(
                 api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_seconds
             )
-            self.calls += 1
         except grpc.RpcError as exc:
             self.close()  # a fresh channel next time: no backoff state carried over from a dead kubelet
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAVAILABLE:
+                self._check_socket()  # gRPC says only UNAVAILABLE: connect(2) says which failure it was
             raise rpc_error(exc) from None
         return reading_from(listed, allocatable)
 
@@ -139,8 +136,9 @@ class PodResourcesClient:
         return self._channel
 
     def _check_socket(self) -> None:
-        """What connect(2) says, before gRPC turns it into a generic UNAVAILABLE: missing, not a socket,
-        permission (connecting needs write access to the socket), or nobody listening."""
+        """After an UNAVAILABLE, what connect(2) says about the socket: missing, not a socket, permission
+        (connecting needs write access to the socket), or nobody listening. Returns when it connects (the
+        kubelet itself answered UNAVAILABLE)."""
         try:
             mode = self.path.stat().st_mode
         except FileNotFoundError:
@@ -162,17 +160,6 @@ class PodResourcesClient:
             raise SourceRpcError(SOURCE, f"{self.path}: {os.strerror(exc.errno or 0)}", reason=reason) from None
         finally:
             probe.close()
-
-
-def read_podresources(paths: HostPaths, *, client: PodResourcesClient | None = None) -> PodResourcesReading:
-    """One reading; a client of its own when none is given (one-shot commands)."""
-    own = client is None
-    client = client or PodResourcesClient(paths.podresources_socket)
-    try:
-        return client.read()
-    finally:
-        if own:
-            client.close()
 
 
 def rpc_error(exc: grpc.RpcError) -> SourceRpcError:
