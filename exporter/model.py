@@ -239,6 +239,7 @@ class PodRef:
     exclusive_native: bool = False
     non_native: frozenset[str] = frozenset()
     running: bool = False  # status.phase Running: the kubelet admitted and started it
+    claims: tuple[ContainerClaim, ...] = ()  # the DRA claims its containers use
 
 
 # --- the kubelet's podresources API (sources/podresources.py) ---------------------------------------------
@@ -299,3 +300,98 @@ class PodResourcesReading:
     allocatable_cpus: CpuSet
     allocatable_devices: tuple[ReportedDevices, ...]
     allocatable_memory: tuple[ReportedMemory, ...]
+
+
+# --- Dynamic Resource Allocation (sources/dra_state.py, sources/dra_api.py) -----------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraDeviceRef:
+    """A device as DRA names it: the driver, the pool in that driver, the device in that pool."""
+
+    driver: str
+    pool: str
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.driver}/{self.pool}/{self.device}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraAllocatedDevice:
+    """One device of a claim's allocation, with the requests of the claim it serves (a sub-request is
+    `request/subrequest`; the checkpoint may list several)."""
+
+    ref: DraDeviceRef
+    requests: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraClaimEntry:
+    """One entry of `dra_manager_state`: a claim the kubelet prepared on this node, for these pods. The
+    legacy form (1.27-1.30) names the drivers but not the devices (`devices` empty, `drivers` set)."""
+
+    claim_uid: str
+    claim_name: str
+    namespace: str
+    pod_uids: frozenset[str]
+    devices: tuple[DraAllocatedDevice, ...]
+    drivers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraCheckpoint:
+    version: str  # "v1" (the >= 1.31 `{"Data","Checksum"}` form) or "legacy" (1.27-1.30)
+    entries: tuple[DraClaimEntry, ...]
+    checksum_verified: bool  # False only for a legacy file whose hashed layout cannot be reproduced
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraDeviceHealth:
+    ref: DraDeviceRef
+    health: str  # "Healthy", "Unhealthy" or "Unknown", as the driver reported it
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SliceDevice:
+    """A device one of this node's ResourceSlices publishes, with what its attributes say about where it is.
+    `numa_nodes` empty: no NUMA attribute (never guessed here; hardware may still know, devices.py)."""
+
+    ref: DraDeviceRef
+    numa_nodes: frozenset[int] = frozenset()
+    pci_address: str = ""
+    pcie_root: str = ""
+    uuid: str = ""
+    cpu_ids: frozenset[int] = frozenset()  # a CPU DRA driver's device: the CPUs it hands out
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraClaim:
+    """A ResourceClaim as the API server has it: its allocation's results (empty until allocated)."""
+
+    namespace: str
+    name: str
+    uid: str
+    devices: tuple[DraAllocatedDevice, ...]
+    reserved_for: frozenset[str] = frozenset()  # pod UIDs in status.reservedFor
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerClaim:
+    """A container's use of a claim: `pod.spec.containers[].resources.claims[]` resolved to the claim object's
+    name (a claim made from a template is named in `status.resourceClaimStatuses`). No request: all of it."""
+
+    container: str
+    claim: str
+    request: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraApiReading:
+    """This node's ResourceSlices (the newest generation of each pool) and the claims of its pods."""
+
+    devices: tuple[SliceDevice, ...]
+    claims: tuple[DraClaim, ...]
+    slices_synced: bool = True

@@ -45,6 +45,15 @@ class HostPaths:
         return self.kubelet_dir / "memory_manager_state"
 
     @property
+    def dra_manager_state(self) -> Path:
+        """The DRA manager's claim cache (K pkg/kubelet/cm/dra/manager.go `draManagerStateFileName`)."""
+        return self.kubelet_dir / "dra_manager_state"
+
+    @property
+    def dra_health_state(self) -> Path:
+        return self.kubelet_dir / "dra_health_state"
+
+    @property
     def device_plugins_dir(self) -> Path:
         return self.kubelet_dir / "device-plugins"
 

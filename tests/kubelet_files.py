@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ def install(
     cpu: str | bytes | None = None,
     memory: str | bytes | None = None,
     devices: str | bytes | None = None,
+    dra: bytes | None = None,
     config: str | None = None,
 ) -> None:
     """Each argument is a fixture name under fixtures/kubelet (e.g. "cpu_manager_state.static-2pods.json")
@@ -65,6 +67,7 @@ def install(
         (host.paths.cpu_manager_state, cpu),
         (host.paths.memory_manager_state, memory),
         (host.paths.device_checkpoint, devices),
+        (host.paths.dra_manager_state, dra),
     ):
         if value is None:
             continue
@@ -119,3 +122,37 @@ def pod_logs(host: HostTree, pods: Sequence[tuple[str, str, str]]) -> None:
     """(namespace, name, uid) -> a `<namespace>_<name>_<uid>` directory under the pod log root."""
     for namespace, name, uid in pods:
         (host.paths.pod_logs / f"{namespace}_{name}_{uid}").mkdir(parents=True, exist_ok=True)
+
+
+def dra_entry(
+    *, claim_uid: str, claim: str, namespace: str, pods: Sequence[str], devices: Mapping[str, Sequence[tuple[str, str, Sequence[str]]]]
+) -> dict[str, Any]:
+    """One `dra_manager_state` entry: driver -> [(pool, device, request names)], as the DRA manager stores a
+    prepared claim (K pkg/kubelet/cm/dra/state/state.go, field order of its structs)."""
+    return {
+        "ClaimUID": claim_uid,
+        "ClaimName": claim,
+        "Namespace": namespace,
+        "PodUIDs": {pod: {} for pod in pods},
+        "DriverState": {
+            driver: {
+                "Devices": [
+                    {"PoolName": pool, "DeviceName": device, "RequestNames": list(requests),
+                     "CDIDeviceIDs": [f"{driver}/device={device}"]}  # fmt: skip
+                    for pool, device, requests in entries
+                ]
+            }
+            for driver, entries in devices.items()
+        },
+    }
+
+
+def dra_state(entries: Sequence[Mapping[str, Any]]) -> bytes:
+    """A `dra_manager_state` as a >= 1.31 kubelet writes it: `Data` the checkpoint's JSON text (Go escapes
+    <, > and & in it), `Checksum` the CRC-32 of those bytes."""
+    data = json.dumps(
+        {"kind": "DRACheckpoint", "apiVersion": "checkpoint.dra.kubelet.k8s.io/v1", "Entries": list(entries)},
+        separators=(",", ":"),
+    )
+    data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return json.dumps({"Data": data, "Checksum": zlib.crc32(data.encode())}, separators=(",", ":")).encode()
