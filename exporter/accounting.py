@@ -14,9 +14,13 @@ from dataclasses import dataclass, field
 from exporter.cpu_assignment import CpuTopology, NotEnoughCpus, take_by_topology
 from exporter.cpuset import CpuSet
 from exporter.devices import UNKNOWN
+from exporter.dra import EMPTY, DraView, dra_counts
 from exporter.model import (
     CpuManagerState,
     DeviceCheckpoint,
+    DraApiReading,
+    DraCheckpoint,
+    DraDeviceHealth,
     KubeletConfig,
     MemoryManagerState,
     MemoryTable,
@@ -39,6 +43,9 @@ class KubeletState:
     devices: DeviceCheckpoint | None = None
     pods: tuple[PodRef, ...] | None = None
     podresources: PodResourcesReading | None = None
+    dra: DraCheckpoint | None = None
+    dra_health: tuple[DraDeviceHealth, ...] | None = None
+    dra_api: DraApiReading | None = None
 
     @property
     def cpu_policy(self) -> str:
@@ -131,13 +138,16 @@ class ExclusiveCpus:
     options: Mapping[str, str]
 
 
-def exclusive_cpus(state: KubeletState, cpus: CpuTopology, reserved: CpuSet) -> ExclusiveCpus | None:
+def exclusive_cpus(
+    state: KubeletState, cpus: CpuTopology, reserved: CpuSet, *, dra_cpus: CpuSet = frozenset()
+) -> ExclusiveCpus | None:
+    """`dra_cpus`: CPUs a CPU DRA driver handed out; they are in the kubelet's shared pool but not free."""
     if state.cpu_policy != "static" or state.cpu is None:
         return None
     options = state.config.cpu_manager_policy_options
     return ExclusiveCpus(
         topology=cpus,
-        available=frozenset(state.cpu.default_cpuset - reserved),
+        available=frozenset(state.cpu.default_cpuset - reserved - dra_cpus),
         reserved_physical=cpus.core_cpus(reserved),
         full_pcpus_only=options.get("full-pcpus-only", "false").lower() == "true",
         options=options,
@@ -151,10 +161,12 @@ def resource_accounts(
     reserved: CpuSet,
     placement: Mapping[str, frozenset[int]],
     cpus: CpuTopology | None = None,
+    dra: DraView = EMPTY,
 ) -> tuple[ResourceAccount, ...]:
     """The admission view: CPUs counted on the NUMA node the kubelet files them under (once each), memory of
     a node in a memory-manager group not available (it can no longer give a single-NUMA hint), devices on
-    the NUMA nodes their plugin reported (`admission_numa_nodes`; none reported: NUMA -1)."""
+    the NUMA nodes their plugin reported (`admission_numa_nodes`; none reported: NUMA -1). CPUs a CPU DRA
+    driver handed out are not available; DRA devices are counted per NUMA node as `dra:<driver>` (dra.py)."""
     accounts: list[ResourceAccount] = []
     cpu_static = state.cpu_policy == "static"
     memory_static = state.memory_policy.casefold() == "static"
@@ -166,11 +178,11 @@ def resource_accounts(
         capacity = len(node_cpus)
         allocatable = len(node_cpus - reserved)
         if not cpu_static:
-            available: int | None = allocatable
+            available: int | None = len(node_cpus - reserved - dra.exclusive_cpus)
         elif state.cpu is None:
             available = None
         else:
-            available = len((state.cpu.default_cpuset & node_cpus) - reserved)
+            available = len((state.cpu.default_cpuset & node_cpus) - reserved - dra.exclusive_cpus)
         accounts.append(_bounded(n, "cpu", capacity, allocatable, available))
 
         tables: Mapping[str, MemoryTable] = {}
@@ -208,6 +220,9 @@ def resource_accounts(
                 )
             )
     accounts.extend(device_accounts(state.devices, placement=placement))
+    for resource, per_numa in dra_counts(dra).items():
+        for dra_numa, (published, allocated) in per_numa.items():
+            accounts.append(_bounded(dra_numa, resource, published, published, published - allocated))
     return tuple(accounts)
 
 
@@ -280,4 +295,8 @@ def stale_entries(state: KubeletState, *, live_uids: frozenset[str] | None = Non
         )
     if state.devices is not None:
         stale["device_checkpoint"] = sum(1 for entry in state.devices.allocations if entry.pod_uid not in live)
+    if state.dra is not None:
+        stale["dra_manager_state"] = sum(
+            1 for entry in state.dra.entries if entry.pod_uids and not entry.pod_uids & live
+        )
     return stale

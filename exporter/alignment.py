@@ -1,8 +1,15 @@
 """The per-container alignment audit: which NUMA nodes each exclusive resource of a container spans.
 
 CPUs through the container's cpuset, memory and hugepages through its blocks' `numaAffinity` (blocks
-shrunk to 0 by init-container reuse hold nothing), devices through their NUMA node. A container is aligned
-when all of them together sit on exactly one known NUMA node.
+shrunk to 0 by init-container reuse hold nothing), devices through their NUMA node, DRA devices (resource
+`dra:<driver>`) through where their slice or the hardware puts them (dra.py). A container is aligned when
+all of them together sit on exactly one known NUMA node.
+
+The Topology Manager aligns none of the DRA devices with the kubelet's CPUs and memory: a container is
+DRA-misaligned when one of its DRA devices sits on a NUMA node that holds none of its pinned CPUs, Static
+memory or device-plugin devices, or, holding nothing else exclusive, when its DRA devices span several NUMA
+nodes. Devices whose NUMA node is unknown are judged by nothing. Claims known only from the kubelet's
+checkpoint name no container: they are audited as the pod's (`(pod)`), against all its containers.
 """
 
 from __future__ import annotations
@@ -12,9 +19,10 @@ from dataclasses import dataclass
 
 from exporter.accounting import KubeletState
 from exporter.devices import UNKNOWN
+from exporter.dra import EMPTY, POD_SCOPE, DraView, held_numa_nodes, is_dra_resource
 from exporter.model import UNKNOWN_NUMA_NODE, Topology
 
-POD_SCOPE = "(pod)"
+__all__ = ["POD_SCOPE", "ContainerAlignment", "container_alignment"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,15 +32,29 @@ class ContainerAlignment:
     pod: str
     container: str
     numa_nodes: Mapping[str, frozenset[int]]
+    dra_misaligned: bool = False
 
     @property
     def aligned(self) -> bool:
         spanned = frozenset().union(*self.numa_nodes.values())
         return len(spanned) == 1 and UNKNOWN_NUMA_NODE not in spanned
 
+    @property
+    def holds_dra(self) -> bool:
+        return any(is_dra_resource(resource) for resource in self.numa_nodes)
+
+
+def _dra_misaligned(spans: Mapping[str, set[int]], others: set[int]) -> bool:
+    dra = {numa for resource, numas in spans.items() if is_dra_resource(resource) for numa in numas}
+    dra.discard(UNKNOWN_NUMA_NODE)
+    others = others - {UNKNOWN_NUMA_NODE}
+    if not dra:
+        return False
+    return bool(dra - others) if others else len(dra) > 1
+
 
 def container_alignment(
-    topology: Topology, state: KubeletState, *, placement: Mapping[str, frozenset[int]]
+    topology: Topology, state: KubeletState, *, placement: Mapping[str, frozenset[int]], dra: DraView = EMPTY
 ) -> tuple[ContainerAlignment, ...]:
     spans: dict[tuple[str, str], dict[str, set[int]]] = {}
 
@@ -59,6 +81,13 @@ def container_alignment(
                 numas.update(placement.get(device, UNKNOWN))
             if numas:
                 add(allocation.pod_uid, allocation.container, allocation.resource, numas)
+    for (pod_uid, container), refs in dra.held.items():
+        for resource, numas in held_numa_nodes(dra, refs).items():
+            add(pod_uid, container, resource, numas)
+
+    def others(pod_uid: str, container: str) -> set[int]:
+        keys = [key for key in spans if key[0] == pod_uid] if container == POD_SCOPE else [(pod_uid, container)]
+        return {n for key in keys for r, numas in spans[key].items() if not is_dra_resource(r) for n in numas}
 
     names = {pod.uid: pod for pod in state.pods or ()}
     result = []
@@ -71,6 +100,7 @@ def container_alignment(
                 pod=ref.name if ref else "",
                 container=container,
                 numa_nodes={resource: frozenset(numas) for resource, numas in sorted(resources.items())},
+                dra_misaligned=_dra_misaligned(resources, others(pod_uid, container)),
             )
         )
     return tuple(result)

@@ -11,7 +11,9 @@
   topology is in no state file: the kubelet's podresources API gives it (`GetAllocatableResources`); without
   that source it is taken to be the hardware's (what the NVIDIA and SR-IOV plugins report), and none where
   hardware does not know.
-Also the device inventory behind `numa_topology_device_info`: one record per device, registered or not.
+Also the device inventory behind `numa_topology_device_info`: one record per device, registered or not. A
+device a DRA driver publishes is listed under its DRA name (`dra:<driver>`, pool, device) and, where
+discovery found it too (same PCI address or GPU UUID), in place of discovery's own record: one device.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from exporter.dra import EMPTY, DraView
 from exporter.model import UNKNOWN_NUMA_NODE, DeviceCheckpoint, DeviceKind, Topology
 
 UNKNOWN = frozenset({UNKNOWN_NUMA_NODE})
@@ -34,6 +37,7 @@ class DeviceRecord:
     numa_node: int
     pci_address: str
     model: str
+    pool: str = ""
 
 
 def hardware_numa(topology: Topology) -> dict[str, int]:
@@ -133,6 +137,33 @@ def device_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -
 
 
 def device_inventory(
+    topology: Topology,
+    checkpoint: DeviceCheckpoint | None,
+    placement: Mapping[str, frozenset[int]],
+    dra: DraView = EMPTY,
+) -> tuple[DeviceRecord, ...]:
+    records = _plugin_inventory(topology, checkpoint, placement)
+    if not dra.devices:
+        return records
+    by_address = {r.pci_address: i for i, r in enumerate(records) if r.pci_address and not r.resource}
+    merged = list(records)
+    replaced: set[int] = set()
+    for device in dra.devices:
+        if not device.published:
+            continue
+        numa = sorted(device.numa_nodes)[0] if len(device.numa_nodes) == 1 else UNKNOWN_NUMA_NODE
+        record = DeviceRecord(device=device.ref.device, resource=device.resource, kind=device.kind, numa_node=numa,
+                              pci_address=device.pci_address, model=device.model, pool=device.ref.pool)  # fmt: skip
+        index = by_address.get(device.pci_address) if device.pci_address else None
+        if index is not None and index not in replaced:
+            replaced.add(index)
+            merged[index] = record
+        else:
+            merged.append(record)
+    return tuple(merged)
+
+
+def _plugin_inventory(
     topology: Topology, checkpoint: DeviceCheckpoint | None, placement: Mapping[str, frozenset[int]]
 ) -> tuple[DeviceRecord, ...]:
     resource_of = {

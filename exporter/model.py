@@ -14,7 +14,7 @@ from exporter.cpuset import CpuSet
 
 UNKNOWN_NUMA_NODE = -1
 
-DeviceKind = Literal["gpu", "nic", "vf", "other"]
+DeviceKind = Literal["gpu", "nic", "vf", "cpu", "other"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +65,7 @@ class PciDevice:
     vfs: tuple[str, ...] = ()
     vendor_name: str | None = None
     model_name: str | None = None
+    pcie_root: str = ""  # `pci<domain>:<bus>` of the root complex above it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -394,4 +395,4 @@ class DraApiReading:
 
     devices: tuple[SliceDevice, ...]
     claims: tuple[DraClaim, ...]
-    slices_synced: bool = True
+    remembered: tuple[SliceDevice, ...] = ()  # devices no slice publishes now, as a slice last described them

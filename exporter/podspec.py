@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from typing import Any
 
+from exporter.model import ContainerClaim
 from exporter.units import parse_quantity_exact
 
 GUARANTEED = "Guaranteed"
@@ -103,3 +104,37 @@ def qos_class(pod: Mapping[str, Any]) -> str:
     ):
         return GUARANTEED
     return "Burstable"
+
+
+def container_claims(pod: Mapping[str, Any]) -> tuple[ContainerClaim, ...]:
+    """Which DRA claim each container uses: `resources.claims[]` names an entry of `spec.resourceClaims`,
+    which names the claim (`resourceClaimName`) or a template; a claim made from a template is named in
+    `status.resourceClaimStatuses`. An entry not resolved yet (the claim is still being made) is left out."""
+    spec = pod.get("spec") or {}
+    generated = {
+        entry.get("name"): entry.get("resourceClaimName")
+        for entry in (pod.get("status") or {}).get("resourceClaimStatuses") or []
+        if isinstance(entry, dict)
+    }
+    claim_of: dict[str, str] = {}
+    for entry in spec.get("resourceClaims") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        name = entry.get("resourceClaimName") or generated.get(entry["name"])
+        if isinstance(name, str) and name:
+            claim_of[entry["name"]] = name
+    uses = []
+    for container in (*(spec.get("initContainers") or []), *(spec.get("containers") or [])):
+        if not isinstance(container, dict):
+            continue
+        for use in (container.get("resources") or {}).get("claims") or []:
+            if isinstance(use, dict) and use.get("name") in claim_of:
+                request = use.get("request")
+                uses.append(
+                    ContainerClaim(
+                        container=str(container.get("name") or ""),
+                        claim=claim_of[use["name"]],
+                        request=request if isinstance(request, str) and request else None,
+                    )
+                )
+    return tuple(uses)

@@ -31,19 +31,45 @@ from exporter.cpu_assignment import CpuTopology
 from exporter.crosscheck import CrossCheck, Disagreement, cross_check
 from exporter.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
 from exporter.discovery import discover
+from exporter.dra import DraView, dra_view
 from exporter.errors import SourceError, SourceMissing
 from exporter.fit import ProfileFit, profile_fits, with_stranded
-from exporter.model import KubeletConfig, PodRef, PodResourcesReading, SourceStatus, Topology
+from exporter.model import (
+    DraApiReading,
+    DraDeviceRef,
+    KubeletConfig,
+    PodRef,
+    PodResourcesReading,
+    SliceDevice,
+    SourceStatus,
+    Topology,
+)
 from exporter.paths import HostPaths
 from exporter.profiles import Profile, default_profiles
-from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager, nvml, pod_logs
+from exporter.sources import (
+    cpu_manager,
+    device_checkpoint,
+    dra_state,
+    kubelet_config,
+    memory_manager,
+    nvml,
+    pod_logs,
+)
 from exporter.units import hugepage_resource
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-KUBELET_SOURCES = ("kubelet_config", "cpu_manager_state", "memory_manager_state", "device_checkpoint")
+KUBELET_SOURCES = (
+    "kubelet_config",
+    "cpu_manager_state",
+    "memory_manager_state",
+    "device_checkpoint",
+    dra_state.SOURCE,
+    dra_state.HEALTH_SOURCE,
+)
 PODRESOURCES = "podresources"
+RESOURCE_SLICES = "resource_slices"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +83,7 @@ class Accounting:
     reserved: ReservedCpus
     devices: tuple[DeviceRecord, ...]
     crosscheck: CrossCheck | None = None
+    dra: DraView | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,7 +116,9 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
     reserved = reserved_cpus(topology, state.config, cpus)
     placement = device_numa_nodes(topology, state.devices)
     admission = admission_numa_nodes(topology, state.devices, crosscheck.reported_topology if crosscheck else None)
-    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus)
+    dra = dra_view(topology, checkpoint=state.dra, health=state.dra_health, api=state.dra_api, pods=state.pods,
+                   podresources=state.podresources)  # fmt: skip
+    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus, dra=dra)
     accounted = numa_accounted_resources(state, accounts)
     if profiles is None:
         present = {a.resource for a in accounts if a.resource in accounted and a.capacity > 0}
@@ -100,18 +129,19 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
         profiles=profiles,
         numa_accounted=accounted,
         numa_nodes=topology.numa_node_ids,
-        cpus=exclusive_cpus(state, cpus, reserved.cpus),
+        cpus=exclusive_cpus(state, cpus, reserved.cpus, dra_cpus=dra.exclusive_cpus),
     )
     return Accounting(
         accounts=with_stranded(accounts, profiles=profiles, fits=fits, numa_accounted=accounted),
         numa_accounted=accounted,
         profiles=profiles,
         fits=fits,
-        containers=container_alignment(topology, state, placement=placement),
+        containers=container_alignment(topology, state, placement=placement, dra=dra),
         stale_entries=stale_entries(state, live_uids=crosscheck.live_uids if crosscheck else None),
         reserved=reserved,
-        devices=device_inventory(topology, state.devices, placement),
+        devices=device_inventory(topology, state.devices, placement, dra),
         crosscheck=crosscheck,
+        dra=dra,
     )
 
 
@@ -141,6 +171,7 @@ class SnapshotBuilder:
         use_udev: bool | None = None,
         nvml_library: nvml.NvmlLibrary | None = None,
         pods_reader: Callable[[], tuple[PodRef, ...]] | None = None,
+        dra_reader: Callable[[], DraApiReading] | None = None,
         use_podresources: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -152,6 +183,8 @@ class SnapshotBuilder:
         self.pods_reader: Callable[[], tuple[PodRef, ...]] = pods_reader or (
             lambda: pod_logs.read_pods_from_logs(paths)
         )
+        self.dra_reader = dra_reader
+        self._slice_memory: dict[DraDeviceRef, SliceDevice] = {}
         self._clock = clock
         self._use_podresources = use_podresources
         self._podresources_client: Any = None
@@ -165,6 +198,10 @@ class SnapshotBuilder:
     def use_pods_reader(self, reader: Callable[[], tuple[PodRef, ...]]) -> None:
         """Where pods on this node come from (the API watch, when there is an API server)."""
         self.pods_reader = reader
+
+    def use_dra_reader(self, reader: Callable[[], DraApiReading]) -> None:
+        """This node's ResourceSlices and its pods' claims (the API watch)."""
+        self.dra_reader = reader
 
     def build(self) -> Snapshot:
         """A new Snapshot. Raises SourceError only when sysfs has never been readable."""
@@ -188,6 +225,11 @@ class SnapshotBuilder:
                 "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
             ),
             pods=self._read("pods", self.pods_reader, needed=False),
+            dra=self._read(dra_state.SOURCE, lambda: dra_state.read_dra_manager_state(self.paths), needed=False),
+            dra_health=self._read(
+                dra_state.HEALTH_SOURCE, lambda: dra_state.read_dra_health_state(self.paths), needed=False
+            ),
+            dra_api=self._read(RESOURCE_SLICES, self._read_dra_api, needed=False) if self.dra_reader else None,
             podresources=self._read(PODRESOURCES, self._read_podresources, needed=False)
             if self._use_podresources
             else None,
@@ -195,7 +237,12 @@ class SnapshotBuilder:
         accounting = account(topology, state, profiles=self.profiles)
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)
-        names = (*KUBELET_SOURCES, "pods", *((PODRESOURCES,) if self._use_podresources else ()))
+        names = (
+            *KUBELET_SOURCES,
+            "pods",
+            *((PODRESOURCES,) if self._use_podresources else ()),
+            *((RESOURCE_SLICES,) if self.dra_reader else ()),
+        )
         return Snapshot(
             topology=topology,
             kubelet=state,
@@ -217,6 +264,23 @@ class SnapshotBuilder:
             self._podresources_client = podresources.PodResourcesClient(socket)
         reading: PodResourcesReading = self._podresources_client.read()
         return reading
+
+    def _read_dra_api(self) -> DraApiReading:
+        """The API's DRA view, with the devices that held claims still name though no slice publishes them
+        any more, as their slice last described them (a driver restarting withdraws its slices)."""
+        assert self.dra_reader is not None
+        reading = self.dra_reader()
+        for device in reading.devices:
+            self._slice_memory[device.ref] = device
+        published = {device.ref for device in reading.devices}
+        checkpoint = self._last.get(dra_state.SOURCE)
+        held = [device for claim in reading.claims for device in claim.devices]
+        held += [device for entry in (checkpoint.entries if checkpoint else ()) for device in entry.devices]
+        wanted = {device.ref for device in held} - published
+        for ref in set(self._slice_memory) - published - wanted:
+            del self._slice_memory[ref]  # bounded: only devices some claim still holds are remembered
+        remembered = tuple(self._slice_memory[ref] for ref in sorted(wanted & set(self._slice_memory), key=str))
+        return dataclasses.replace(reading, remembered=remembered)
 
     def close(self) -> None:
         if self._podresources_client is not None:

@@ -125,7 +125,12 @@ def pod_logs(host: HostTree, pods: Sequence[tuple[str, str, str]]) -> None:
 
 
 def dra_entry(
-    *, claim_uid: str, claim: str, namespace: str, pods: Sequence[str], devices: Mapping[str, Sequence[tuple[str, str, Sequence[str]]]]
+    *,
+    claim_uid: str,
+    claim: str,
+    namespace: str,
+    pods: Sequence[str],
+    devices: Mapping[str, Sequence[tuple[str, str, Sequence[str]]]],
 ) -> dict[str, Any]:
     """One `dra_manager_state` entry: driver -> [(pool, device, request names)], as the DRA manager stores a
     prepared claim (K pkg/kubelet/cm/dra/state/state.go, field order of its structs)."""
@@ -137,8 +142,12 @@ def dra_entry(
         "DriverState": {
             driver: {
                 "Devices": [
-                    {"PoolName": pool, "DeviceName": device, "RequestNames": list(requests),
-                     "CDIDeviceIDs": [f"{driver}/device={device}"]}  # fmt: skip
+                    {
+                        "PoolName": pool,
+                        "DeviceName": device,
+                        "RequestNames": list(requests),
+                        "CDIDeviceIDs": [f"{driver}/device={device}"],
+                    }
                     for pool, device, requests in entries
                 ]
             }

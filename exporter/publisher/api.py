@@ -29,7 +29,7 @@ from exporter.errors import (
 )
 from exporter.model import PodRef
 from exporter.nrt import GROUP, PLURAL, VERSION
-from exporter.podspec import exclusivity
+from exporter.podspec import container_claims, exclusivity
 
 T = TypeVar("T")
 
@@ -241,14 +241,12 @@ class KubeApi:
         finally:
             response.release_conn()
 
-    def list_pods(self, node_name: str) -> tuple[dict[str, PodRef], str]:
-        items, version = self.list("/api/v1/pods", f"spec.nodeName={node_name}")
-        return {ref.uid: ref for ref in (pod_ref(pod) for pod in items) if ref is not None}, version
-
-    def watch_pods(self, node_name: str, resource_version: str, *, timeout_seconds: int) -> Iterator[tuple[str, Any]]:
-        return self.watch(
-            "/api/v1/pods", f"spec.nodeName={node_name}", resource_version, timeout_seconds=timeout_seconds
-        )
+    def get(self, path: str) -> dict[str, Any] | None:
+        """One object, or None where it does not exist."""
+        try:
+            return dict(self._request("GET", path))
+        except ApiNotFound:
+            return None
 
 
 def _event(line: bytes) -> tuple[str, Any]:
@@ -282,4 +280,5 @@ def pod_ref(pod: Any) -> PodRef | None:
         exclusive_native=exclusive_native,
         non_native=non_native,
         running=(pod.get("status") or {}).get("phase") == "Running",
+        claims=container_claims(pod),
     )

@@ -1,9 +1,12 @@
-"""The pods on this node, from a watch filtered by `spec.nodeName`: names and specs for the fingerprint
-and the alignment audit, and the UIDs that tell stale kubelet entries apart.
+"""What the agent watches on the API server, each filtered to this node by `spec.nodeName`:
 
-The list-then-watch loop runs in a daemon thread (the client is synchronous); each change fires the
+* the pods on this node: names and specs for the fingerprint, the alignment audit and the DRA claims they
+  use, and the UIDs that tell stale kubelet entries apart;
+* this node's ResourceSlices (`resource.k8s.io/v1`): the DRA devices and where they are.
+
+Each list-then-watch loop runs in a daemon thread (the client is synchronous); each change fires the
 refresh trigger on the event loop. Until the first list succeeds, `synced` is False and callers fall back
-to the kubelet's pod log directories.
+(pods: to the kubelet's pod log directories).
 """
 
 from __future__ import annotations
@@ -12,50 +15,74 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from exporter.errors import ApiError
+from exporter.errors import ApiCrdMissing, ApiError
 from exporter.model import PodRef
 from exporter.publisher.api import GONE, KubeApi, pod_ref
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 300
 RETRY_SECONDS = 5.0
+NOT_SERVED_RETRY_SECONDS = 300.0
+PODS = "/api/v1/pods"
+RESOURCE_SLICES = "/apis/resource.k8s.io/v1/resourceslices"
+V = TypeVar("V")
 
 
-class PodWatcher:
+class ListWatcher(Generic[V]):
+    """Objects of one collection on this node, keyed by UID, each kept as `parse(object)` (None: dropped)."""
+
     def __init__(
         self,
         api: KubeApi,
         *,
-        node_name: str,
+        what: str,
+        path: str,
+        selector: str,
+        parse: Callable[[Any], V | None],
         on_change: Callable[[], None],
         retry_seconds: float = RETRY_SECONDS,
         watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
     ) -> None:
         self._api = api
-        self._node_name = node_name
+        self._what = what
+        self._path = path
+        self._selector = selector
+        self._parse = parse
         self._on_change = on_change
         self._retry = retry_seconds
         self._watch_timeout = watch_timeout_seconds
         self.lists = 0
         self.watches = 0
         self._lock = threading.Lock()
-        self._pods: dict[str, PodRef] = {}
+        self._items: dict[str, V] = {}
         self.synced = False
+        self.served = True  # False once the API server said it has no such collection (404)
         self._stopped = threading.Event()
 
-    def pods(self) -> tuple[PodRef, ...]:
+    def values(self) -> list[V]:
         with self._lock:
-            return tuple(sorted(self._pods.values(), key=lambda pod: (pod.namespace, pod.name)))
+            return list(self._items.values())
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         def notify() -> None:
             loop.call_soon_threadsafe(self._on_change)
 
-        threading.Thread(target=self._loop, args=(notify,), name="pod-watch", daemon=True).start()
+        threading.Thread(target=self._loop, args=(notify,), name=f"{self._what}-watch", daemon=True).start()
 
     def stop(self) -> None:
         self._stopped.set()
+
+    def _list(self) -> tuple[dict[str, V], str]:
+        items, version = self._api.list(self._path, self._selector)
+        parsed = {}
+        for item in items:
+            uid = _uid(item)
+            value = self._parse(item) if uid else None
+            if value is not None:
+                parsed[uid] = value
+        return parsed, version
 
     def _loop(self, notify: Callable[[], None]) -> None:
         """List once, then watch from the list's resourceVersion; when the server ends a watch, resume from
@@ -65,40 +92,94 @@ class PodWatcher:
         while not self._stopped.is_set():
             try:
                 if not version:
-                    pods, version = self._api.list_pods(self._node_name)
+                    items, version = self._list()
                     self.lists += 1
                     with self._lock:
-                        changed = pods != self._pods
-                        self._pods = pods
+                        changed = items != self._items or not self.synced
+                        self._items = items
                     self.synced = True
+                    self.served = True
                     if changed:
                         notify()
                 self.watches += 1
-                for kind, pod in self._api.watch_pods(self._node_name, version, timeout_seconds=self._watch_timeout):
+                events = self._api.watch(self._path, self._selector, version, timeout_seconds=self._watch_timeout)
+                for kind, obj in events:
                     if self._stopped.is_set():
                         return
-                    version = str(((pod or {}).get("metadata") or {}).get("resourceVersion") or version)
+                    version = str(((obj or {}).get("metadata") or {}).get("resourceVersion") or version)
                     if kind != "BOOKMARK":
-                        self._apply(kind, pod, notify)
+                        self._apply(kind, obj, notify)
+            except ApiCrdMissing:
+                if self.served:
+                    log.warning("%s watch: the API server does not serve %s; trying again every %.0f s",
+                                self._what, self._path, NOT_SERVED_RETRY_SECONDS)  # fmt: skip
+                self.served = False
+                version = ""
+                self._stopped.wait(NOT_SERVED_RETRY_SECONDS)
             except ApiError as exc:
                 if exc.status == GONE:
-                    log.info("pod watch on %s: resourceVersion %s expired; re-listing", self._node_name, version)
+                    log.info("%s watch: resourceVersion %s expired; re-listing", self._what, version)
                     version = ""
                     continue
-                log.warning("pod watch on %s: %s; re-listing in %.0f s", self._node_name, exc, self._retry)
+                log.warning("%s watch: %s; re-listing in %.0f s", self._what, exc, self._retry)
                 version = ""
                 self._stopped.wait(self._retry)
 
-    def _apply(self, kind: str, pod: object, notify: Callable[[], None]) -> None:
-        ref = pod_ref(pod)
-        uid = (pod.get("metadata") or {}).get("uid") if isinstance(pod, dict) else None
+    def _apply(self, kind: str, obj: Any, notify: Callable[[], None]) -> None:
+        uid = _uid(obj)
+        if not uid:
+            return
+        value = None if kind == "DELETED" else self._parse(obj)
         with self._lock:
-            before = self._pods.get(str(uid)) if uid else None
-            if kind == "DELETED" or ref is None:
-                if uid:
-                    self._pods.pop(str(uid), None)
+            before = self._items.get(uid)
+            if value is None:
+                self._items.pop(uid, None)
             else:
-                self._pods[ref.uid] = ref
-            after = self._pods.get(str(uid)) if uid else None
-        if before != after:
+                self._items[uid] = value
+        if before != value:
             notify()
+
+
+def _uid(obj: Any) -> str:
+    return str(((obj or {}).get("metadata") or {}).get("uid") or "") if isinstance(obj, dict) else ""
+
+
+class PodWatcher(ListWatcher[PodRef]):
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        node_name: str,
+        on_change: Callable[[], None],
+        retry_seconds: float = RETRY_SECONDS,
+        watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    ) -> None:
+        super().__init__(api, what="pod", path=PODS, selector=f"spec.nodeName={node_name}", parse=pod_ref,
+                         on_change=on_change, retry_seconds=retry_seconds,
+                         watch_timeout_seconds=watch_timeout_seconds)  # fmt: skip
+
+    def pods(self) -> tuple[PodRef, ...]:
+        return tuple(sorted(self.values(), key=lambda pod: (pod.namespace, pod.name)))
+
+
+class SliceWatcher(ListWatcher[dict[str, Any]]):
+    """This node's ResourceSlices, each kept whole (sources/dra_api.py reads them)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        node_name: str,
+        on_change: Callable[[], None],
+        retry_seconds: float = RETRY_SECONDS,
+        watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
+    ) -> None:
+        super().__init__(api, what="resourceslice", path=RESOURCE_SLICES, selector=f"spec.nodeName={node_name}",
+                         parse=_slice, on_change=on_change, retry_seconds=retry_seconds,
+                         watch_timeout_seconds=watch_timeout_seconds)  # fmt: skip
+
+
+def _slice(obj: Any) -> dict[str, Any] | None:
+    """Only the spec is kept: status and metadata change without changing a device."""
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    return {"spec": spec} if isinstance(spec, dict) else None

@@ -195,7 +195,10 @@ def _legacy_entry_text(entry: dict[str, Any], layout: Callable[[dict[str, Any]],
         ("ClaimUID", kj.typed("types.UID", kj.field(entry, "ClaimUID") or "")),
         ("ClaimName", kj.typed("string", kj.field(entry, "ClaimName") or "")),
         ("Namespace", kj.typed("string", kj.field(entry, "Namespace") or "")),
-        ("PodUIDs", kj.typed("sets.Set[string]", kj.go_map(None if pod_uids is None else dict.fromkeys(pod_uids, "{}")))),
+        (
+            "PodUIDs",
+            kj.typed("sets.Set[string]", kj.go_map(None if pod_uids is None else dict.fromkeys(pod_uids, "{}"))),
+        ),
     ]
     if layout is not None:
         handles = kj.field(entry, "ResourceHandles")
@@ -213,9 +216,7 @@ def _legacy_entry_text(entry: dict[str, Any], layout: Callable[[dict[str, Any]],
 def read_dra_health_state(
     paths: HostPaths, *, limit_bytes: int = kj.DEFAULT_LIMIT_BYTES
 ) -> tuple[DraDeviceHealth, ...]:
-    return parse_dra_health_state(
-        read_bounded(paths.dra_health_state, source=HEALTH_SOURCE, limit_bytes=limit_bytes)
-    )
+    return parse_dra_health_state(read_bounded(paths.dra_health_state, source=HEALTH_SOURCE, limit_bytes=limit_bytes))
 
 
 def parse_dra_health_state(raw: bytes) -> tuple[DraDeviceHealth, ...]:
@@ -239,4 +240,3 @@ def parse_dra_health_state(raw: bytes) -> tuple[DraDeviceHealth, ...]:
                 )
             )
     return tuple(found)
-

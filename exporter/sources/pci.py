@@ -24,6 +24,9 @@ _CLASS_COPROCESSOR = 0x0B40
 _CLASS_ACCELERATOR = 0x12
 
 
+PCIE_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
+
+
 def read_pci_devices(paths: HostPaths) -> tuple[PciDevice, ...]:
     base = os.fspath(paths.pci_devices_dir)
     devices = []
@@ -68,7 +71,17 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
         sriov_totalvfs=totalvfs,
         sriov_numvfs=read_sysfs_int(f"{device_dir}/sriov_numvfs") if totalvfs is not None else None,
         vfs=tuple(name for name in (_link_name(f"{device_dir}/{vf}") for vf in vfs) if name),
+        pcie_root=pcie_root(device_dir),
     )
+
+
+def pcie_root(device_dir: str) -> str:
+    """The PCI root complex above a device, `pci<domain>:<bus>` as DRA's `resource.kubernetes.io/pcieRoot`
+    names it: the first such component of the device's real sysfs path ("" where there is none)."""
+    for part in os.path.realpath(device_dir).split("/"):
+        if PCIE_ROOT.match(part):
+            return part
+    return ""
 
 
 def classify(*, class_code: int, has_net: bool, has_rdma: bool) -> str | None:
