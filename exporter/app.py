@@ -18,13 +18,15 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, SourceMissing
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
+from exporter.model import DraApiReading
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
-from exporter.snapshot import SnapshotBuilder
+from exporter.snapshot import RESOURCE_SLICES, SnapshotBuilder
+from exporter.sources.dra_api import slice_devices
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ class ServeOptions:
     debounce_seconds: float = 0.1
     watch_udev: bool | None = None
     publish_nrt: bool = True
+    read_dra: bool = True
     kubeconfig: Path | None = None
     node_name: str = "localhost"
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
@@ -140,7 +143,7 @@ async def serve(
         asyncio.create_task(refresher.run(), name="refresher"),
         asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
     }
-    pod_watcher = _start_publishing(
+    watchers = _start_publishing(
         options, builder=builder, refresher=refresher, trigger=trigger, nrt=nrt, tasks=tasks
     )
     stopper = asyncio.create_task(stop.wait(), name="signals")
@@ -150,8 +153,8 @@ async def serve(
         error = task.exception() if not task.cancelled() else None
         log.error("task %s stopped unexpectedly: %r; exiting", task.get_name(), error)
         code = 1
-    if pod_watcher is not None:
-        pod_watcher.stop()
+    for api_watcher in watchers:
+        api_watcher.stop()
     for task in (*tasks, stopper):
         task.cancel()
     await asyncio.gather(*tasks, stopper, return_exceptions=True)
@@ -192,7 +195,7 @@ def _start_publishing(
     trigger: Trigger,
     nrt: NrtStats,
     tasks: set[asyncio.Task[None]],
-) -> Any:
+) -> list[Any]:
     """NRT writer and pod watch when an API server is reachable; standalone (said once) otherwise.
 
     The publisher, and with it the `kubernetes` client (about 36 MiB once imported), is imported only
@@ -200,19 +203,19 @@ def _start_publishing(
     """
     if not options.publish_nrt:
         log.info("NodeResourceTopology publishing is off (--no-nrt)")
-        return None
+        return []
     if not api_server_configured(options.kubeconfig):
         log.warning(STANDALONE)
-        return None
+        return []
     from exporter.publisher.api import KubeApi, client_from  # noqa: PLC0415 - see the docstring
     from exporter.publisher.ownwatch import NrtWatcher  # noqa: PLC0415
-    from exporter.publisher.pods import PodWatcher  # noqa: PLC0415
+    from exporter.publisher.pods import ClaimFetcher, PodWatcher, SliceWatcher  # noqa: PLC0415
     from exporter.publisher.writer import NrtWriter  # noqa: PLC0415
 
     client = client_from(options.kubeconfig)
     if client is None:
         log.warning(STANDALONE)
-        return None
+        return []
     api = KubeApi(client, on_warning=_warning_counter(nrt, asyncio.get_running_loop()))
     writer = NrtWriter(
         api,
@@ -224,8 +227,32 @@ def _start_publishing(
     refresher.add_listener(writer.on_snapshot)
     tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))
     NrtWatcher(api, node_name=options.node_name, observer=writer.observe).start(asyncio.get_running_loop())
-    watcher = PodWatcher(api, node_name=options.node_name, on_change=lambda: trigger.fire("pods"))
+    loop = asyncio.get_running_loop()
+    claims = ClaimFetcher(api, on_change=lambda: trigger.fire("resourceclaims")) if options.read_dra else None
+
+    def pods_changed() -> None:
+        if claims is not None:
+            claims.want(watcher.pods())
+        trigger.fire("pods")
+
+    watcher = PodWatcher(api, node_name=options.node_name, on_change=pods_changed)
     fallback = builder.pods_reader
     builder.use_pods_reader(lambda: watcher.pods() if watcher.synced else fallback())
-    watcher.start(asyncio.get_running_loop())
-    return watcher
+    watcher.start(loop)
+    stoppable: list[Any] = [watcher]
+    if claims is not None:
+        slices = SliceWatcher(api, node_name=options.node_name, on_change=lambda: trigger.fire("resourceslices"))
+        builder.use_dra_reader(lambda: dra_reading(slices, claims, node_name=options.node_name))
+        slices.start(loop)
+        claims.start(loop)
+        stoppable += [slices, claims]
+    return stoppable
+
+
+def dra_reading(slices: Any, claims: Any, *, node_name: str) -> DraApiReading:
+    """This node's slices and its pods' claims; unavailable until the slices are listed once."""
+    if not slices.served:
+        raise SourceMissing(RESOURCE_SLICES, "the API server does not serve resource.k8s.io/v1 resourceslices")
+    if not slices.synced:
+        raise SourceMissing(RESOURCE_SLICES, "this node's ResourceSlices are not listed yet")
+    return DraApiReading(devices=slice_devices(slices.values(), node_name=node_name), claims=claims.claims())

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     nrt = serve.add_argument_group("NodeResourceTopology publishing")
     nrt.add_argument("--no-nrt", dest="nrt", action="store_false", help="do not publish NodeResourceTopology")
     nrt.add_argument(
+        "--no-dra",
+        dest="dra",
+        action="store_false",
+        help="do not watch this node's ResourceSlices nor read its pods' ResourceClaims (DRA)",
+    )
+    nrt.add_argument(
         "--kubeconfig",
         type=Path,
         default=Path(os.environ["KUBECONFIG"]) if os.environ.get("KUBECONFIG") else None,
@@ -196,6 +202,7 @@ def _serve(args: argparse.Namespace) -> int:
         resync_interval_seconds=args.resync_interval,
         debounce_seconds=max(args.debounce, 0.0),
         publish_nrt=args.nrt,
+        read_dra=args.dra,
         kubeconfig=args.kubeconfig,
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,

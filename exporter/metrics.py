@@ -195,13 +195,23 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     devices = GaugeMetricFamily(
         f"{PREFIX}device_info",
         "One per device (GPU, NIC, VF, accelerator), registered with the kubelet or not.",
-        labels=["numa_node", "resource", "device", "kind", "pci_address", "model"],
+        labels=["numa_node", "resource", "device", "kind", "pci_address", "model", "pool"],
     )
     for record in accounting.devices:
         devices.add_metric(
-            [str(record.numa_node), record.resource, record.device, record.kind, record.pci_address, record.model], 1
+            [
+                str(record.numa_node),
+                record.resource,
+                record.device,
+                record.kind,
+                record.pci_address,
+                record.model,
+                record.pool,
+            ],
+            1,
         )
     yield devices
+    yield from _dra_metrics(snapshot)
 
     spans = GaugeMetricFamily(
         f"{PREFIX}container_numa_nodes",
@@ -213,13 +223,22 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         "1 when all of a container's exclusive resources share one NUMA node.",
         labels=["namespace", "pod", "pod_uid", "container"],
     )
+    dra_misaligned = GaugeMetricFamily(
+        f"{PREFIX}container_dra_misaligned",
+        "For each container holding DRA devices: 1 when one of them is on a NUMA node none of the container's "
+        "CPUs, Static memory or device-plugin devices are on (the Topology Manager does not align DRA).",
+        labels=["namespace", "pod", "pod_uid", "container"],
+    )
     for container in accounting.containers:
         ident = [container.namespace, container.pod, container.pod_uid, container.container]
         for resource, numas in container.numa_nodes.items():
             spans.add_metric([*ident, resource], len(numas))
         aligned.add_metric(ident, 1 if container.aligned else 0)
+        if container.holds_dra:
+            dra_misaligned.add_metric(ident, 1 if container.dra_misaligned else 0)
     yield spans
     yield aligned
+    yield dra_misaligned
 
     stale = GaugeMetricFamily(
         f"{PREFIX}stale_entries", "Kubelet state entries for pods no longer on the node.", labels=["source"]
@@ -282,6 +301,28 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     yield GaugeMetricFamily(
         f"{PREFIX}last_refresh_timestamp_seconds", "When the current snapshot was built.", value=snapshot.taken_at
     )
+
+
+def _dra_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    health = GaugeMetricFamily(
+        f"{PREFIX}dra_device_health",
+        "1 for the health the kubelet last heard from the DRA driver for a device (dra_health_state).",
+        labels=["resource", "pool", "device", "health"],
+    )
+    unpublished = GaugeMetricFamily(
+        f"{PREFIX}dra_device_unpublished",
+        "1 for a DRA device a claim still holds though no ResourceSlice of this node publishes it now.",
+        labels=["resource", "pool", "device"],
+    )
+    dra = snapshot.accounting.dra
+    for device in dra.devices if dra is not None else ():
+        ident = [device.resource, device.ref.pool, device.ref.device]
+        if device.health is not None:
+            health.add_metric([*ident, device.health], 1)
+        if not device.published:
+            unpublished.add_metric(ident, 1)
+    yield health
+    yield unpublished
 
 
 def _errors(errors: Mapping[tuple[str, str], int]) -> Metric:

@@ -3,7 +3,9 @@
 Zones `node-<N>` of type `Node`, sorted by name as resource-topology-exporter sorts them; `costs` from
 the SLIT distances; per resource capacity/allocatable/available as integer quantities. Devices with no
 known NUMA node (-1) and resources whose availability is unknown are left out: a scheduler must never
-be told a number we do not know. Top-level attributes carry the kubelet's policies and the pod
+be told a number we do not know. DRA devices (`dra:<driver>`) are left out too: the scheduler allocates
+them from the ResourceSlices itself, and a zone resource it cannot request would only mislead. CPUs a
+CPU DRA driver took are already out of `cpu` available. Top-level attributes carry the kubelet's policies and the pod
 fingerprint; the object is owned by the Node so it is garbage-collected with it.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+from exporter.dra import is_dra_resource
 from exporter.fingerprint import (
     ANNOTATION,
     ATTRIBUTE,
@@ -85,10 +88,13 @@ def _pinned_pods(snapshot: Snapshot) -> set[str]:
 
 
 def zone_resources(snapshot: Snapshot) -> dict[int, list[dict[str, Any]]]:
-    """NUMA node -> the `resources` of its zone: every account with a known NUMA node and availability."""
+    """NUMA node -> the `resources` of its zone: every account with a known NUMA node and availability,
+    DRA devices excepted (see the module's docstring)."""
     resources: dict[int, list[dict[str, Any]]] = {numa.numa_node: [] for numa in snapshot.topology.numa_nodes}
     for account in sorted(snapshot.accounting.accounts, key=lambda a: a.resource):
         if account.numa_node == UNKNOWN_NUMA_NODE or account.available is None or account.numa_node not in resources:
+            continue
+        if is_dra_resource(account.resource):
             continue
         resources[account.numa_node].append(
             {

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from exporter.cpuset import format_cpuset
+from exporter.dra import DraView
 from exporter.model import Topology
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
@@ -207,18 +208,21 @@ def render_snapshot(snapshot: Snapshot) -> str:
         )
         out.append(
             table(
-                ("POD", "CONTAINER", "NUMA NODES PER RESOURCE", "ALIGNED"),
+                ("POD", "CONTAINER", "NUMA NODES PER RESOURCE", "ALIGNED", "DRA"),
                 (
                     (
                         f"{c.namespace}/{c.pod}" if c.pod else c.pod_uid,
                         c.container,
                         " ".join(f"{r}={format_cpuset(n) if min(n) >= 0 else '-1'}" for r, n in c.numa_nodes.items()),
                         "yes" if c.aligned else "NO",
+                        ("MISALIGNED" if c.dra_misaligned else "aligned") if c.holds_dra else "-",
                     )
                     for c in accounting.containers
                 ),
             )
         )
+    if accounting.dra is not None and accounting.dra.devices:
+        out.append(_dra_table(accounting.dra))
     stale = {source: count for source, count in accounting.stale_entries.items() if count}
     if stale:
         out.append(
@@ -239,6 +243,27 @@ def render_snapshot(snapshot: Snapshot) -> str:
             )
         )
     return "".join(out)
+
+
+def _dra_table(dra: DraView) -> str:
+    allocated = sum(1 for device in dra.devices if device.ref in dra.allocated)
+    heading = f"\nDRA devices: {len(dra.devices)}, allocated: {allocated}\n"
+    return heading + table(
+        ("RESOURCE", "POOL", "DEVICE", "NUMA", "FROM", "ALLOCATED", "HEALTH", "PUBLISHED"),
+        (
+            (
+                device.resource,
+                device.ref.pool,
+                device.ref.device,
+                format_cpuset(device.numa_nodes) or "-1",
+                device.numa_source,
+                "yes" if device.ref in dra.allocated else "no",
+                device.health or "-",
+                "yes" if device.published else "NO (slice withdrawn)",
+            )
+            for device in dra.devices
+        ),
+    )
 
 
 def _amount(resource: str, value: int) -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from exporter.errors import ApiCrdMissing, ApiError
-from exporter.model import PodRef
+from exporter.model import DraClaim, PodRef
 from exporter.publisher.api import GONE, KubeApi, pod_ref
+from exporter.sources.dra_api import resource_claim
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 300
@@ -183,3 +184,92 @@ def _slice(obj: Any) -> dict[str, Any] | None:
     """Only the spec is kept: status and metadata change without changing a device."""
     spec = obj.get("spec") if isinstance(obj, dict) else None
     return {"spec": spec} if isinstance(spec, dict) else None
+
+
+class ClaimFetcher:
+    """The ResourceClaims this node's pods use, each read with one GET (`resourceclaims` `get` only: a
+    cluster-wide claim watch would carry every claim of the cluster to every node).
+
+    A claim is read again when the set of pods using it changes (a claim deleted and made again under the
+    same name, for a new pod) and, while it has no allocation yet, every `retry_seconds`. `want()` is
+    called with the pods whenever they change; the fetching runs in a daemon thread, and a change fires
+    the refresh trigger. A claim that cannot be read keeps its last reading (or none).
+    """
+
+    def __init__(
+        self,
+        api: KubeApi,
+        *,
+        on_change: Callable[[], None],
+        retry_seconds: float = RETRY_SECONDS,
+    ) -> None:
+        self._api = api
+        self._on_change = on_change
+        self._retry = retry_seconds
+        self._lock = threading.Lock()
+        self._wanted: dict[tuple[str, str], frozenset[str]] = {}  # (namespace, name) -> pod UIDs using it
+        self._read: dict[tuple[str, str], tuple[frozenset[str], DraClaim | None]] = {}
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self.gets = 0
+        self.failures = 0
+
+    def want(self, pods: Iterable[PodRef]) -> None:
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for pod in pods:
+            for use in pod.claims:
+                wanted.setdefault((pod.namespace, use.claim), set()).add(pod.uid)
+        with self._lock:
+            self._wanted = {key: frozenset(uids) for key, uids in wanted.items()}
+        self._wake.set()
+
+    def claims(self) -> tuple[DraClaim, ...]:
+        with self._lock:
+            found = [claim for key, (_, claim) in self._read.items() if key in self._wanted and claim]
+        return tuple(sorted(found, key=lambda claim: (claim.namespace, claim.name)))
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        def notify() -> None:
+            loop.call_soon_threadsafe(self._on_change)
+
+        threading.Thread(target=self._loop, args=(notify,), name="resourceclaim-get", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._wake.set()
+
+    def _due(self) -> list[tuple[tuple[str, str], frozenset[str]]]:
+        with self._lock:
+            for key in set(self._read) - set(self._wanted):
+                del self._read[key]
+            return [
+                (key, uids)
+                for key, uids in self._wanted.items()
+                if key not in self._read or self._read[key][0] != uids or not (self._read[key][1] or _NONE).devices
+            ]
+
+    def _loop(self, notify: Callable[[], None]) -> None:
+        while not self._stopped.is_set():
+            self._wake.clear()
+            pending = False
+            for key, uids in self._due():
+                namespace, name = key
+                try:
+                    self.gets += 1
+                    claim = resource_claim(self._api.get(f"{CLAIMS.format(namespace=namespace)}/{name}"))
+                except ApiError as exc:
+                    self.failures += 1
+                    log.warning("resourceclaim %s/%s: %s; trying again in %.0f s", namespace, name, exc, self._retry)
+                    pending = True
+                    continue
+                with self._lock:
+                    before = self._read.get(key, (frozenset(), None))[1]
+                    self._read[key] = (uids, claim)
+                pending = pending or claim is None or not claim.devices
+                if claim != before:
+                    notify()
+            self._wake.wait(self._retry if pending else None)
+
+
+_NONE = DraClaim(namespace="", name="", uid="", devices=())
+CLAIMS = "/apis/resource.k8s.io/v1/namespaces/{namespace}/resourceclaims"
