@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.errors import ConfigError, SourceMissing
+from exporter.errors import ConfigError, SourceMissing, SourceUnavailable
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
@@ -253,6 +253,8 @@ def dra_reading(slices: Any, claims: Any, *, node_name: str) -> DraApiReading:
     """This node's slices and its pods' claims; unavailable until the slices are listed once."""
     if not slices.served:
         raise SourceMissing(RESOURCE_SLICES, "the API server does not serve resource.k8s.io/v1 resourceslices")
+    if slices.error is not None:
+        raise SourceUnavailable(RESOURCE_SLICES, f"cannot list this node's ResourceSlices: {slices.error}")
     if not slices.synced:
         raise SourceMissing(RESOURCE_SLICES, "this node's ResourceSlices are not listed yet")
     return DraApiReading(devices=slice_devices(slices.values(), node_name=node_name), claims=claims.claims())

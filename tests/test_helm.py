@@ -187,3 +187,19 @@ def test_the_podresources_socket_is_reached_read_only_and_can_be_turned_off() ->
     }  # fmt: skip
     off, _ = container_of({"podresources": {"enabled": False}})
     assert "--no-podresources" in off["args"]
+
+
+def test_dra_reads_are_granted_only_when_dra_is_on() -> None:
+    def rules(values: dict[str, Any]) -> set[tuple[str, str, str]]:
+        (role,) = by_kind(render(values), "ClusterRole")
+        return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                for v in rule["verbs"]}  # fmt: skip
+
+    dra = {("resource.k8s.io", "resourceslices", "list"), ("resource.k8s.io", "resourceslices", "watch"),
+           ("resource.k8s.io", "resourceclaims", "get")}  # fmt: skip
+    assert dra <= rules({})
+    assert not {r for r in rules({"dra": {"enabled": False}}) if r[0] == "resource.k8s.io"}
+    default = daemonset({})["spec"]["template"]["spec"]["containers"][0]["args"]
+    off = daemonset({"dra": {"enabled": False}})["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert build_parser().parse_args(default).dra
+    assert not build_parser().parse_args(off).dra

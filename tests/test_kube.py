@@ -227,6 +227,10 @@ def test_rbac_is_exactly_what_the_agent_uses(
     static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
 ) -> None:
     """Every rule of the chart's ClusterRole is exercised by a running agent, and nothing else is asked."""
+    pod = guaranteed_pod(f"uses-a-claim-{node}"[:60], node)
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimName": f"claim-{node}"[:60]}]
+    pod["spec"]["containers"][0]["resources"]["claims"] = [{"name": "gpu"}]
+    kube.ok("POST", "/api/v1/namespaces/default/pods", pod)  # its claim is read (resourceclaims get)
     with agent(static_machine, kube, proxy, node):
         wait_until(lambda: cpu_available(kube, node) == 10, timeout=15, what="the NRT object")
         # One conflict: the agent reads the object back itself (`get`), as it must when its copy is stale.
@@ -239,6 +243,8 @@ def test_rbac_is_exactly_what_the_agent_uses(
         parts = seen.path.strip("/").split("/")
         group = "" if parts[0] == "api" else parts[1]
         resource_parts = parts[2:] if parts[0] == "api" else parts[3:]
+        if resource_parts[0] == "namespaces" and len(resource_parts) > 2:
+            resource_parts = resource_parts[2:]  # a namespaced object: /namespaces/<ns>/<resource>/<name>
         named = len(resource_parts) > 1
         verb = verbs[seen.method] if named or seen.method != "GET" else ("watch" if seen.watch else "list")
         observed.add((group, resource_parts[0], verb))

@@ -60,6 +60,7 @@ class ListWatcher(Generic[V]):
         self._items: dict[str, V] = {}
         self.synced = False
         self.served = True  # False once the API server said it has no such collection (404)
+        self.error: str | None = None  # the last failure, until a list succeeds again
         self._stopped = threading.Event()
 
     def values(self) -> list[V]:
@@ -100,6 +101,7 @@ class ListWatcher(Generic[V]):
                         self._items = items
                     self.synced = True
                     self.served = True
+                    self.error = None
                     if changed:
                         notify()
                 self.watches += 1
@@ -122,7 +124,9 @@ class ListWatcher(Generic[V]):
                     log.info("%s watch: resourceVersion %s expired; re-listing", self._what, version)
                     version = ""
                     continue
-                log.warning("%s watch: %s; re-listing in %.0f s", self._what, exc, self._retry)
+                if str(exc) != self.error:
+                    log.warning("%s watch: %s; re-listing every %.0f s", self._what, exc, self._retry)
+                self.error = str(exc)
                 version = ""
                 self._stopped.wait(self._retry)
 
