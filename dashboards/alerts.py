@@ -30,13 +30,29 @@ def rules() -> dict[str, Any]:
                     },
                     {
                         "alert": "NumaContainerMisaligned",
-                        "expr": f"numa_topology_container_aligned{{{SEL}}} == 0",
+                        # A container whose only misalignment is a DRA device has its own alert (below).
+                        "expr": f"numa_topology_container_aligned{{{SEL}}} == 0 unless on ({node}, pod_uid, container) "
+                        f"numa_topology_container_dra_misaligned{{{SEL}}} == 1",
                         "for": CONFIG["misaligned_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "A container's exclusive resources span NUMA nodes",
                             "description": "{{ $labels.namespace }}/{{ $labels.pod }} container {{ $labels.container }} on "
                             f"{{{{ $labels.{node} }}}} holds CPUs, memory or devices on more than one NUMA node.",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
+                        "alert": "NumaContainerDraMisaligned",
+                        "expr": f"numa_topology_container_dra_misaligned{{{SEL}}} == 1",
+                        "for": CONFIG["dra_misaligned_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "A container's DRA device is on another NUMA node than its CPUs",
+                            "description": "{{ $labels.namespace }}/{{ $labels.pod }} container {{ $labels.container }} on "
+                            f"{{{{ $labels.{node} }}}} holds a DRA device on a NUMA node none of its pinned CPUs, memory or "
+                            "devices are on. The Topology Manager does not align DRA devices: constrain the claim "
+                            "(a CEL selector or matchAttribute on resource.kubernetes.io/numaNode) or use a device plugin.",
                             "dashboard": f"/d/{UIDS['node']}",
                         },
                     },

@@ -10,6 +10,7 @@ CONFIG = {
     # Alerts.
     "stranded_gpu_for": "30m",
     "misaligned_for": "5m",
+    "dra_misaligned_for": "15m",
     "stale_refresh_seconds": 300,
     "stale_for": "5m",
     "source_down_for": "10m",

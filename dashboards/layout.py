@@ -143,6 +143,17 @@ def node_dashboard() -> dict[str, Any]:
         panel(grid, "table", "Container alignment", q["alignment"], width=24, height=10,
               description="NUMA nodes each exclusive resource spans; aligned = 1 when all share one NUMA node.",
               transformations=[{"id": "joinByLabels", "options": {"value": "__name__", "join": ["namespace", "pod", "pod_uid", "container"]}}]),
+        panel(grid, "table", "DRA devices away from their container's CPUs", q["dra_misaligned"], width=24,
+              description="Containers holding a DRA device (ResourceClaim) on a NUMA node where none of their pinned "
+                          "CPUs, Static memory or device-plugin devices are. The Topology Manager does not align DRA "
+                          "devices, so the kubelet admits these without error: see numa_topology_container_numa_nodes "
+                          "for where each resource is.",
+              transformations=_merge()),
+        panel(grid, "table", "DRA devices: NUMA node, pool, health, withdrawn slices", q["dra_devices"], width=24,
+              description="Devices this node's ResourceSlices publish (resource dra:<driver>), their NUMA node from the "
+                          "slice's attributes or the hardware (-1: unknown), the health the kubelet last heard, and "
+                          "devices a claim still holds after their slice was withdrawn.",
+              transformations=_merge()),
         panel(grid, "timeseries", "numastat: misses, foreign and remote allocations", q["numastat"], width=12, unit="ops"),
         panel(grid, "stat", "Sources up", q["sources"], width=6,
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
@@ -172,6 +183,10 @@ def cluster_dashboard() -> dict[str, Any]:
         panel(grid, "stat", "Misaligned containers", q["misaligned"], width=6,
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
         panel(grid, "table", "Misaligned containers", q["misaligned_list"], width=18, transformations=_merge()),
+        panel(grid, "stat", "Containers with a DRA device away from their CPUs", q["dra_misaligned"], width=6,
+              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
+        panel(grid, "table", "Containers with a DRA device away from their CPUs", q["dra_misaligned_list"], width=18,
+              transformations=_merge()),
         _heatmap(panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
                        transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}])),
         panel(grid, "timeseries", "Exporters not refreshing", q["not_refreshing"], width=8, unit="s"),

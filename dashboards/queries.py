@@ -55,6 +55,14 @@ NODE_QUERIES: dict[str, list[Query]] = {
         Query(f"numa_topology_container_numa_nodes{{{NODE}}}", instant=True),
         Query(f"numa_topology_container_aligned{{{NODE}}}", instant=True),
     ],
+    "dra_misaligned": [
+        Query(f"numa_topology_container_dra_misaligned{{{NODE}}} == 1", instant=True, expect_data=False),
+    ],
+    "dra_devices": [
+        Query(f'numa_topology_device_info{{{NODE}, resource=~"dra:.*"}}', instant=True, expect_data=False),
+        Query(f"numa_topology_dra_device_health{{{NODE}}}", instant=True, expect_data=False),
+        Query(f"numa_topology_dra_device_unpublished{{{NODE}}}", instant=True, expect_data=False),
+    ],
     "numastat": [
         Query(
             f'rate(numa_topology_numastat_pages_total{{{NODE}, type=~"numa_miss|numa_foreign|other_node"}}[{RATE}])',
@@ -108,6 +116,12 @@ CLUSTER_QUERIES: dict[str, list[Query]] = {
     ],
     "misaligned": [Query(f"count(numa_topology_container_aligned{{{SEL}}} == 0) or vector(0)", instant=True)],
     "misaligned_list": [Query(f"numa_topology_container_aligned{{{SEL}}} == 0", instant=True)],
+    "dra_misaligned": [
+        Query(f"count(numa_topology_container_dra_misaligned{{{SEL}}} == 1) or vector(0)", instant=True)
+    ],
+    "dra_misaligned_list": [
+        Query(f"numa_topology_container_dra_misaligned{{{SEL}}} == 1", instant=True, expect_data=False)
+    ],
     "capacity_heatmap": [
         Query(f'sum by ({N}, numa_node) (numa_topology_resource_available{{{SEL}, resource="cpu"}})', instant=True)
     ],

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from exporter.cpuset import format_cpuset
-from exporter.dra import DraView
+from exporter.dra import DraView, is_dra_resource
 from exporter.model import Topology
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
@@ -166,14 +166,17 @@ def render_snapshot(snapshot: Snapshot) -> str:
     out.append(
         "Sources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in snapshot.sources[1:])
     )
-    out.append("\n\nPer-NUMA accounting (* = NUMA-accounted: the kubelet pins it to NUMA nodes)\n")
+    out.append(
+        "\n\nPer-NUMA accounting (* = NUMA-accounted: the kubelet pins it to NUMA nodes; "
+        "† = DRA: counted per NUMA node, which the kubelet does not align)\n"
+    )
     out.append(
         table(
             ("NUMA", "RESOURCE", "CAPACITY", "ALLOCATABLE", "AVAILABLE", "STRANDED"),
             (
                 (
                     account.numa_node,
-                    account.resource + (" *" if account.resource in accounting.numa_accounted else ""),
+                    account.resource + _marker(account.resource, accounting.numa_accounted),
                     _amount(account.resource, account.capacity),
                     _amount(account.resource, account.allocatable),
                     "unknown" if account.available is None else _amount(account.resource, account.available),
@@ -243,6 +246,12 @@ def render_snapshot(snapshot: Snapshot) -> str:
             )
         )
     return "".join(out)
+
+
+def _marker(resource: str, numa_accounted: frozenset[str]) -> str:
+    if is_dra_resource(resource):
+        return " †"
+    return " *" if resource in numa_accounted else ""
 
 
 def _dra_table(dra: DraView) -> str:
