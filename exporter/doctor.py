@@ -184,7 +184,7 @@ def _topology_refusals(config: KubeletConfig, topology: Topology) -> list[str]:
         if name not in TOPOLOGY_OPTIONS:
             reasons.append(f"unknown topologyManagerPolicyOptions option {name!r}")
     limit = options.get("max-allowable-numa-nodes")
-    if limit is not None and (not limit.isdigit() or int(limit) < 8):
+    if limit is not None and (not (limit.isascii() and limit.isdigit()) or int(limit) < 8):
         reasons.append(f"topologyManagerPolicyOptions max-allowable-numa-nodes {limit!r}: at least 8")
     value = options.get("prefer-closest-numa-nodes")
     if value is not None and value not in GO_BOOLS:

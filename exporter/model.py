@@ -224,7 +224,7 @@ class KubeletConfig:
     @property
     def max_allowable_numa_nodes(self) -> int:
         value = self.topology_manager_policy_options.get("max-allowable-numa-nodes", "8")
-        return int(value) if value.isdigit() else 8
+        return int(value) if value.isascii() and value.isdigit() else 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -124,3 +124,11 @@ def test_cpu_topology_cores_sockets_siblings(machine: HostTree) -> None:
     assert (by_id[19].core_id, by_id[19].socket_id) == (3, 0)
     assert (by_id[9].core_id, by_id[9].socket_id) == (9, 1)
     assert len({(cpu.socket_id, cpu.core_id) for cpu in topology.cpus}) == 16
+
+
+def test_numbers_are_ascii_digits_only() -> None:
+    """Found by the fuzzer: str.isdigit() accepts '¹', which int() refuses; such a line is skipped."""
+    from exporter.sources.numa import parse_node_meminfo, parse_numastat
+
+    assert parse_numastat("numa_hit 12\nnuma_miss ¹\nother_node ٣\n") == {"numa_hit": 12}
+    assert parse_node_meminfo("Node 0 MemTotal:       ¹ kB\n") == parse_node_meminfo("")

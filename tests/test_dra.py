@@ -8,7 +8,10 @@ The fixture machine: NUMA 0 = CPUs 0-7,16-23 with GPUs 0000:1a/1b; NUMA 1 = CPUs
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
+import tempfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +27,7 @@ from exporter.render import render_snapshot
 from exporter.snapshot import RESOURCE_SLICES, Snapshot, SnapshotBuilder
 from exporter.sources import dra_state
 from exporter.sources.dra_api import resource_claim, slice_devices
+from exporter.sources.podresources_v1 import api_pb2
 from tests.hosttree import HostTree
 from tests.kubelet_files import (
     KUBELET_FIXTURES,
@@ -38,6 +42,7 @@ from tests.kubelet_files import (
 from tests.kubelet_files import (
     dra_state as dra_file,
 )
+from tests.podresources_server import PodResourcesServer
 
 VECTORS = KUBELET_FIXTURES / "dra"
 NODE = "node-a"
@@ -444,3 +449,33 @@ def test_dra_health_is_published(machine: HostTree, tmp_path: Path) -> None:
         'numa_topology_dra_device_health{device="gpu-2",health="Unhealthy",pool="node-a",'
         'resource="dra:gpu.example.com"} 1.0' in text
     )
+
+
+def test_podresources_names_the_container_that_holds_a_claim(machine: HostTree) -> None:
+    """The kubelet's podresources API (a real gRPC server) lists each container's claim devices
+    (`dynamic_resources`): the checkpoint's pod-level entry becomes the container's, with no pod spec."""
+    _pinned(machine)
+    replace_atomically(machine.paths.dra_manager_state, dra_file([_entry("a-gpu", POD_A, [(NODE, "gpu-2", ["gpu"])])]))
+    directory = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))
+    server = PodResourcesServer(directory / "kubelet.sock")
+    try:
+        server.serve_state(machine.paths, {POD_A: ("default", "trainer"), POD_B: ("default", "server")})
+        train = next(c for p in server.listed.pod_resources if p.name == "trainer" for c in p.containers)
+        train.dynamic_resources.append(
+            api_pb2.DynamicResource(
+                claim_name="a-gpu",
+                claim_namespace="default",
+                claim_resources=[api_pb2.ClaimResource(driver_name=DRIVER, pool_name=NODE, device_name="gpu-2")],
+            )
+        )
+        paths = dataclasses.replace(machine.paths, podresources_socket_file=directory / "kubelet.sock")
+        pods = (_pod(POD_A, "trainer", []), _pod(POD_B, "server", []))
+        builder = SnapshotBuilder(paths, use_nvml=False, use_udev=False, pods_reader=lambda: pods,
+                                  dra_reader=Api([_slice(GPUS)], []))  # fmt: skip
+        snapshot = builder.build()
+        builder.close()
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    assert snapshot.source("podresources") is not None
+    assert _alignment(snapshot) == {"train": (False, True, {"cpu": frozenset({0}), RESOURCE: frozenset({1})})}

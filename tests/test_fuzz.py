@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,8 @@ from exporter.errors import ExporterError
 from exporter.profiles import parse_profiles
 from exporter.sources.cpu_manager import parse_cpu_manager_state
 from exporter.sources.device_checkpoint import parse_device_checkpoint
+from exporter.sources.dra_api import resource_claim, slice_devices
+from exporter.sources.dra_state import API_VERSION, KIND, parse_dra_health_state, parse_dra_manager_state
 from exporter.sources.kubelet_config import parse_kubelet_config
 from exporter.sources.memory_manager import parse_memory_manager_state
 from exporter.sources.numa import parse_distance, parse_node_meminfo, parse_numastat, parse_proc_meminfo
@@ -42,8 +45,13 @@ STATE_PARSERS: dict[str, Callable[[bytes], Any]] = {
     "cpu_manager_state": parse_cpu_manager_state,
     "memory_manager_state": parse_memory_manager_state,
     "kubelet_internal_checkpoint": parse_device_checkpoint,
+    "dra_manager_state": parse_dra_manager_state,
+    "dra_health_state": parse_dra_health_state,
 }
 FIXTURES = {name: [p.read_bytes() for p in sorted(KUBELET_FIXTURES.glob(f"{name}.*.json"))] for name in STATE_PARSERS}
+FIXTURES["dra_manager_state"] = [p.read_bytes() for p in sorted((KUBELET_FIXTURES / "dra").glob("*.json"))
+                                 if not p.name.startswith("health")]  # fmt: skip
+FIXTURES["dra_health_state"] = [(KUBELET_FIXTURES / "dra" / "health-state.json").read_bytes()]
 TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
     "cpuset": parse_cpuset,
     "sysfs cpulist": parse_sysfs_cpulist,
@@ -58,7 +66,9 @@ TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
 }
 KEYS = ["policyName", "defaultCpuSet", "entries", "checksum", "machineState", "memoryMap", "Data", "PodDeviceEntries",
         "RegisteredDevices", "DeviceIDs", "Checksum", "podEntries", "data", "dataChecksum", "cells", "numaAffinity",
-        "total", "free", "allocatable", "AllocResp", "PodUID", "ResourceName", "cpuSet", "memoryBlocks"]  # fmt: skip
+        "total", "free", "allocatable", "AllocResp", "PodUID", "ResourceName", "cpuSet", "memoryBlocks",
+        "kind", "apiVersion", "Entries", "ClaimUID", "ClaimName", "Namespace", "PodUIDs", "DriverState", "Devices",
+        "PoolName", "DeviceName", "RequestNames", "Health", "Message", "version", "entries"]  # fmt: skip
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=False)
     | st.text(max_size=10) | st.sampled_from(["0-3", "static", "Static", "None", "-1", "", "GPU-x", "AAAA"]),
@@ -114,6 +124,27 @@ def test_state_files_random_json(name: str, document: Any) -> None:
 @given(raw=st.binary(max_size=300))
 def test_state_files_random_bytes(name: str, raw: bytes) -> None:
     survives(f"{name} (random bytes)", STATE_PARSERS[name], raw)
+
+
+@BUDGET
+@given(entries=JSON)
+def test_dra_checkpoint_behind_a_valid_checksum(entries: Any) -> None:
+    """Past the CRC-32: a Data the checksum vouches for, with anything inside."""
+    data = json.dumps({"kind": KIND, "apiVersion": API_VERSION, "Entries": entries})
+    raw = json.dumps({"Data": data, "Checksum": zlib.crc32(data.encode())}).encode()
+    survives("dra_manager_state (checksummed random Data)", parse_dra_manager_state, raw)
+
+
+@BUDGET
+@given(document=JSON, devices=st.lists(JSON, max_size=4))
+def test_dra_api_objects_never_raise(document: Any, devices: list[Any]) -> None:
+    """ResourceSlices and claims are the API server's JSON: whatever their shape, the readers skip what they
+    cannot use and raise nothing at all."""
+    TRIED["ResourceSlice and ResourceClaim JSON"] += 1
+    spec = {"driver": "d", "nodeName": "n", "pool": {"name": "p", "generation": 1}, "devices": devices}
+    slice_devices([document, {"spec": spec}, {"spec": document}], node_name="n")
+    resource_claim(document)
+    resource_claim({"metadata": {"name": "c", "namespace": "ns"}, "status": document})
 
 
 @BUDGET

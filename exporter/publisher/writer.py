@@ -245,4 +245,4 @@ def _older(obj: dict[str, Any], than: dict[str, Any] | None) -> bool:
         return False
     mine = str((obj.get("metadata") or {}).get("resourceVersion") or "")
     theirs = str((than.get("metadata") or {}).get("resourceVersion") or "")
-    return mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)
+    return mine.isascii() and theirs.isascii() and mine.isdigit() and theirs.isdigit() and int(mine) < int(theirs)

@@ -101,5 +101,5 @@ def list_prefixed_ids(directory: str | Path, prefix: str) -> list[int]:
         names = os.listdir(directory)
     except OSError:
         return []
-    ids = [int(name[len(prefix) :]) for name in names if name.startswith(prefix) and name[len(prefix) :].isdigit()]
-    return sorted(ids)
+    suffixes = [name[len(prefix) :] for name in names if name.startswith(prefix)]
+    return sorted(int(suffix) for suffix in suffixes if suffix.isascii() and suffix.isdigit())

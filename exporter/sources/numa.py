@@ -33,7 +33,7 @@ def parse_node_meminfo(text: str) -> dict[str, int]:
     values: dict[str, int] = {}
     for line in text.splitlines():
         fields = line.split()
-        if len(fields) < 4 or fields[0] != "Node" or not fields[2].endswith(":") or not fields[3].isdigit():
+        if len(fields) < 4 or fields[0] != "Node" or not fields[2].endswith(":") or not _is_number(fields[3]):
             continue
         values[fields[2][:-1]] = int(fields[3]) * (1024 if fields[-1] == "kB" else 1)
     return values
@@ -56,11 +56,16 @@ def parse_distance(text: str) -> tuple[int, ...]:
     return tuple(int(field) for field in fields)
 
 
+def _is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts superscripts, which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_numastat(text: str) -> dict[str, int]:
     values: dict[str, int] = {}
     for line in text.splitlines():
         name, _, number = line.partition(" ")
-        if name and number.strip().isdigit():
+        if name and _is_number(number.strip()):
             values[name] = int(number.strip())
     return values
 
@@ -122,7 +127,7 @@ def _read_node_cpus(node_dir: str) -> CpuSet:
         names = os.listdir(node_dir)
     except OSError:
         return frozenset()
-    return frozenset(int(name[3:]) for name in names if name.startswith("cpu") and name[3:].isdigit())
+    return frozenset(int(name[3:]) for name in names if name.startswith("cpu") and _is_number(name[3:]))
 
 
 def _read_hugepages(node_dir: str) -> tuple[HugepagePool, ...]:
