@@ -181,6 +181,18 @@ class ControlPlane:
 
         wait_until(healthy, timeout=60, what="kube-scheduler-nrt /healthz", interval=0.25)
 
+    def stop_scheduler(self) -> None:
+        """The NRT plugin's cache loads the NRT objects that exist when it starts and ignores later ones: a
+        test that publishes new objects starts a fresh scheduler after them (stop, then start_scheduler)."""
+        process = self.processes.pop("kube-scheduler-nrt", None)
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             if process.poll() is None:

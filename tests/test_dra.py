@@ -327,6 +327,9 @@ def test_the_container_whose_dra_gpu_is_away_from_its_cpus_is_misaligned(machine
     assert all(f'pool="{NODE}"' in line for line in device_info)
     assert any('device="gpu-1"' in line and 'numa_node="1"' in line and 'pci_address="0000:8a:00.0"' in line
                for line in device_info)  # fmt: skip
+    rows = {(r.device, r.resource) for r in snapshot.accounting.devices if r.kind == "gpu"}
+    assert ("0000:8a:00.0", "") not in rows, "the GPU discovery sees and the DRA driver publishes is one device"
+    assert {("0000:1a:00.0", ""), ("0000:1b:00.0", ""), ("0000:8b:00.0", ""), ("gpu-1", RESOURCE)} <= rows
     table = render_snapshot(snapshot)
     assert "MISALIGNED" in table
     assert "DRA devices: 4, allocated: 2" in table

@@ -100,6 +100,12 @@ def dra_node(request: pytest.FixtureRequest, kube: ControlPlane) -> Iterator[str
     kube.put(f"{DRA}/deviceclasses", device_class)
     kube.ok("POST", f"{DRA}/resourceslices", _slice(name))
     yield name
+    kube.stop_scheduler()  # started here before other tests' NRT objects exist (see stop_scheduler)
+    # The session's server is shared: a Ready node with capacity left behind would take other tests' pods.
+    kube.request("DELETE", f"/api/v1/nodes/{name}")
+    for container in ("train", "infer"):
+        kube.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}-{container}?gracePeriodSeconds=0")
+        kube.request("DELETE", f"{DRA}/namespaces/{NAMESPACE}/resourceclaims/{name}-{container}")
     kube.request("DELETE", f"{DRA}/resourceslices/{name}-gpus")
 
 

@@ -152,7 +152,9 @@ def cluster(
         for name in nodes:
             wait_until(lambda name=name: kube.nrt(name) is not None, timeout=30, what=f"the NRT of {name}")
         # Only now: the scheduler's overreserve cache (scheduler-plugins 903da7df) loads the NRT objects that
-        # exist when it starts and ignores ones created later ("modified non-existent NRT").
+        # exist when it starts and ignores ones created later ("modified non-existent NRT"): a scheduler
+        # another test started before these objects existed is replaced.
+        kube.stop_scheduler()
         kube.start_scheduler()
         yield nodes
     finally:
