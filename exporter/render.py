@@ -147,7 +147,7 @@ def _sriov(numvfs: int | None, totalvfs: int | None, physfn: str | None) -> str:
 
 def _source_text(source: str, up: bool, available: bool, message: str | None) -> str:
     if up:
-        return f"{source} ok"
+        return f"{source} ok ({message})" if message else f"{source} ok"
     if not available:
         return f"{source} unavailable ({message})"
     return f"{source} DOWN ({message})"

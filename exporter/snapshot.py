@@ -69,6 +69,10 @@ KUBELET_SOURCES = (
     dra_state.HEALTH_SOURCE,
 )
 PODRESOURCES = "podresources"
+UNVERIFIED_DRA = (
+    "read unverified: a 1.27-1.30 checkpoint whose claims carry structured data, a layout whose hashed text "
+    "cannot be reproduced"
+)
 RESOURCE_SLICES = "resource_slices"
 
 
@@ -234,6 +238,8 @@ class SnapshotBuilder:
             if self._use_podresources
             else None,
         )
+        if state.dra is not None and not state.dra.checksum_verified and self._statuses[dra_state.SOURCE].up:
+            self._set(dra_state.SOURCE, SourceStatus(source=dra_state.SOURCE, up=True, message=UNVERIFIED_DRA))
         accounting = account(topology, state, profiles=self.profiles)
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)
@@ -356,7 +362,9 @@ class SnapshotBuilder:
 
     def _set(self, source: str, status: SourceStatus) -> None:
         if self._statuses.get(source) != status:
-            if status.up:
+            if status.up and status.message:
+                log.warning("%s: %s", source, status.message)
+            elif status.up:
                 log.info("%s: read and verified", source)
             elif status.available:
                 log.warning("%s: %s (%s); keeping the last good reading", source, status.message, status.reason)

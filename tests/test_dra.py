@@ -482,3 +482,21 @@ def test_podresources_names_the_container_that_holds_a_claim(machine: HostTree) 
         shutil.rmtree(directory, ignore_errors=True)
     assert snapshot.source("podresources") is not None
     assert _alignment(snapshot) == {"train": (False, True, {"cpu": frozenset({0}), RESOURCE: frozenset({1})})}
+
+
+def test_a_legacy_checkpoint_with_structured_data_is_read_unverified_and_says_so(machine: HostTree) -> None:
+    body = json.loads((VECTORS / "legacy-single.json").read_bytes())
+    body["entries"][0]["ResourceHandles"][0]["structuredData"] = {"nodeName": NODE, "results": []}
+    body["checksum"] = 1  # whatever 1.30 hashed, this reader cannot reproduce it
+    raw = json.dumps(body).encode()
+    checkpoint = dra_state.parse_dra_manager_state(raw)
+    assert checkpoint.version == "legacy"
+    assert not checkpoint.checksum_verified
+    install(machine, config=fixture_config(memory="None"))
+    replace_atomically(machine.paths.dra_manager_state, raw)
+    snapshot = build(machine, None)
+    status = snapshot.source("dra_manager_state")
+    assert status is not None
+    assert status.up
+    assert "unverified" in (status.message or "")
+    assert "dra_manager_state ok (read unverified" in render_snapshot(snapshot)
