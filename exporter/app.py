@@ -25,7 +25,7 @@ from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, regi
 from exporter.model import DraApiReading
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
-from exporter.snapshot import RESOURCE_SLICES, SnapshotBuilder
+from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
 from exporter.sources.dra_api import slice_devices
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
 
@@ -46,6 +46,8 @@ class ServeOptions:
     watch_udev: bool | None = None
     publish_nrt: bool = True
     read_dra: bool = True
+    placement_interval_seconds: float | None = 15.0  # None: no placement sampling
+    placement_all_containers: bool = False
     kubeconfig: Path | None = None
     node_name: str = "localhost"
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
@@ -110,10 +112,15 @@ async def serve(
     nrt = nrt or NrtStats()
     refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
                           stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
-    registry = registry_for(SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt))
-    # What the exposition shows changes only with a refresh (counted whether it succeeded or not) or an NRT
-    # write. Not id(snapshot): a new snapshot may be given the address of the one just freed.
-    cache = CachedExposition(registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version))
+    sampler = PlacementSampler(builder.paths, all_containers=options.placement_all_containers)
+    registry = registry_for(
+        SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt, placement=sampler.latest)
+    )
+    # What the exposition shows changes only with a refresh (counted whether it succeeded or not), a
+    # placement sample or an NRT write. Not id(snapshot): a new snapshot may reuse the address of the old one.
+    cache = CachedExposition(
+        registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples)
+    )
     app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
     await runner.setup()
@@ -143,6 +150,9 @@ async def serve(
         asyncio.create_task(refresher.run(), name="refresher"),
         asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
     }
+    if options.placement_interval_seconds is not None:
+        tasks.add(asyncio.create_task(sample_placement(sampler, refresher, options.placement_interval_seconds),
+                                      name="placement"))  # fmt: skip
     watchers = _start_publishing(
         options, builder=builder, refresher=refresher, trigger=trigger, nrt=nrt, tasks=tasks
     )
@@ -166,6 +176,16 @@ async def serve(
     builder.close()
     log.info("stopped")
     return code
+
+
+async def sample_placement(sampler: PlacementSampler, refresher: Refresher, interval_seconds: float) -> None:
+    """Observed placement every `interval_seconds`, apart from the refresh (memory moves all the time while
+    nothing the refresh watches changes), against the newest snapshot; off the event loop."""
+    while True:
+        snapshot = refresher.current()
+        if snapshot is not None:
+            await asyncio.to_thread(sampler.sample, snapshot)
+        await asyncio.sleep(interval_seconds if snapshot is not None else min(interval_seconds, 0.5))
 
 
 def _warning_counter(nrt: NrtStats, loop: asyncio.AbstractEventLoop) -> Any:

@@ -16,10 +16,18 @@ from exporter import DEFAULT_PORT, __version__
 from exporter.doctor import diagnose
 from exporter.errors import ConfigError, ExporterError
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
-from exporter.paths import DEFAULT_KUBELET_DIR, DEFAULT_POD_LOGS, DEFAULT_PROCFS, DEFAULT_SYSFS, HostPaths
+from exporter.paths import (
+    DEFAULT_CGROUP,
+    DEFAULT_CONTAINER_LOGS,
+    DEFAULT_KUBELET_DIR,
+    DEFAULT_POD_LOGS,
+    DEFAULT_PROCFS,
+    DEFAULT_SYSFS,
+    HostPaths,
+)
 from exporter.profiles import load_profiles
 from exporter.render import render_json, render_snapshot
-from exporter.snapshot import SnapshotBuilder
+from exporter.snapshot import PlacementSampler, SnapshotBuilder
 
 log = logging.getLogger("exporter")
 
@@ -62,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--web.tls-key-file", dest="tls_key_file", type=Path, default=None, help="the certificate's PEM private key"
     )
     serve.add_argument("--resync-interval", type=float, default=60.0, help="seconds between full refreshes")
+    serve.add_argument(
+        "--placement-interval",
+        type=_positive_seconds,
+        default=15.0,
+        help="seconds between observed-placement samples (default 15; memory moves all the time)",
+    )
     serve.add_argument("--debounce", type=float, default=0.1, help="seconds to merge a burst of changes")
     nrt = serve.add_argument_group("NodeResourceTopology publishing")
     nrt.add_argument("--no-nrt", dest="nrt", action="store_false", help="do not publish NodeResourceTopology")
@@ -91,6 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(serve)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (0.1 to 3600 seconds)")
+    return value
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +152,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not read the kubelet's podresources API (state files only)",
     )
+    group.add_argument(
+        "--path.cgroup", dest="cgroup", type=Path, default=DEFAULT_CGROUP, help="cgroup mount (observed placement)"
+    )
+    group.add_argument(
+        "--path.container-logs",
+        dest="container_logs",
+        type=Path,
+        default=DEFAULT_CONTAINER_LOGS,
+        help="the kubelet's container log links (container names without an API server)",
+    )
+    group.add_argument(
+        "--no-placement",
+        dest="placement",
+        action="store_false",
+        help="do not sample where containers run and where their memory is (the cgroup tree)",
+    )
+    group.add_argument(
+        "--placement-all-containers",
+        action="store_true",
+        help="sample every container, not only those holding exclusive resources (more series)",
+    )
     group.add_argument("--profiles", type=Path, default=None, help="YAML file of pod profiles for fit and stranded")
     group.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
     group.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -141,6 +186,8 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
         pod_logs=args.pod_logs,
         kubelet_config_file=args.kubelet_config,
         podresources_socket_file=args.podresources_socket,
+        cgroup=args.cgroup,
+        container_logs=args.container_logs,
     )
 
 
@@ -169,6 +216,8 @@ def builder(args: argparse.Namespace) -> SnapshotBuilder:
 
 def _snapshot(args: argparse.Namespace) -> int:
     snapshot = builder(args).build()
+    sampler = PlacementSampler(host_paths(args), all_containers=args.placement_all_containers)
+    placement = sampler.sample(snapshot) if args.placement else None
     # The daemon's modules (aiohttp, prometheus_client) are imported only by the commands that use them:
     # a one-shot `snapshot` or `doctor` (often run through `kubectl exec`) starts in a fraction of the time.
     if args.format == "nrt":
@@ -181,9 +230,11 @@ def _snapshot(args: argparse.Namespace) -> int:
 
         stats = RefreshStats()
         stats.observe(snapshot.duration_seconds)
-        sys.stdout.write(render_exposition(snapshot, refresh=stats).decode())
+        sys.stdout.write(render_exposition(snapshot, refresh=stats, placement=placement).decode())
+    elif args.format == "json":
+        sys.stdout.write(render_json(snapshot))
     else:
-        sys.stdout.write(render_json(snapshot) if args.format == "json" else render_snapshot(snapshot))
+        sys.stdout.write(render_snapshot(snapshot, placement=placement))
     return 0
 
 
@@ -203,6 +254,8 @@ def _serve(args: argparse.Namespace) -> int:
         debounce_seconds=max(args.debounce, 0.0),
         publish_nrt=args.nrt,
         read_dra=args.dra,
+        placement_interval_seconds=args.placement_interval if args.placement else None,
+        placement_all_containers=args.placement_all_containers,
         kubeconfig=args.kubeconfig,
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.cpuset import format_cpuset
+from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name
 
@@ -81,8 +82,10 @@ class SnapshotCollector(Collector):
         *,
         refresh: RefreshStats | None = None,
         nrt: NrtStats | None = None,
+        placement: Callable[[], PlacementView | None] | None = None,
     ) -> None:
         self._current = current
+        self._placement = placement or (lambda: None)
         self._refresh = refresh
         self._nrt = nrt
 
@@ -90,7 +93,7 @@ class SnapshotCollector(Collector):
         yield from _build_info()
         snapshot = self._current()
         if snapshot is not None:
-            yield from snapshot_metrics(snapshot)
+            yield from snapshot_metrics(snapshot, self._placement())
         if self._refresh is not None:
             buckets, total = self._refresh.read()
             histogram = HistogramMetricFamily(
@@ -128,7 +131,7 @@ def _nrt_metrics(nrt: NrtStats) -> Iterator[Metric]:
         )
 
 
-def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None) -> Iterator[Metric]:
     accounting = snapshot.accounting
     topology = snapshot.topology
     families = {
@@ -276,11 +279,11 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         f"{PREFIX}source_up", "1 when the last read of a source succeeded and verified.", labels=["source"]
     )
-    for status in snapshot.sources:
+    for status in (*snapshot.sources, *((placement.status,) if placement is not None else ())):
         if status.available:
             up.add_metric([status.source], 1 if status.up else 0)
     yield up
-    yield _errors(snapshot.errors_total)
+    yield _errors({**snapshot.errors_total, **(placement.errors_total if placement is not None else {})})
     disagreements = CounterMetricFamily(
         f"{PREFIX}source_disagreements",
         "Distinct disagreements between the kubelet's state files and its podresources API, by resource.",
@@ -300,6 +303,54 @@ def snapshot_metrics(snapshot: Snapshot) -> Iterator[Metric]:
         yield current
     yield GaugeMetricFamily(
         f"{PREFIX}last_refresh_timestamp_seconds", "When the current snapshot was built.", value=snapshot.taken_at
+    )
+    if placement is not None:
+        yield from placement_metrics(placement)
+
+
+def placement_metrics(view: PlacementView) -> Iterator[Metric]:
+    """Observed placement (the cgroup tree), one sample; docs/product.md, "Observed placement"."""
+    ident = ["namespace", "pod", "pod_uid", "container"]
+    memory = GaugeMetricFamily(
+        f"{PREFIX}container_memory_bytes",
+        "A container's memory per NUMA node, from its cgroup's memory.numa_stat (anon or file).",
+        labels=[*ident, "numa_node", "type"],
+    )
+    remote = GaugeMetricFamily(
+        f"{PREFIX}container_remote_memory_ratio",
+        "Share of a container's memory on NUMA nodes holding none of its enforced CPUs (the cross-NUMA tax).",
+        labels=ident,
+    )
+    enforced = GaugeMetricFamily(
+        f"{PREFIX}container_enforced_numa_nodes",
+        "How many NUMA nodes the container's cgroup cpuset allows: its CPUs' (cpu) or cpuset.mems (memory).",
+        labels=[*ident, "resource"],
+    )
+    drift = GaugeMetricFamily(
+        f"{PREFIX}container_placement_drift",
+        "1 where the kubelet pinned CPUs or assigned Static memory that the container's cgroup does not enforce.",
+        labels=[*ident, "resource"],
+    )
+    for container in view.containers:
+        labels = [container.namespace, container.pod, container.pod_uid, container.container]
+        for (numa, kind), size in sorted(container.memory.items()):
+            memory.add_metric([*labels, str(numa), kind], size)
+        remote.add_metric(labels, container.remote_ratio)
+        enforced.add_metric([*labels, "cpu"], len(container.cpu_numa_nodes))
+        enforced.add_metric([*labels, "memory"], len(container.mems))
+        drift.add_metric([*labels, "cpu"], 1 if container.cpu_drift else 0)
+        drift.add_metric([*labels, "memory"], 1 if container.memory_drift else 0)
+    per_numa = GaugeMetricFamily(
+        f"{PREFIX}numa_node_remote_memory_bytes",
+        "Memory on a NUMA node that belongs to sampled containers none of whose enforced CPUs are on it.",
+        labels=["numa_node"],
+    )
+    for numa, size in view.remote_bytes_by_numa.items():
+        per_numa.add_metric([str(numa)], size)
+    yield from (memory, remote, enforced, drift, per_numa)
+    yield GaugeMetricFamily(
+        f"{PREFIX}placement_last_sample_timestamp_seconds", "When the last placement sample was taken.",
+        value=view.taken_at,
     )
 
 
@@ -361,6 +412,13 @@ def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
     return registry
 
 
-def render_exposition(snapshot: Snapshot, *, refresh: RefreshStats | None = None, nrt: NrtStats | None = None) -> bytes:
+def render_exposition(
+    snapshot: Snapshot,
+    *,
+    refresh: RefreshStats | None = None,
+    nrt: NrtStats | None = None,
+    placement: PlacementView | None = None,
+) -> bytes:
     """The text exposition for one snapshot: what `serve` answers on /metrics for it."""
-    return generate_latest(registry_for(SnapshotCollector(lambda: snapshot, refresh=refresh, nrt=nrt)))
+    collector = SnapshotCollector(lambda: snapshot, refresh=refresh, nrt=nrt, placement=lambda: placement)
+    return generate_latest(registry_for(collector))

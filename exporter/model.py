@@ -215,6 +215,8 @@ class KubeletConfig:
     kube_reserved: Mapping[str, str] = field(default_factory=dict)
     eviction_hard: Mapping[str, str] | None = None  # None: unset, the kubelet's defaults apply
     feature_gates: Mapping[str, bool] = field(default_factory=dict)
+    cgroup_driver: str = "cgroupfs"
+    cgroup_root: str = "/"
     from_file: bool = False
 
     @property
@@ -241,6 +243,7 @@ class PodRef:
     non_native: frozenset[str] = frozenset()
     running: bool = False  # status.phase Running: the kubelet admitted and started it
     claims: tuple[ContainerClaim, ...] = ()  # the DRA claims its containers use
+    container_ids: tuple[tuple[str, str], ...] = ()  # (runtime container ID, container name), from its statuses
 
 
 # --- the kubelet's podresources API (sources/podresources.py) ---------------------------------------------
@@ -396,3 +399,38 @@ class DraApiReading:
     devices: tuple[SliceDevice, ...]
     claims: tuple[DraClaim, ...]
     remembered: tuple[SliceDevice, ...] = ()  # devices no slice publishes now, as a slice last described them
+
+
+# --- observed placement: the kubelet's cgroup tree (sources/cgroups.py, sources/container_logs.py) ---------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerCgroup:
+    """One container's cgroup: what the kernel enforces (cpuset) and where its memory is (numa_stat)."""
+
+    pod_uid: str
+    container_id: str  # 64 hex digits, as the runtime names it
+    runtime: str  # "containerd", "cri-o", "docker"
+    qos: str  # "guaranteed", "burstable", "besteffort" (the kubelet's QoS cgroup it is under)
+    cpus: frozenset[int]
+    mems: frozenset[int]
+    memory: Mapping[tuple[int, str], int]  # (NUMA node, "anon" or "file") -> bytes
+    sandbox: bool = False  # the pod's pause container, by its process's command
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CgroupReading:
+    version: int  # 1 or 2
+    driver: str  # "cgroupfs" or "systemd"
+    containers: tuple[ContainerCgroup, ...]
+    vanished: int = 0  # containers that disappeared while they were read
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggedContainer:
+    """A `/var/log/containers/<pod>_<namespace>_<container>-<id>.log` link: a container's name by its ID."""
+
+    namespace: str
+    pod: str
+    container: str
+    container_id: str

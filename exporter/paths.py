@@ -13,6 +13,8 @@ DEFAULT_SYSFS = Path("/sys")
 DEFAULT_PROCFS = Path("/proc")
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet")
 DEFAULT_POD_LOGS = Path("/var/log/pods")
+DEFAULT_CGROUP = Path("/sys/fs/cgroup")
+DEFAULT_CONTAINER_LOGS = Path("/var/log/containers")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,6 +25,8 @@ class HostPaths:
     pod_logs: Path = DEFAULT_POD_LOGS
     kubelet_config_file: Path | None = None
     podresources_socket_file: Path | None = None
+    cgroup: Path = DEFAULT_CGROUP
+    container_logs: Path = DEFAULT_CONTAINER_LOGS
 
     @property
     def numa_nodes_dir(self) -> Path:

@@ -138,3 +138,18 @@ def container_claims(pod: Mapping[str, Any]) -> tuple[ContainerClaim, ...]:
                     )
                 )
     return tuple(uses)
+
+
+def container_ids(pod: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(runtime container ID, container name) for each container the pod's statuses name
+    (`containerd://<id>`, `cri-o://<id>`); init and ephemeral containers too: a sidecar holds resources."""
+    status = pod.get("status") or {}
+    found = []
+    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
+        for item in status.get(key) or []:
+            if not isinstance(item, dict):
+                continue
+            name, ident = item.get("name"), item.get("containerID")
+            if isinstance(name, str) and isinstance(ident, str) and "://" in ident:
+                found.append((ident.split("://", 1)[1], name))
+    return tuple(sorted(found))

@@ -11,6 +11,7 @@ from typing import Any
 from exporter.cpuset import format_cpuset
 from exporter.dra import DraView, is_dra_resource
 from exporter.model import Topology
+from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
 
@@ -153,7 +154,7 @@ def _source_text(source: str, up: bool, available: bool, message: str | None) ->
     return f"{source} DOWN ({message})"
 
 
-def render_snapshot(snapshot: Snapshot) -> str:
+def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = None) -> str:
     """The topology table, then the kubelet's view: per-NUMA accounting, fit, and misaligned containers."""
     out = [render_topology(snapshot.topology)]
     state, accounting = snapshot.kubelet, snapshot.accounting
@@ -226,6 +227,8 @@ def render_snapshot(snapshot: Snapshot) -> str:
         )
     if accounting.dra is not None and accounting.dra.devices:
         out.append(_dra_table(accounting.dra))
+    if placement is not None:
+        out.append(_placement_table(placement))
     stale = {source: count for source, count in accounting.stale_entries.items() if count}
     if stale:
         out.append(
@@ -246,6 +249,45 @@ def render_snapshot(snapshot: Snapshot) -> str:
             )
         )
     return "".join(out)
+
+
+def _placement_table(view: PlacementView) -> str:
+    """Intended (the kubelet's state files) vs enforced (the cgroup's cpuset) vs observed (its memory)."""
+    if not view.status.up:
+        state = "unavailable" if not view.status.available else "DOWN"
+        return f"\nObserved placement: {view.status.source} {state} ({view.status.message})\n"
+    scope = "all containers" if view.all_containers else "containers holding exclusive resources"
+    drifting = sum(1 for c in view.containers if c.cpu_drift or c.memory_drift)
+    heading = f"\nObserved placement ({scope}): {len(view.containers)}, drifting: {drifting}\n"
+    if not view.containers:
+        return heading
+    return heading + table(
+        ("POD", "CONTAINER", "CPUS: PINNED -> ENFORCED", "MEMS: STATIC -> ENFORCED", "MEMORY PER NUMA", "REMOTE",
+         "DRIFT"),
+        (
+            (
+                f"{c.namespace}/{c.pod}" if c.pod else c.pod_uid,
+                c.container,
+                f"{_set_or_dash(c.intended_cpus)} -> {format_cpuset(c.cpus)} (NUMA {format_cpuset(c.cpu_numa_nodes)})",
+                f"{_set_or_dash(c.intended_mems)} -> {format_cpuset(c.mems)}",
+                " ".join(f"{n}:{human_bytes(b)}" for n, b in sorted(_per_numa(c.memory).items())) or "-",
+                f"{c.remote_ratio:.0%}",
+                ",".join(r for r, d in (("cpu", c.cpu_drift), ("memory", c.memory_drift)) if d) or "-",
+            )
+            for c in view.containers
+        ),
+    )  # fmt: skip
+
+
+def _set_or_dash(values: frozenset[int] | None) -> str:
+    return format_cpuset(values) if values else "-"
+
+
+def _per_numa(memory: Mapping[tuple[int, str], int]) -> dict[int, int]:
+    found: dict[int, int] = {}
+    for (numa, _), size in memory.items():
+        found[numa] = found.get(numa, 0) + size
+    return found
 
 
 def _marker(resource: str, numa_accounted: frozenset[str]) -> str:

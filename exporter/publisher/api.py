@@ -29,7 +29,7 @@ from exporter.errors import (
 )
 from exporter.model import PodRef
 from exporter.nrt import GROUP, PLURAL, VERSION
-from exporter.podspec import container_claims, exclusivity
+from exporter.podspec import container_claims, container_ids, exclusivity
 
 T = TypeVar("T")
 
@@ -281,4 +281,5 @@ def pod_ref(pod: Any) -> PodRef | None:
         non_native=non_native,
         running=(pod.get("status") or {}).get("phase") == "Running",
         claims=container_claims(pod),
+        container_ids=container_ids(pod),
     )

@@ -34,6 +34,9 @@ def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
     return parse_kubelet_config(read_bounded(paths.kubelet_config, source=SOURCE, limit_bytes=LIMIT_BYTES))
 
 
+CGROUP_DRIVERS = ("cgroupfs", "systemd")
+
+
 def parse_kubelet_config(raw: bytes) -> KubeletConfig:
     try:
         document = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
@@ -71,6 +74,8 @@ def parse_kubelet_config(raw: bytes) -> KubeletConfig:
         kube_reserved=_string_map(document, "kubeReserved"),
         eviction_hard=_string_map(document, "evictionHard") if document.get("evictionHard") is not None else None,
         feature_gates=_feature_gates(document.get("featureGates")),
+        cgroup_driver=_choice(document, "cgroupDriver", "cgroupfs", CGROUP_DRIVERS, fold=False),
+        cgroup_root=_string(document.get("cgroupRoot"), "cgroupRoot") or "/",
         from_file=True,
     )
 
