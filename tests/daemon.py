@@ -60,7 +60,8 @@ class Daemon:
         command = [
             *without_capabilities(), sys.executable, "-m", "exporter", "serve", "--web.listen-address", "127.0.0.1:0",
             "--path.sysfs", str(paths.sysfs), "--path.procfs", str(paths.procfs),
-            "--path.kubelet", str(paths.kubelet_dir), "--path.pod-logs", str(paths.pod_logs), *extra,
+            "--path.kubelet", str(paths.kubelet_dir), "--path.pod-logs", str(paths.pod_logs),
+            "--path.cgroup", str(paths.cgroup), "--path.container-logs", str(paths.container_logs), *extra,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command,

@@ -32,7 +32,12 @@ class HostTree:
     @property
     def paths(self) -> HostPaths:
         return HostPaths(
-            sysfs=self.sys, procfs=self.root / "proc", kubelet_dir=self.kubelet, pod_logs=self.root / "pods"
+            sysfs=self.sys,
+            procfs=self.root / "proc",
+            kubelet_dir=self.kubelet,
+            pod_logs=self.root / "pods",
+            cgroup=self.sys / "fs" / "cgroup",
+            container_logs=self.root / "containers",
         )
 
     def write(self, relative: str | Path, text: str) -> Path:
