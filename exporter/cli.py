@@ -52,6 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(snapshot)
     doctor = commands.add_parser("doctor", help="check the kubelet configuration against what NUMA alignment needs")
     _add_common(doctor)
+    verify = commands.add_parser(
+        "verify",
+        help="inside a container: check its own CPUs, memory, GPUs and NICs sit on one NUMA node",
+        description="Exit status: 0 aligned, 1 not aligned, 2 could not verify (or a usage error).",
+    )
+    verify.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    verify.add_argument("--pid", default="self", help="the process to check (default: this one)")
+    verify.add_argument("--path.sysfs", dest="sysfs", type=Path, default=DEFAULT_SYSFS, help="sysfs mount point")
+    verify.add_argument("--path.procfs", dest="procfs", type=Path, default=DEFAULT_PROCFS, help="procfs mount point")
+    verify.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
+    verify.add_argument("--log-level", default="error", choices=("debug", "info", "warning", "error"))
     serve = commands.add_parser("serve", help="run the agent: metrics on HTTP, refreshed on every change")
     serve.add_argument(
         "--web.listen-address",
@@ -199,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _snapshot(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "verify":
+            return _verify(args)
         if args.command == "serve":
             return _serve(args)
     except ExporterError as exc:
@@ -264,6 +277,18 @@ def _serve(args: argparse.Namespace) -> int:
         tls_key_file=args.tls_key_file,
     )
     return asyncio.run(serve(builder(args), options, on_listening=lambda line: print(line, flush=True)))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from exporter.verify import verify  # noqa: PLC0415 - see _snapshot
+
+    try:
+        verdict = verify(HostPaths(sysfs=args.sysfs, procfs=args.procfs), use_nvml=args.nvml, pid=args.pid)
+    except ExporterError as exc:
+        print(f"numa-topology-exporter verify: cannot verify: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_json(verdict) if args.format == "json" else verdict.text())
+    return 0 if verdict.aligned else 1
 
 
 def _doctor(args: argparse.Namespace) -> int:
