@@ -292,7 +292,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    findings = diagnose(builder(args).build())
+    snapshot = builder(args).build()
+    placement = PlacementSampler(host_paths(args)).sample(snapshot) if args.placement else None
+    findings = diagnose(snapshot, placement)
     for finding in findings:
         print(finding.line())
     return 1 if any(finding.severity == "error" for finding in findings) else 0

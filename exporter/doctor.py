@@ -14,6 +14,7 @@ from typing import Literal
 from exporter.cpu_assignment import kubelet_numa_node_of_cpu
 from exporter.cpuset import format_cpuset
 from exporter.model import KubeletConfig, Topology
+from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import parse_quantity_exact
 
@@ -194,7 +195,7 @@ def _topology_refusals(config: KubeletConfig, topology: Topology) -> list[str]:
     return reasons
 
 
-def diagnose(snapshot: Snapshot) -> tuple[Finding, ...]:
+def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tuple[Finding, ...]:
     findings: list[Finding] = []
 
     def add(severity: Severity, check: str, message: str, *, blocks_start: bool = False) -> None:
@@ -324,6 +325,8 @@ def diagnose(snapshot: Snapshot) -> tuple[Finding, ...]:
     for status in snapshot.sources:
         if not status.up and status.available:
             add("error", "sources", f"{status.source} could not be read: {status.message}")
+    for finding in placement_findings(placement):
+        findings.append(finding)
     for reason in startup_refusals(config, topology):
         findings.append(
             Finding(
@@ -336,3 +339,31 @@ def diagnose(snapshot: Snapshot) -> tuple[Finding, ...]:
     if not findings:
         add("info", "all", "nothing to change: the configuration supports NUMA alignment")
     return tuple(findings)
+
+
+REMOTE_WARNING = 0.5
+
+
+def placement_findings(view: PlacementView | None) -> list[Finding]:
+    """Drift and remote memory of the sampled containers, in the seeds' words."""
+    if view is None or not view.status.up:
+        return []
+    found = []
+    for c in view.containers:
+        who = f"{c.namespace}/{c.pod} container {c.container}" if c.pod else f"pod {c.pod_uid} container {c.container}"
+        if c.cpu_drift and c.intended_cpus is not None:
+            found.append(Finding(severity="warning", check="placement-drift", message=(
+                f"{who}: the CPU Manager pinned CPUs {format_cpuset(c.intended_cpus)} but its cgroup allows "
+                f"{format_cpuset(c.cpus)}: something rewrote the cpuset (a runtime update, a restart that lost the "
+                "pinning, or another agent); the state file and the kernel disagree")))  # fmt: skip
+        if c.memory_drift and c.intended_mems is not None:
+            found.append(Finding(severity="warning", check="placement-drift", message=(
+                f"{who}: the Memory Manager gave NUMA {format_cpuset(c.intended_mems)} but cpuset.mems is "
+                f"{format_cpuset(c.mems)}: its memory is not held to that NUMA node (the runtime did not apply "
+                "the Memory Manager's cpuset.mems)")))  # fmt: skip
+        if c.exclusive and c.remote_ratio > REMOTE_WARNING:
+            found.append(Finding(severity="warning", check="remote-memory", message=(
+                f"{who}: {c.remote_ratio:.0%} of its memory is on NUMA nodes without its CPUs. A large NumaForeign "
+                "means a cross-NUMA memory placement problem: Memory Manager isn't configured, or the pod isn't "
+                "Guaranteed QoS")))  # fmt: skip
+    return found

@@ -98,7 +98,7 @@ def test_daemonset_security(scenario: str) -> None:
     assert not pod.get("hostPID")
     assert not pod.get("hostIPC")
     host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_volumes - {"pod-resources"} == {"sys", "proc", "kubelet", "pod-logs"}
+    assert host_volumes - {"pod-resources", "cgroup", "container-logs"} == {"sys", "proc", "kubelet", "pod-logs"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
     assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
@@ -203,3 +203,27 @@ def test_dra_reads_are_granted_only_when_dra_is_on() -> None:
     off = daemonset({"dra": {"enabled": False}})["spec"]["template"]["spec"]["containers"][0]["args"]
     assert build_parser().parse_args(default).dra
     assert not build_parser().parse_args(off).dra
+
+
+def test_observed_placement_mounts_the_cgroup_tree_read_only_and_can_be_off_or_widened() -> None:
+    def pod_of(values: dict[str, Any]) -> dict[str, Any]:
+        return dict(daemonset(values)["spec"]["template"]["spec"])
+
+    pod = pod_of({})
+    container = pod["containers"][0]
+    parsed = build_parser().parse_args(container["args"])
+    assert (str(parsed.cgroup), str(parsed.container_logs)) == ("/host/sys/fs/cgroup", "/host/var/log/containers")
+    assert parsed.placement
+    assert parsed.placement_interval == 15
+    assert not parsed.placement_all_containers
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["cgroup"] == {"name": "cgroup", "mountPath": "/host/sys/fs/cgroup", "readOnly": True}
+    assert mounts["container-logs"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["cgroup"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
+    wide = build_parser().parse_args(pod_of({"placement": {"allContainers": True, "interval": 30}})["containers"][0]["args"])
+    assert wide.placement_all_containers
+    assert wide.placement_interval == 30
+    off = pod_of({"placement": {"enabled": False}})
+    assert not build_parser().parse_args(off["containers"][0]["args"]).placement
+    assert not {"cgroup", "container-logs"} & {v["name"] for v in off["volumes"]}

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import main
+from exporter.doctor import diagnose
 from exporter.errors import SourceMissing
 from exporter.metrics import render_exposition
 from exporter.model import PodRef
@@ -263,3 +264,18 @@ def test_serve_samples_apart_from_the_refresh(host: HostTree) -> None:
 def test_the_placement_interval_is_bounded() -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--placement-interval", "0"])
+
+
+def test_doctor_explains_drift_and_remote_memory(host: HostTree) -> None:
+    populate(host, Layout(), db_mems={0, 1})
+    stat = host.paths.cgroup / "kubepods" / f"pod{POD_A}" / APP / "memory.numa_stat"
+    stat.write_text(numa_stat({(0, "anon"): GIB, (1, "anon"): 3 * GIB}, version=2))  # 75 % remote
+    snapshot, view = sample(host)
+    lines = [f.line() for f in diagnose(snapshot, view) if f.check in ("placement-drift", "remote-memory")]
+    assert lines == [
+        "WARNING remote-memory: team-a/trainer-0 container app: 75% of its memory is on NUMA nodes without its "
+        "CPUs. A large NumaForeign means a cross-NUMA memory placement problem: Memory Manager isn't configured, "
+        "or the pod isn't Guaranteed QoS",
+        "WARNING placement-drift: team-b/db-0 container db: the Memory Manager gave NUMA 1 but cpuset.mems is 0-1: "
+        "its memory is not held to that NUMA node (the runtime did not apply the Memory Manager's cpuset.mems)",
+    ]
