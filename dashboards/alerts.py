@@ -57,6 +57,35 @@ def rules() -> dict[str, Any]:
                         },
                     },
                     {
+                        "alert": "NumaContainerRemoteMemory",
+                        # Containers the audit lists hold pinned CPUs, Static memory or devices: Guaranteed pods.
+                        "expr": f"numa_topology_container_remote_memory_ratio{{{SEL}}} > {CONFIG['remote_memory_ratio']} "
+                        f"and on ({node}, pod_uid, container) numa_topology_container_aligned{{{SEL}}}",
+                        "for": CONFIG["remote_memory_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "Most of a Guaranteed container's memory is on another NUMA node than its CPUs",
+                            "description": "{{ $value | humanizePercentage }} of the memory of {{ $labels.namespace }}/{{ $labels.pod }} "
+                            f"container {{{{ $labels.container }}}} on {{{{ $labels.{node} }}}} is on NUMA nodes without its CPUs. "
+                            "A large NumaForeign means a cross-NUMA memory placement problem: Memory Manager isn't configured, "
+                            "or the pod isn't Guaranteed QoS.",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
+                        "alert": "NumaContainerPlacementDrift",
+                        "expr": f"numa_topology_container_placement_drift{{{SEL}}} == 1",
+                        "for": CONFIG["drift_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "A container's cgroup does not enforce what the kubelet assigned",
+                            "description": "{{ $labels.namespace }}/{{ $labels.pod }} container {{ $labels.container }} on "
+                            f"{{{{ $labels.{node} }}}}: the kubelet assigned its {{{{ $labels.resource }}}} to NUMA nodes its cgroup's "
+                            "cpuset does not match. Run numa-topology-exporter doctor on the node.",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
                         "alert": "NumaExporterStale",
                         "expr": f"time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}",
                         "for": CONFIG["stale_for"],

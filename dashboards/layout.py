@@ -154,6 +154,15 @@ def node_dashboard() -> dict[str, Any]:
                           "slice's attributes or the hardware (-1: unknown), the health the kubelet last heard, and "
                           "devices a claim still holds after their slice was withdrawn.",
               transformations=_merge()),
+        panel(grid, "timeseries", "Remote memory share per container", q["locality"], width=12, unit="percentunit",
+              description="Share of each sampled container's memory (cgroup memory.numa_stat) on NUMA nodes holding "
+                          "none of its enforced CPUs: the cross-NUMA tax."),
+        panel(grid, "timeseries", "Memory remote to its owners, per NUMA node", q["remote_memory"], width=12,
+              unit="bytes"),
+        panel(grid, "table", "Placement: drift, enforced NUMA nodes, remote share", q["placement"], width=24,
+              description="Drift = 1 where the kubelet pinned CPUs or assigned Static memory that the container's "
+                          "cgroup does not enforce (e.g. the Memory Manager gave NUMA 0 but cpuset.mems is 0-1).",
+              transformations=_merge()),
         panel(grid, "timeseries", "numastat: misses, foreign and remote allocations", q["numastat"], width=12, unit="ops"),
         panel(grid, "stat", "Sources up", q["sources"], width=6,
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
@@ -186,6 +195,10 @@ def cluster_dashboard() -> dict[str, Any]:
         panel(grid, "stat", "Containers with a DRA device away from their CPUs", q["dra_misaligned"], width=6,
               options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
         panel(grid, "table", "Containers with a DRA device away from their CPUs", q["dra_misaligned_list"], width=18,
+              transformations=_merge()),
+        panel(grid, "stat", "Containers whose cgroup drifted from the kubelet's pinning", q["drifting"], width=6,
+              options={"reduceOptions": {"calcs": ["lastNotNull"]}, "colorMode": "background"}),
+        panel(grid, "table", "Containers with the most memory remote to their CPUs", q["remote_containers"], width=18,
               transformations=_merge()),
         _heatmap(panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
                        transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}])),

@@ -63,6 +63,19 @@ NODE_QUERIES: dict[str, list[Query]] = {
         Query(f"numa_topology_dra_device_health{{{NODE}}}", instant=True, expect_data=False),
         Query(f"numa_topology_dra_device_unpublished{{{NODE}}}", instant=True, expect_data=False),
     ],
+    "locality": [
+        Query(f"numa_topology_container_remote_memory_ratio{{{NODE}}}", legend="{{namespace}}/{{pod}} {{container}}",
+              expect_data=False),
+    ],
+    "placement": [
+        Query(f"numa_topology_container_placement_drift{{{NODE}}} == 1", instant=True, expect_data=False),
+        Query(f"numa_topology_container_enforced_numa_nodes{{{NODE}}}", instant=True, expect_data=False),
+        Query(f"numa_topology_container_remote_memory_ratio{{{NODE}}}", instant=True, expect_data=False),
+    ],
+    "remote_memory": [
+        Query(f"numa_topology_numa_node_remote_memory_bytes{{{NODE}}}", legend="NUMA {{numa_node}}",
+              expect_data=False),
+    ],
     "numastat": [
         Query(
             f'rate(numa_topology_numastat_pages_total{{{NODE}, type=~"numa_miss|numa_foreign|other_node"}}[{RATE}])',
@@ -121,6 +134,16 @@ CLUSTER_QUERIES: dict[str, list[Query]] = {
     ],
     "dra_misaligned_list": [
         Query(f"numa_topology_container_dra_misaligned{{{SEL}}} == 1", instant=True, expect_data=False)
+    ],
+    "drifting": [
+        Query(f"count(numa_topology_container_placement_drift{{{SEL}}} == 1) or vector(0)", instant=True)
+    ],
+    "remote_containers": [
+        Query(
+            f"topk({CONFIG['top_nodes']}, numa_topology_container_remote_memory_ratio{{{SEL}}} > 0)",
+            instant=True,
+            expect_data=False,
+        )
     ],
     "capacity_heatmap": [
         Query(f'sum by ({N}, numa_node) (numa_topology_resource_available{{{SEL}, resource="cpu"}})', instant=True)

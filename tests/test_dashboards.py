@@ -71,7 +71,11 @@ def served_metric_names() -> set[str]:
                 if kind == "histogram":
                     names.update(f"{name}_{suffix}" for suffix in ("bucket", "count", "sum"))
     served_when = {"numa_topology_nrt_writes_total", "numa_topology_nrt_last_success_timestamp_seconds",  # publishing
-                   "numa_topology_source_disagreement"}  # a podresources socket (tests/test_podresources.py)
+                   "numa_topology_source_disagreement",  # a podresources socket (tests/test_podresources.py)
+                   # a cgroup tree (observed placement, tests/test_placement.py)
+                   "numa_topology_container_memory_bytes", "numa_topology_container_remote_memory_ratio",
+                   "numa_topology_container_enforced_numa_nodes", "numa_topology_container_placement_drift",
+                   "numa_topology_numa_node_remote_memory_bytes"}
     return names | served_when
 
 
