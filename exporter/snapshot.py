@@ -400,8 +400,14 @@ class PlacementSampler:
         config = snapshot.kubelet.config
         previous = self._last
         try:
+            logs = container_logs.read_container_logs(self.paths)
+        except SourceError:
+            logs = ()  # names then come from the API, or are the IDs
+        named = {item.container_id for item in logs}
+        named.update(ident for pod in snapshot.kubelet.pods or () for ident, _ in pod.container_ids)
+        try:
             reading = cgroups.read_cgroups(self.paths.cgroup, procfs=self.paths.procfs, driver=config.cgroup_driver,
-                                           cgroup_root=config.cgroup_root)  # fmt: skip
+                                           cgroup_root=config.cgroup_root, named=frozenset(named))  # fmt: skip
         except SourceMissing as exc:
             status = SourceStatus(source=cgroups.SOURCE, up=False, available=False, reason=exc.reason,
                                   message=exc.message)  # fmt: skip
@@ -419,10 +425,6 @@ class PlacementSampler:
                 errors_total=dict(self.errors_total),
             )
             return self._last
-        try:
-            logs = container_logs.read_container_logs(self.paths)
-        except SourceError:
-            logs = ()  # names then come from the API, or are the IDs
         containers = observe(snapshot.topology, snapshot.kubelet, snapshot.accounting.containers, reading, logs,
                              all_containers=self.all_containers)  # fmt: skip
         status = SourceStatus(source=cgroups.SOURCE, up=True)

@@ -34,34 +34,45 @@ QOS_CLASSES = ("guaranteed", "burstable", "besteffort")
 MEMORY_TYPES = ("anon", "file")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 SCOPE = re.compile(r"^(?:(cri-containerd|crio|docker)-)?([0-9a-f]{64})(?:\.scope)?$")
+UID = re.compile(r"[0-9A-Za-z-]+")
 RUNTIMES = {"cri-containerd": "containerd", "crio": "cri-o", "docker": "docker", None: "containerd"}
 LIMIT_BYTES = 1 << 20
+CHUNK = 65536
 
 
-def read_cgroups(root: Path, *, procfs: Path, driver: str = "cgroupfs", cgroup_root: str = "/") -> CgroupReading:
-    """Every container of every pod the kubelet created under `root`."""
+def read_cgroups(
+    root: Path,
+    *,
+    procfs: Path,
+    driver: str = "cgroupfs",
+    cgroup_root: str = "/",
+    named: frozenset[str] = frozenset(),
+) -> CgroupReading:
+    """Every container of every pod the kubelet created under `root`. `named`: container IDs the caller
+    knows as workloads (the API, the log links), whose process need not be read for the sandbox check."""
     if not root.is_dir():
         raise SourceMissing(SOURCE, f"{root} does not exist (no cgroup tree mounted)")
     version = 2 if (root / "cgroup.controllers").exists() else 1
-    tree = _Tree(root if version == 2 else root / "cpuset", root if version == 2 else root / "memory", version, procfs)
-    if not tree.cpuset.is_dir():
+    tree = _Tree(str(root if version == 2 else root / "cpuset"), str(root if version == 2 else root / "memory"),
+                 version, str(procfs), named)  # fmt: skip
+    if not os.path.isdir(tree.cpuset):
         raise SourceMissing(SOURCE, f"{tree.cpuset} does not exist (no cpuset controller)")
     containers: list[ContainerCgroup] = []
     vanished = 0
     found_any = False
     for qos, relative in _qos_dirs(driver, cgroup_root):
         try:
-            names = os.listdir(tree.cpuset / relative)
+            names = os.listdir(f"{tree.cpuset}/{relative}")
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise SourceReadError(SOURCE, f"cannot list {tree.cpuset / relative}: {exc.strerror}") from None
+            raise SourceReadError(SOURCE, f"cannot list {tree.cpuset}/{relative}: {exc.strerror}") from None
         found_any = True
         for name in sorted(names):
             uid = _pod_uid(name, driver=driver, qos=qos, cgroup_root=cgroup_root)
             if uid is None:
                 continue
-            for container in _containers(tree, relative / name, uid, qos):
+            for container in _containers(tree, f"{relative}/{name}", uid, qos):
                 if container is None:
                     vanished += 1
                 else:
@@ -100,20 +111,21 @@ def _pod_uid(name: str, *, driver: str, qos: str, cgroup_root: str) -> str | Non
         if not name.startswith("pod"):
             return None
         uid = name[len("pod") :]
-    return uid if uid and all(c.isascii() and (c.isalnum() or c == "-") for c in uid) else None
+    return uid if UID.fullmatch(uid) else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Tree:
-    cpuset: Path  # where the cpuset files are (the root on v2, <root>/cpuset on v1)
-    memory: Path
+    cpuset: str  # where the cpuset files are (the root on v2, <root>/cpuset on v1)
+    memory: str
     version: int
-    procfs: Path
+    procfs: str
+    named: frozenset[str]
 
 
-def _containers(tree: _Tree, pod: Path, uid: str, qos: str) -> Iterator[ContainerCgroup | None]:
+def _containers(tree: _Tree, pod: str, uid: str, qos: str) -> Iterator[ContainerCgroup | None]:
     try:
-        names = os.listdir(tree.cpuset / pod)
+        names = os.listdir(f"{tree.cpuset}/{pod}")
     except OSError:
         return  # the pod went away between the two listings
     for name in sorted(names):
@@ -121,36 +133,50 @@ def _containers(tree: _Tree, pod: Path, uid: str, qos: str) -> Iterator[Containe
         if match is None:
             continue
         try:
-            yield _container(tree, pod / name, uid=uid, qos=qos, match=match)
+            yield _container(tree, f"{pod}/{name}", uid=uid, qos=qos, match=match)
         except FileNotFoundError:
             yield None  # removed while read: its pod is being deleted
         except ValueError:
             yield None  # a cpuset the kernel would never write: nothing reliable to say about it
         except OSError as exc:
-            raise SourceReadError(SOURCE, f"cannot read {tree.cpuset / pod / name}: {exc.strerror}") from None
+            raise SourceReadError(SOURCE, f"cannot read {tree.cpuset}/{pod}/{name}: {exc.strerror}") from None
 
 
-def _container(tree: _Tree, relative: Path, *, uid: str, qos: str, match: re.Match[str]) -> ContainerCgroup:
+def _container(tree: _Tree, relative: str, *, uid: str, qos: str, match: re.Match[str]) -> ContainerCgroup:
     names = ("cpuset.cpus.effective", "cpuset.mems.effective") if tree.version == 2 else (
         "cpuset.effective_cpus", "cpuset.effective_mems")  # fmt: skip
-    cpus = parse_cpuset(_text(tree.cpuset / relative / names[0]).strip())
-    mems = parse_cpuset(_text(tree.cpuset / relative / names[1]).strip())
-    memory = parse_numa_stat(_text(tree.memory / relative / "memory.numa_stat"), version=tree.version)
+    cpuset_dir = f"{tree.cpuset}/{relative}"
+    runtime = RUNTIMES.get(match.group(1), "containerd")
+    if match.group(2) not in tree.named and _is_sandbox(cpuset_dir, tree.procfs, version=tree.version):
+        # not a workload: its files are not read (a pod's sandbox is a third of a node's container cgroups)
+        return ContainerCgroup(pod_uid=uid, container_id=match.group(2), runtime=runtime, qos=qos, cpus=frozenset(),
+                               mems=frozenset(), memory={}, sandbox=True)  # fmt: skip
+    cpus = parse_cpuset(_text(f"{cpuset_dir}/{names[0]}").strip())
+    mems = parse_cpuset(_text(f"{cpuset_dir}/{names[1]}").strip())
+    memory = parse_numa_stat(_text(f"{tree.memory}/{relative}/memory.numa_stat"), version=tree.version)
     return ContainerCgroup(
         pod_uid=uid,
         container_id=match.group(2),
-        runtime=RUNTIMES.get(match.group(1), "containerd"),
+        runtime=runtime,
         qos=qos,
         cpus=cpus,
         mems=mems,
         memory=memory,
-        sandbox=_is_sandbox(tree.cpuset / relative, tree.procfs),
     )
 
 
-def _text(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return handle.read(LIMIT_BYTES).decode("ascii", errors="replace")
+def _text(path: str) -> str:
+    """A small kernel file, read with one system call where it fits (these are a few hundred bytes)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(descriptor, CHUNK)]
+        total = len(chunks[0])
+        while len(chunks[-1]) == CHUNK and total < LIMIT_BYTES:  # a short read of a kernel file is its end
+            chunks.append(os.read(descriptor, CHUNK))
+            total += len(chunks[-1])
+    finally:
+        os.close(descriptor)
+    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 def parse_numa_stat(text: str, *, version: int) -> dict[tuple[int, str], int]:
@@ -176,17 +202,16 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _is_sandbox(cpuset_dir: Path, procfs: Path) -> bool:
+def _is_sandbox(cpuset_dir: str, procfs: str, *, version: int) -> bool:
     """The pod's pause container: its (one) process runs `pause`. Unreadable: not known to be one."""
-    for listing in ("cgroup.procs", "tasks"):
-        try:
-            pids = _text(cpuset_dir / listing).split()
-        except OSError:
-            continue
-        for pid in pids[:1]:
-            try:
-                argv0 = (procfs / pid / "cmdline").read_bytes().split(b"\0", 1)[0]
-            except OSError:
-                return False
-            return os.path.basename(argv0.decode(errors="replace")) == "pause"
-    return False
+    try:
+        pids = _text(f"{cpuset_dir}/{'cgroup.procs' if version == 2 else 'tasks'}").split(maxsplit=1)
+    except OSError:
+        return False
+    if not pids:
+        return False
+    try:
+        argv0 = _text(f"{procfs}/{pids[0]}/cmdline").split("\0", 1)[0]
+    except OSError:
+        return False
+    return os.path.basename(argv0) == "pause"
