@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import median_seconds, print_table
 from bench.daemon import cpu_and_switches
 from exporter.snapshot import PlacementSampler, SnapshotBuilder
-from tests.cgroup_tree import Layout, add_container, container_log, container_dir_name, pod_dir
+from tests.cgroup_tree import Layout, add_container, container_dir_name, container_log, pod_dir
 from tests.daemon import Daemon, wait_for
 from tests.hosttree import HostTree, fixture_machine
 from tests.kubelet_files import fixture_config, install
