@@ -25,6 +25,8 @@ from exporter.cpuset import parse_cpumask, parse_cpuset, parse_sysfs_cpulist
 from exporter.discovery import discover
 from exporter.errors import ExporterError
 from exporter.profiles import parse_profiles
+from exporter.sources.cgroups import parse_numa_stat
+from exporter.sources.container_logs import parse_container_log_name
 from exporter.sources.cpu_manager import parse_cpu_manager_state
 from exporter.sources.device_checkpoint import parse_device_checkpoint
 from exporter.sources.dra_api import resource_claim, slice_devices
@@ -33,6 +35,7 @@ from exporter.sources.kubelet_config import parse_kubelet_config
 from exporter.sources.memory_manager import parse_memory_manager_state
 from exporter.sources.numa import parse_distance, parse_node_meminfo, parse_numastat, parse_proc_meminfo
 from exporter.sources.pod_logs import parse_pod_log_dir
+from exporter.sources.process import parse_numa_maps, parse_status
 from exporter.units import parse_quantity
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import FIXTURE_CONFIG, KUBELET_FIXTURES
@@ -63,6 +66,11 @@ TEXT_PARSERS: dict[str, Callable[[str], Any]] = {
     "quantity": parse_quantity,
     "profiles": parse_profiles,
     "pod log directory": parse_pod_log_dir,
+    "cgroup memory.numa_stat (v2)": lambda text: parse_numa_stat(text, version=2),
+    "cgroup memory.numa_stat (v1)": lambda text: parse_numa_stat(text, version=1),
+    "container log link": parse_container_log_name,
+    "proc status": parse_status,
+    "proc numa_maps": parse_numa_maps,
 }
 KEYS = ["policyName", "defaultCpuSet", "entries", "checksum", "machineState", "memoryMap", "Data", "PodDeviceEntries",
         "RegisteredDevices", "DeviceIDs", "Checksum", "podEntries", "data", "dataChecksum", "cells", "numaAffinity",
