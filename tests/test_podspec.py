@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exporter.fingerprint import METHOD_ALL, METHOD_WITH_EXCLUSIVE_RESOURCES
-from exporter.podspec import exclusivity, is_native, qos_class
+from exporter.podspec import container_ids, exclusivity, is_native, qos_class
 
 
 def pod(*containers: dict[str, Any], init: tuple[dict[str, Any], ...] = (), qos: str | None = None) -> dict[str, Any]:
@@ -65,3 +65,17 @@ def test_native_resources() -> None:
 
 def test_methods_are_the_consumers_names() -> None:
     assert (METHOD_ALL, METHOD_WITH_EXCLUSIVE_RESOURCES) == ("all", "with-exclusive-resources")
+
+
+def test_container_ids_from_the_statuses() -> None:
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {"name": "app", "containerID": "containerd://" + "a" * 64},
+                {"name": "waiting"},  # not started yet: no ID
+            ],
+            "initContainerStatuses": [{"name": "sidecar", "containerID": "cri-o://" + "b" * 64}],
+        }
+    }
+    assert container_ids(pod) == (("a" * 64, "app"), ("b" * 64, "sidecar"))
+    assert container_ids({}) == ()
