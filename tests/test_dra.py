@@ -23,6 +23,7 @@ from exporter.errors import SourceChecksumError, SourceError, SourceFormatError,
 from exporter.metrics import render_exposition
 from exporter.model import ContainerClaim, DraApiReading, DraDeviceRef, PodRef
 from exporter.nrt import zone_resources
+from exporter.profiles import Profile
 from exporter.render import render_snapshot
 from exporter.snapshot import RESOURCE_SLICES, Snapshot, SnapshotBuilder
 from exporter.sources import dra_state
@@ -500,3 +501,18 @@ def test_a_legacy_checkpoint_with_structured_data_is_read_unverified_and_says_so
     assert status.up
     assert "unverified" in (status.message or "")
     assert "dra_manager_state ok (read unverified" in render_snapshot(snapshot)
+
+
+def test_a_profile_naming_a_dra_device_fits_as_the_best_case(machine: HostTree) -> None:
+    """{dra:gpu.example.com: 1, cpu: 2}: NUMA 0 has gpu-0 free and CPUs free; NUMA 1 has no DRA device
+    free (gpu-1 and gpu-2 held). gpu-3 (unknown place) is in no NUMA node's fit."""
+    _pinned(machine)
+    builder = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, use_podresources=False,
+                              pods_reader=lambda: PODS, dra_reader=Api([_slice(GPUS)], CLAIMS),
+                              profiles=(Profile(name="dra-train", requests={RESOURCE: 1, "cpu": 2}),))  # fmt: skip
+    snapshot = builder.build()
+    (fit,) = snapshot.accounting.fits
+    assert fit.per_numa == {0: 1, 1: 0}
+    assert fit.aligned == 1
+    table = render_snapshot(snapshot)
+    assert f"{RESOURCE} †" in table, "marked as DRA: counted per NUMA node, not aligned by the kubelet"

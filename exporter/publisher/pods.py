@@ -15,7 +15,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from exporter.errors import ApiCrdMissing, ApiError
 from exporter.model import DraClaim, PodRef
@@ -32,25 +32,25 @@ V = TypeVar("V")
 
 
 class ListWatcher(Generic[V]):
-    """Objects of one collection on this node, keyed by UID, each kept as `parse(object)` (None: dropped)."""
+    """Objects of one collection on this node (`spec.nodeName`), keyed by UID, each kept as `parse(object)`
+    (None: dropped). Subclasses name the collection (`what`, `path`) and how an object is kept."""
+
+    what: ClassVar[str]
+    path: ClassVar[str]
 
     def __init__(
         self,
         api: KubeApi,
         *,
-        what: str,
-        path: str,
-        selector: str,
-        parse: Callable[[Any], V | None],
+        node_name: str,
         on_change: Callable[[], None],
         retry_seconds: float = RETRY_SECONDS,
         watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
     ) -> None:
         self._api = api
-        self._what = what
-        self._path = path
-        self._selector = selector
-        self._parse = parse
+        self._what = self.what
+        self._path = self.path
+        self._selector = f"spec.nodeName={node_name}"
         self._on_change = on_change
         self._retry = retry_seconds
         self._watch_timeout = watch_timeout_seconds
@@ -62,6 +62,9 @@ class ListWatcher(Generic[V]):
         self.served = True  # False once the API server said it has no such collection (404)
         self.error: str | None = None  # the last failure, until a list succeeds again
         self._stopped = threading.Event()
+
+    def _parse(self, obj: Any) -> V | None:
+        raise NotImplementedError
 
     def values(self) -> list[V]:
         with self._lock:
@@ -150,18 +153,11 @@ def _uid(obj: Any) -> str:
 
 
 class PodWatcher(ListWatcher[PodRef]):
-    def __init__(
-        self,
-        api: KubeApi,
-        *,
-        node_name: str,
-        on_change: Callable[[], None],
-        retry_seconds: float = RETRY_SECONDS,
-        watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
-    ) -> None:
-        super().__init__(api, what="pod", path=PODS, selector=f"spec.nodeName={node_name}", parse=pod_ref,
-                         on_change=on_change, retry_seconds=retry_seconds,
-                         watch_timeout_seconds=watch_timeout_seconds)  # fmt: skip
+    what = "pod"
+    path = PODS
+
+    def _parse(self, obj: Any) -> PodRef | None:
+        return pod_ref(obj)
 
     def pods(self) -> tuple[PodRef, ...]:
         return tuple(sorted(self.values(), key=lambda pod: (pod.namespace, pod.name)))
@@ -170,18 +166,11 @@ class PodWatcher(ListWatcher[PodRef]):
 class SliceWatcher(ListWatcher[dict[str, Any]]):
     """This node's ResourceSlices, each kept whole (sources/dra_api.py reads them)."""
 
-    def __init__(
-        self,
-        api: KubeApi,
-        *,
-        node_name: str,
-        on_change: Callable[[], None],
-        retry_seconds: float = RETRY_SECONDS,
-        watch_timeout_seconds: int = WATCH_TIMEOUT_SECONDS,
-    ) -> None:
-        super().__init__(api, what="resourceslice", path=RESOURCE_SLICES, selector=f"spec.nodeName={node_name}",
-                         parse=_slice, on_change=on_change, retry_seconds=retry_seconds,
-                         watch_timeout_seconds=watch_timeout_seconds)  # fmt: skip
+    what = "resourceslice"
+    path = RESOURCE_SLICES
+
+    def _parse(self, obj: Any) -> dict[str, Any] | None:
+        return _slice(obj)
 
 
 def _slice(obj: Any) -> dict[str, Any] | None:

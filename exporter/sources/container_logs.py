@@ -5,24 +5,18 @@ no API server is reachable. Pod names and namespaces cannot hold `_`; the ID is 
 
 from __future__ import annotations
 
-import os
 import re
 
-from exporter.errors import SourceMissing, SourceReadError
 from exporter.model import LoggedContainer
 from exporter.paths import HostPaths
+from exporter.sources.files import list_source_dir
 
 SOURCE = "container_logs"
 LINK = re.compile(r"^([^_]+)_([^_]+)_(.+)-([0-9a-f]{64})\.log$")
 
 
 def read_container_logs(paths: HostPaths) -> tuple[LoggedContainer, ...]:
-    try:
-        names = os.listdir(paths.container_logs)
-    except FileNotFoundError:
-        raise SourceMissing(SOURCE, f"{paths.container_logs} does not exist") from None
-    except OSError as exc:
-        raise SourceReadError(SOURCE, f"cannot list {paths.container_logs}: {exc.strerror}") from None
+    names = list_source_dir(paths.container_logs, source=SOURCE)
     found = (parse_container_log_name(name) for name in sorted(names))
     return tuple(item for item in found if item is not None)
 

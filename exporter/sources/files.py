@@ -95,6 +95,16 @@ def list_dir(directory: str | Path) -> list[str]:
         return []
 
 
+def list_source_dir(directory: Path, *, source: str) -> list[str]:
+    """Entry names of a directory a source reads: absent is SourceMissing, unreadable SourceReadError."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        raise SourceMissing(source, f"{directory} does not exist") from None
+    except OSError as exc:
+        raise SourceReadError(source, f"cannot list {directory}: {exc.strerror}") from None
+
+
 def list_prefixed_ids(directory: str | Path, prefix: str) -> list[int]:
     """Numeric suffixes of entries named `<prefix><N>` in a directory, sorted; [] when it is absent."""
     try:

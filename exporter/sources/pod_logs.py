@@ -6,22 +6,15 @@ tell stale kubelet entries apart. Namespaces and pod names cannot hold `_`, so t
 
 from __future__ import annotations
 
-import os
-
-from exporter.errors import SourceMissing, SourceReadError
 from exporter.model import PodRef
 from exporter.paths import HostPaths
+from exporter.sources.files import list_source_dir
 
 SOURCE = "pods"
 
 
 def read_pods_from_logs(paths: HostPaths) -> tuple[PodRef, ...]:
-    try:
-        names = os.listdir(paths.pod_logs)
-    except FileNotFoundError:
-        raise SourceMissing(SOURCE, f"{paths.pod_logs} does not exist") from None
-    except OSError as exc:
-        raise SourceReadError(SOURCE, f"cannot list {paths.pod_logs}: {exc.strerror}") from None
+    names = list_source_dir(paths.pod_logs, source=SOURCE)
     pods = (parse_pod_log_dir(name) for name in names)
     return tuple(sorted((pod for pod in pods if pod is not None), key=lambda pod: (pod.namespace, pod.name)))
 
