@@ -126,7 +126,13 @@ async def serve(
     await runner.setup()
     context = tls_context(options.tls_cert_file, options.tls_key_file)
     site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        builder.close()
+        where = f"{options.host or ''}:{options.port}"
+        raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     scheme = "https" if context is not None else "http"
     for address in runner.addresses:
         host, port = address[0], address[1]

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -80,14 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--web.tls-key-file", dest="tls_key_file", type=Path, default=None, help="the certificate's PEM private key"
     )
-    serve.add_argument("--resync-interval", type=float, default=60.0, help="seconds between full refreshes")
+    serve.add_argument(
+        "--resync-interval",
+        type=_seconds(0.05, 86400),
+        default=60.0,
+        help="seconds between full refreshes (0.05 to 86400; below 1 s only for tests)",
+    )
     serve.add_argument(
         "--placement-interval",
-        type=_positive_seconds,
+        type=_seconds(0.1, 3600),
         default=15.0,
         help="seconds between observed-placement samples (default 15; memory moves all the time)",
     )
-    serve.add_argument("--debounce", type=float, default=0.1, help="seconds to merge a burst of changes")
+    serve.add_argument(
+        "--debounce", type=_seconds(0, 60), default=0.1, help="seconds to merge a burst of changes (0 to 60)"
+    )
     nrt = serve.add_argument_group("NodeResourceTopology publishing")
     nrt.add_argument("--no-nrt", dest="nrt", action="store_false", help="do not publish NodeResourceTopology")
     nrt.add_argument(
@@ -110,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     nrt.add_argument(
         "--nrt-min-interval",
-        type=float,
+        type=_seconds(0, 3600),
         default=0.0,
         help="seconds between NRT writes at least; closer changes are coalesced (default 0: write every change)",
     )
@@ -118,14 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (0.1 to 3600 seconds)")
-    return value
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number of seconds from `low` to `high`, else a one-line usage error (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({low:g} to {high:g} seconds)")
+        return value
+
+    return parse
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -264,7 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         resync_interval_seconds=args.resync_interval,
-        debounce_seconds=max(args.debounce, 0.0),
+        debounce_seconds=args.debounce,
         publish_nrt=args.nrt,
         read_dra=args.dra,
         placement_interval_seconds=args.placement_interval if args.placement else None,
@@ -272,7 +284,7 @@ def _serve(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,
-        nrt_min_interval_seconds=max(args.nrt_min_interval, 0.0),
+        nrt_min_interval_seconds=args.nrt_min_interval,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 from exporter.cpuset import format_cpuset
 from exporter.dra import DraView, is_dra_resource
-from exporter.model import Topology
+from exporter.model import SourceStatus, Topology
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
@@ -125,9 +125,7 @@ def render_topology(topology: Topology) -> str:
                 ),
             )
         )
-    out.append(
-        "\nSources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in topology.sources)
-    )
+    out.append("\n" + _sources_line("Sources", topology.sources))
     out.append("\n")
     for warning in topology.warnings:
         out.append(f"warning: {warning}\n")
@@ -144,6 +142,20 @@ def _sriov(numvfs: int | None, totalvfs: int | None, physfn: str | None) -> str:
     if totalvfs:
         return f"PF {numvfs or 0}/{totalvfs} VFs"
     return "-"
+
+
+def _sources_line(label: str, statuses: Iterable[SourceStatus], *, width: int = 110) -> str:
+    """`label: a ok, b DOWN (why), ...`, wrapped at `width` with the continuation indented under the first."""
+    lines, current = [], f"{label}: "
+    items = [_source_text(s.source, s.up, s.available, s.message) for s in statuses]
+    for index, item in enumerate(items):
+        piece = item + ("," if index < len(items) - 1 else "")
+        if len(current) + len(piece) > width and current.strip() != f"{label}:":
+            lines.append(current.rstrip())
+            current = " " * (len(label) + 2)
+        current += piece + " "
+    lines.append(current.rstrip())
+    return "\n".join(lines)
 
 
 def _source_text(source: str, up: bool, available: bool, message: str | None) -> str:
@@ -164,9 +176,8 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
         f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
         f"reserved CPUs={format_cpuset(accounting.reserved.cpus) or '-'} ({accounting.reserved.source})\n"
     )
-    out.append(
-        "Sources: " + ", ".join(_source_text(s.source, s.up, s.available, s.message) for s in snapshot.sources[1:])
-    )
+    hardware = {status.source for status in snapshot.topology.sources}
+    out.append(_sources_line("Kubelet sources", [s for s in snapshot.sources if s.source not in hardware]))
     out.append(
         "\n\nPer-NUMA accounting (* = NUMA-accounted: the kubelet pins it to NUMA nodes; "
         "† = DRA: counted per NUMA node, which the kubelet does not align)\n"
@@ -181,7 +192,7 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
                     _amount(account.resource, account.capacity),
                     _amount(account.resource, account.allocatable),
                     "unknown" if account.available is None else _amount(account.resource, account.available),
-                    _amount(account.resource, account.stranded) if account.stranded else "-",
+                    "-" if account.available is None else _amount(account.resource, account.stranded),
                 )
                 for account in sorted(accounting.accounts, key=lambda a: (a.numa_node, a.resource))
             ),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -53,3 +54,29 @@ def test_snapshot_table_reads_at_a_glance(machine: HostTree, capsys: pytest.Capt
 def test_missing_sysfs_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     assert main(["snapshot", "--no-nvml", "--path.sysfs", str(tmp_path)]) == 1
     assert "has no devices/system/cpu" in capsys.readouterr().err
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["serve", "--no-nvml", "--no-nrt", "--no-placement", "--path.sysfs", str(machine.sys),
+                     "--web.listen-address", f"127.0.0.1:{port}"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "address already in use" in err.lower()
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flag", [("--resync-interval", "0"), ("--resync-interval", "-5"), ("--debounce", "-1"), ("--debounce", "61"),
+             ("--nrt-min-interval", "-1"), ("--placement-interval", "0"), ("--resync-interval", "soon")],
+)  # fmt: skip
+def test_flags_out_of_range_are_refused(flag: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["serve", *flag])
+    assert caught.value.code == 2
+    assert flag[0] in capsys.readouterr().err
