@@ -119,7 +119,7 @@ async def serve(
     # What the exposition shows changes only with a refresh (counted whether it succeeded or not), a
     # placement sample or an NRT write. Not id(snapshot): a new snapshot may reuse the address of the old one.
     cache = CachedExposition(
-        registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples)
+        registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples), process=True
     )
     app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)

@@ -7,11 +7,13 @@ write counts come from small holders the refresher and publisher update; they ar
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import version as _package_version
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -23,6 +25,7 @@ from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name
 
 PREFIX = "numa_topology_"
+CLIENT_VERSION = _package_version("prometheus-client")
 REFRESH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 NUMA_LABELS = ("numa_node", "resource", "unit")
 
@@ -106,8 +109,12 @@ class SnapshotCollector(Collector):
 
 
 def _build_info() -> Iterator[Metric]:
-    info = GaugeMetricFamily(f"{PREFIX}exporter_build_info", "The exporter's version.", labels=["version"])
-    info.add_metric([__version__], 1)
+    info = GaugeMetricFamily(
+        f"{PREFIX}exporter_build_info",
+        "The exporter's version, and the Python and prometheus_client it runs on.",
+        labels=["version", "python_version", "implementation", "prometheus_client"],
+    )
+    info.add_metric([__version__, platform.python_version(), platform.python_implementation(), CLIENT_VERSION], 1)
     yield info
 
 
@@ -392,18 +399,24 @@ class CachedExposition:
     happens, so between those every scrape would render the same text: it is rendered once instead.
     """
 
-    def __init__(self, registry: CollectorRegistry, version: Callable[[], object]) -> None:
+    def __init__(self, registry: CollectorRegistry, version: Callable[[], object], *, process: bool = False) -> None:
         self._registry = registry
         self._version = version
         self._seen: object = object()
         self._body = b""
+        # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them): they
+        # change between scrapes, so they are rendered fresh each time, after the cached part.
+        self._process: CollectorRegistry | None = None
+        if process:
+            self._process = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=self._process)
 
     def body(self) -> bytes:
         version = self._version()
         if version != self._seen:
             self._body = generate_latest(self._registry)
             self._seen = version
-        return self._body
+        return self._body + (generate_latest(self._process) if self._process is not None else b"")
 
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:

@@ -158,3 +158,22 @@ def test_a_device_plugins_directory_created_after_start_is_watched(static_machin
         )
         available = gpus.replace("capacity", "available")
         wait_for(lambda: daemon.sample(available) == 2, what="a later change in that directory")
+
+
+def test_process_metrics_are_served_fresh_beside_the_cached_exposition(static_machine: HostTree) -> None:
+    """`process_*` as every exporter has them; they change between scrapes while the snapshot does not."""
+    with Daemon(static_machine.paths, extra=["--no-nvml", "--no-nrt", "--resync-interval", "3600"]) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        first = daemon.sample("process_cpu_seconds_total")
+        assert first is not None
+        assert (daemon.sample("process_resident_memory_bytes") or 0) > 10 << 20
+        assert (daemon.sample("process_open_fds") or 0) > 0
+        refreshes = daemon.sample("numa_topology_refresh_duration_seconds_count")
+        busy_until = time.monotonic() + 30
+        while daemon.sample("process_cpu_seconds_total") == first and time.monotonic() < busy_until:
+            daemon.metrics()  # serving scrapes costs CPU: the counter moves, the cache does not hold it back
+        assert (daemon.sample("process_cpu_seconds_total") or 0) > first
+        assert daemon.sample("numa_topology_refresh_duration_seconds_count") == refreshes
+        build = [line for line in daemon.metrics().splitlines() if line.startswith("numa_topology_exporter_build_info")]
+        assert len(build) == 1
+        assert 'python_version="' in build[0]
