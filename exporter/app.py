@@ -113,13 +113,21 @@ async def serve(
     refresher = Refresher(builder, trigger, debounce_seconds=options.debounce_seconds,
                           stall_seconds=max(60.0, 3 * options.resync_interval_seconds))  # fmt: skip
     sampler = PlacementSampler(builder.paths, all_containers=options.placement_all_containers)
-    registry = registry_for(
-        SnapshotCollector(refresher.current, refresh=refresher.stats, nrt=nrt, placement=sampler.latest)
+    collector = SnapshotCollector(
+        refresher.current,
+        refresh=refresher.stats,
+        nrt=nrt,
+        placement=sampler.latest,
+        failure=lambda: refresher.failure,
+        errors=lambda: builder.errors_total,
     )
+    registry = registry_for(collector)
     # What the exposition shows changes only with a refresh (counted whether it succeeded or not), a
     # placement sample or an NRT write. Not id(snapshot): a new snapshot may reuse the address of the old one.
     cache = CachedExposition(
-        registry, lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples), process=True
+        registry,
+        lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples, str(refresher.failure)),
+        process=True,
     )
     app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)

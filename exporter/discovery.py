@@ -27,6 +27,8 @@ def discover(
     if not paths.cpus_dir.is_dir() and not paths.numa_nodes_dir.is_dir():
         raise SourceMissing(SYSFS, f"{paths.sysfs} has no devices/system/cpu or devices/system/node")
     online = cpus.read_online_cpus(paths)
+    if not online:
+        raise SourceMissing(SYSFS, f"no online CPUs in {paths.cpus_dir} (is {paths.sysfs} a sysfs?)")
     numa_reading = numa.read_numa_nodes(paths, online_cpus=online)
     devices = pci.read_pci_devices(paths)
     statuses = [SourceStatus(source=SYSFS, up=True)]

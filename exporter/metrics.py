@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.cpuset import format_cpuset
+from exporter.errors import SourceError
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name
@@ -86,9 +87,13 @@ class SnapshotCollector(Collector):
         refresh: RefreshStats | None = None,
         nrt: NrtStats | None = None,
         placement: Callable[[], PlacementView | None] | None = None,
+        failure: Callable[[], SourceError | None] | None = None,
+        errors: Callable[[], Mapping[tuple[str, str], int]] | None = None,
     ) -> None:
         self._current = current
         self._placement = placement or (lambda: None)
+        self._failure = failure or (lambda: None)
+        self._errors = errors or (lambda: {})
         self._refresh = refresh
         self._nrt = nrt
 
@@ -97,6 +102,8 @@ class SnapshotCollector(Collector):
         snapshot = self._current()
         if snapshot is not None:
             yield from snapshot_metrics(snapshot, self._placement())
+        elif (failure := self._failure()) is not None:
+            yield from _no_snapshot_metrics(failure, dict(self._errors()))
         if self._refresh is not None:
             buckets, total = self._refresh.read()
             histogram = HistogramMetricFamily(
@@ -381,6 +388,20 @@ def _dra_metrics(snapshot: Snapshot) -> Iterator[Metric]:
             unpublished.add_metric(ident, 1)
     yield health
     yield unpublished
+
+
+def _no_snapshot_metrics(failure: SourceError, errors: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+    """Before any snapshot (sysfs never readable): the failing source down, its errors, and a last refresh
+    at 0, so that NumaSourceDown and NumaExporterStale can fire."""
+    up = GaugeMetricFamily(
+        f"{PREFIX}source_up", "1 when the last read of a source succeeded and verified.", labels=["source"]
+    )
+    up.add_metric([failure.source], 0)
+    yield up
+    yield _errors(errors)
+    yield GaugeMetricFamily(
+        f"{PREFIX}last_refresh_timestamp_seconds", "When the current snapshot was built (0: never).", value=0.0
+    )
 
 
 def _errors(errors: Mapping[tuple[str, str], int]) -> Metric:

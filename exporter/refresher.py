@@ -42,6 +42,7 @@ class Refresher:
         self._busy_since: float | None = None
         self._listeners: list[Listener] = []
         self.first_snapshot = asyncio.Event()
+        self.failure: SourceError | None = None  # why there is no snapshot yet (sysfs never readable)
 
     def add_listener(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -61,12 +62,15 @@ class Refresher:
         try:
             snapshot = await asyncio.to_thread(self._builder.build)
         except SourceError as exc:
-            log.error("refresh failed and there is no earlier snapshot to keep: %s", exc)
+            if self.failure is None or str(exc) != str(self.failure):
+                log.error("refresh failed and there is no earlier snapshot to keep: %s", exc)
+            self.failure = exc
             return
         finally:
             self._busy_since = None
             self.stats.observe(time.perf_counter() - started)
         self.snapshot = snapshot
+        self.failure = None
         self.refreshes += 1
         self.first_snapshot.set()
         for listener in self._listeners:

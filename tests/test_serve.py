@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from exporter.app import ServeOptions, parse_listen_address, serve
+from exporter.errors import SourceMissing
 from exporter.snapshot import SnapshotBuilder
 from tests.daemon import Daemon, cpu_series, wait_for
 from tests.hosttree import HostTree
@@ -177,3 +180,24 @@ def test_process_metrics_are_served_fresh_beside_the_cached_exposition(static_ma
         build = [line for line in daemon.metrics().splitlines() if line.startswith("numa_topology_exporter_build_info")]
         assert len(build) == 1
         assert 'python_version="' in build[0]
+
+
+def test_sysfs_never_readable_still_says_so(machine: HostTree, tmp_path: Path) -> None:
+    """No snapshot can be built: the source is down, its errors count, and the last refresh is 0, so that
+    NumaSourceDown and NumaExporterStale fire; once sysfs appears, the first snapshot replaces all that."""
+    paths = dataclasses.replace(machine.paths, sysfs=tmp_path / "sys-later")
+    with Daemon(paths, extra=["--no-nvml", "--no-nrt", "--resync-interval", "0.2", "--debounce", "0"]) as daemon:
+        wait_for(lambda: daemon.sample('numa_topology_source_up{source="sysfs"}') == 0, what="sysfs down")
+        assert daemon.sample("numa_topology_last_refresh_timestamp_seconds") == 0
+        assert (daemon.sample('numa_topology_source_errors_total{reason="missing",source="sysfs"}') or 0) >= 1
+        assert daemon.get("/readyz")[0] != 200
+        machine.sys.rename(paths.sysfs)
+        wait_for(lambda: daemon.sample('numa_topology_source_up{source="sysfs"}') == 1, timeout=10, what="recovery")
+        assert (daemon.sample("numa_topology_last_refresh_timestamp_seconds") or 0) > 0
+
+
+def test_a_sysfs_without_online_cpus_is_an_error_not_zeros(tmp_path: Path) -> None:
+    empty = HostTree(tmp_path / "empty")
+    (empty.sys / "devices" / "system" / "cpu").mkdir(parents=True, exist_ok=True)
+    with pytest.raises(SourceMissing, match="no online CPUs"):
+        SnapshotBuilder(empty.paths, use_nvml=False, use_udev=False).build()
