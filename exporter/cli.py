@@ -304,6 +304,9 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
+    if args.kubelet_config is not None and not args.kubelet_config.is_file():
+        print(f"numa-topology-exporter doctor: --kubelet-config {args.kubelet_config} is not a file", file=sys.stderr)
+        return 2
     snapshot = builder(args).build()
     placement = PlacementSampler(host_paths(args)).sample(snapshot) if args.placement else None
     findings = diagnose(snapshot, placement)

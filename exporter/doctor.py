@@ -322,8 +322,12 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
             f"registered devices with no known NUMA node ({', '.join(unplaced)}): the "
             "Topology Manager cannot align them. Check the BIOS's PCI locality (ACPI _PXM) and the device plugin",
         )
+    absent = [s.source for s in snapshot.sources if not s.up and s.available and s.reason == "missing"]
+    if absent:
+        add("info", "sources", f"no {', '.join(absent)} on this host: the configuration is checked on its own "
+            "(run doctor on the node to check the kubelet's state too)")  # fmt: skip
     for status in snapshot.sources:
-        if not status.up and status.available:
+        if not status.up and status.available and status.reason != "missing":
             add("error", "sources", f"{status.source} could not be read: {status.message}")
     for finding in placement_findings(placement):
         findings.append(finding)

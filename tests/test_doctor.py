@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from exporter.cli import main
@@ -53,3 +55,30 @@ def test_many_numa_nodes_need_max_allowable(host: HostTree, capsys: pytest.Captu
     code, out = run_doctor(host, capsys)
     assert code == 1
     assert 'max-allowable-numa-nodes: "10"' in out
+
+
+def test_a_laptop_lint_of_a_config_without_kubelet_state(
+    machine: HostTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`doctor --kubelet-config FILE` where no kubelet runs: absent state files are not errors."""
+    config = tmp_path / "kubelet-config.yaml"
+    config.write_text(fixture_config() + 'cpuManagerPolicyOptions: {full-pcpus-only: "true"}\n')
+    argv = ["doctor", "--no-nvml", "--no-placement", "--no-podresources", "--path.sysfs", str(machine.sys),
+            "--path.kubelet", str(tmp_path / "no-kubelet"), "--kubelet-config", str(config)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ERROR" not in out
+    assert "INFO    sources: no cpu_manager_state, memory_manager_state" in out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(fixture_config(memory="Static").replace("reservedMemory:", "reservedMemoryX:"))
+    assert main([*argv[:-1], str(broken)]) == 1, "Static memory without reservedMemory: the kubelet will not start"
+    assert "ERROR" in capsys.readouterr().out
+
+
+def test_a_missing_kubelet_config_is_a_usage_error(machine: HostTree, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code = main(["doctor", "--no-nvml", "--path.sysfs", str(machine.sys), "--kubelet-config", str(tmp_path / "nope")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "is not a file" in err
