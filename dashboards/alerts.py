@@ -87,12 +87,46 @@ def rules() -> dict[str, Any]:
                     },
                     {
                         "alert": "NumaExporterStale",
-                        "expr": f"time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}",
+                        "expr": f"(time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}) "
+                        f"and numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > 0",
                         "for": CONFIG["stale_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "numa-topology-exporter has not refreshed",
                             "description": f"The exporter on {{{{ $labels.{node} }}}} last refreshed {{{{ $value | humanizeDuration }}}} ago.",
+                        },
+                    },
+                    {
+                        "alert": "NumaExporterNoSnapshot",
+                        "expr": f"numa_topology_last_refresh_timestamp_seconds{{{SEL}}} == 0",
+                        "for": CONFIG["stale_for"],
+                        "labels": {"severity": "critical"},
+                        "annotations": {
+                            "summary": "numa-topology-exporter has never built a snapshot",
+                            "description": f"The exporter on {{{{ $labels.{node} }}}} has not been able to read the host since it "
+                            "started (see numa_topology_source_up and its log): it publishes nothing.",
+                        },
+                    },
+                    {
+                        "alert": "NumaExporterDown",
+                        "expr": f"up{{{SEL}}} == 0",
+                        "for": CONFIG["down_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "numa-topology-exporter cannot be scraped",
+                            "description": f"Prometheus cannot scrape the exporter on {{{{ $labels.{node} }}}} ({{{{ $labels.instance }}}}).",
+                        },
+                    },
+                    {
+                        "alert": "NumaExporterAbsent",
+                        "expr": f"absent(up{{{SEL}}})",
+                        "for": CONFIG["absent_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "No numa-topology-exporter target is scraped",
+                            "description": "Prometheus has no target matching the exporter's selector: the DaemonSet is "
+                            "gone, or the ServiceMonitor/PodMonitor is not selected (kube-prometheus-stack selects on "
+                            "the release label).",
                         },
                     },
                     {

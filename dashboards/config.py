@@ -16,6 +16,8 @@ CONFIG = {
     "drift_for": "15m",
     "stale_refresh_seconds": 300,
     "stale_for": "5m",
+    "down_for": "5m",
+    "absent_for": "15m",
     "source_down_for": "10m",
     "nrt_failing_seconds": 900,
     "nrt_failing_for": "5m",
