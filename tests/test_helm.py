@@ -227,3 +227,35 @@ def test_observed_placement_mounts_the_cgroup_tree_read_only_and_can_be_off_or_w
     off = pod_of({"placement": {"enabled": False}})
     assert not build_parser().parse_args(off["containers"][0]["args"]).placement
     assert not {"cgroup", "container-logs"} & {v["name"] for v in off["volumes"]}
+
+
+def test_what_prometheus_node_exporter_users_expect() -> None:
+    """Monitoring objects labelled for kube-prometheus-stack, jobLabel and metricRelabelings; the image by
+    registry, tag or digest; namespaceOverride; revisionHistoryLimit and terminationGracePeriodSeconds."""
+    documents = render(SCENARIOS["monitoring-values"])
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        (monitor,) = by_kind(documents, kind)
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+    (service_monitor,) = by_kind(documents, "ServiceMonitor")
+    assert service_monitor["spec"]["jobLabel"] == "app.kubernetes.io/name"
+    endpoint = service_monitor["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "http"
+    assert endpoint["metricRelabelings"][0]["action"] == "drop"
+    https = render({"serviceMonitor": {"enabled": True, "scheme": "https", "tlsConfig": {"insecureSkipVerify": True}}})
+    assert by_kind(https, "ServiceMonitor")[0]["spec"]["endpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}
+
+    def image(values: dict[str, Any]) -> str:
+        return str(daemonset(values)["spec"]["template"]["spec"]["containers"][0]["image"])
+
+    assert image({}).startswith("ghcr.io/numa-topology-exporter/numa-topology-exporter:")
+    assert image({"image": {"tag": "1.2.3"}, "global": {"imageRegistry": "mirror.local:5000"}}) == (
+        "mirror.local:5000/numa-topology-exporter/numa-topology-exporter:1.2.3"
+    )
+    digest = "sha256:" + "ab" * 32
+    assert image({"image": {"digest": digest, "tag": "ignored"}}).endswith(f"numa-topology-exporter@{digest}")
+    moved = render({"namespaceOverride": "numa-system", "serviceMonitor": {"enabled": True}})
+    namespaced = [d for d in moved if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")]
+    assert {d["metadata"]["namespace"] for d in namespaced} == {"numa-system"}
+    spec = daemonset({"revisionHistoryLimit": 3, "terminationGracePeriodSeconds": 5})["spec"]
+    assert spec["revisionHistoryLimit"] == 3
+    assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 5
