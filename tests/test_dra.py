@@ -29,7 +29,7 @@ from exporter.snapshot import RESOURCE_SLICES, Snapshot, SnapshotBuilder
 from exporter.sources import dra_state
 from exporter.sources.dra_api import resource_claim, slice_devices
 from exporter.sources.podresources_v1 import api_pb2
-from tests.hosttree import HostTree
+from tests.hosttree import HostTree, fixture_nvml_config
 from tests.kubelet_files import (
     KUBELET_FIXTURES,
     POD_A,
@@ -516,3 +516,21 @@ def test_a_profile_naming_a_dra_device_fits_as_the_best_case(machine: HostTree) 
     assert fit.aligned == 1
     table = render_snapshot(snapshot)
     assert f"{RESOURCE} †" in table, "marked as DRA: counted per NUMA node, not aligned by the kubelet"
+
+
+def test_a_gpu_nvml_sees_and_a_driver_publishes_by_uuid_is_one_device(machine: HostTree, nvml_config: Path) -> None:
+    """The slice names only the GPU's UUID (NVIDIA's driver always publishes `uuid`): NVML joins it to its PCI
+    address and NUMA node, and discovery's row for that GPU becomes the DRA one."""
+    fixture_nvml_config(nvml_config)
+    _pinned(machine)
+    uuid = "GPU-1b7c9a2e-0000-0000-0000-000000000002"  # 0000:8a:00.0, NUMA 1
+    api = Api([_slice([{"name": "gpu-9", "attributes": {"uuid": {"string": uuid}}}])], [])
+    builder = SnapshotBuilder(machine.paths, use_nvml=True, use_udev=False, use_podresources=False,
+                              pods_reader=lambda: PODS, dra_reader=api)  # fmt: skip
+    snapshot = builder.build()
+    assert snapshot.accounting.dra is not None
+    (device,) = snapshot.accounting.dra.devices
+    assert device.numa_nodes == {1}
+    assert device.pci_address.lower() == "0000:8a:00.0"
+    rows = [r for r in snapshot.accounting.devices if r.pci_address.lower() == "0000:8a:00.0"]
+    assert [(r.device, r.resource) for r in rows] == [("gpu-9", RESOURCE)]
