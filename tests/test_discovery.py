@@ -132,3 +132,19 @@ def test_numbers_are_ascii_digits_only() -> None:
 
     assert parse_numastat("numa_hit 12\nnuma_miss ¹\nother_node ٣\n") == {"numa_hit": 12}
     assert parse_node_meminfo("Node 0 MemTotal:       ¹ kB\n") == parse_node_meminfo("")
+
+
+def test_a_bmc_or_virtual_console_is_not_a_gpu(tmp_path: Path) -> None:
+    """ASPEED and Matrox BMC consoles, a QEMU VGA: display controllers, not GPUs; NVIDIA's is a GPU."""
+    from exporter.discovery import discover
+    from tests.hosttree import fixture_machine
+
+    host = fixture_machine(tmp_path / "m")
+    host.pci_device("0000:05:00.0", class_code=0x030000, numa_node=0, vendor="0x1a03", device="0x2000")
+    host.pci_device("0000:09:03.0", class_code=0x030000, numa_node=-1, vendor="0x102b", device="0x0532")
+    host.pci_device("0000:00:02.0", class_code=0x030000, numa_node=0, vendor="0x1234", device="0x1111")
+    kinds = {d.address: (d.kind, d.category) for d in discover(host.paths, use_nvml=False, use_udev=False).pci_devices}
+    assert kinds["0000:05:00.0"] == ("other", "display")
+    assert kinds["0000:09:03.0"] == ("other", "display")
+    assert kinds["0000:00:02.0"] == ("other", "display")
+    assert kinds["0000:1a:00.0"] == ("gpu", "gpu")

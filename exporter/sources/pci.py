@@ -24,6 +24,10 @@ _CLASS_COPROCESSOR = 0x0B40
 _CLASS_ACCELERATOR = 0x12
 
 
+# Vendors whose display controllers are consoles, not compute: BMCs (ASPEED, Matrox G200e, Nuvoton) and
+# virtual machines' emulated cards (Cirrus, QEMU/Bochs, VMware SVGA, Red Hat QXL/virtio-gpu, Hyper-V).
+CONSOLE_VGA_VENDORS = frozenset({"1a03", "102b", "1050", "1013", "1234", "15ad", "1b36", "1af4", "1414"})
+
 PCIE_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
 
 
@@ -49,7 +53,8 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     rdma = list_dir(f"{device_dir}/infiniband") if "infiniband" in entries else []
     physfn = _link_name(f"{device_dir}/physfn") if "physfn" in entries else None
     totalvfs = read_sysfs_int(f"{device_dir}/sriov_totalvfs") if "sriov_totalvfs" in entries else None
-    category = classify(class_code=class_code, has_net=bool(net), has_rdma=bool(rdma))
+    vendor = _hex_id(read_sysfs_text(f"{device_dir}/vendor"))
+    category = classify(class_code=class_code, has_net=bool(net), has_rdma=bool(rdma), vendor=vendor)
     if category is None and physfn is None and not totalvfs:
         return None
     numa_node = read_sysfs_int(f"{device_dir}/numa_node") if "numa_node" in entries else None
@@ -58,7 +63,7 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     )
     return PciDevice(
         address=address,
-        vendor_id=_hex_id(read_sysfs_text(f"{device_dir}/vendor")),
+        vendor_id=vendor,
         device_id=_hex_id(read_sysfs_text(f"{device_dir}/device")),
         class_code=class_code,
         numa_node=UNKNOWN_NUMA_NODE if numa_node is None or numa_node < 0 else numa_node,
@@ -84,12 +89,13 @@ def pcie_root(device_dir: str) -> str:
     return ""
 
 
-def classify(*, class_code: int, has_net: bool, has_rdma: bool) -> str | None:
-    """A device's category from its PCI class (24-bit `class` file value), or None if not reported."""
+def classify(*, class_code: int, has_net: bool, has_rdma: bool, vendor: str = "") -> str | None:
+    """A device's category from its PCI class (24-bit `class` file value), or None if not reported. A display
+    controller of a BMC or a virtual machine's emulated card (ASPEED, Matrox, ...) is not a GPU: "display"."""
     base = class_code >> 16
     base_sub = class_code >> 8
     if base == _CLASS_DISPLAY:
-        return "gpu"
+        return "display" if vendor in CONSOLE_VGA_VENDORS else "gpu"
     if base_sub == _CLASS_INFINIBAND or has_rdma:
         return "infiniband"
     if base == _CLASS_NETWORK or has_net:
