@@ -4,11 +4,13 @@ PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use for real: the peers (hwloc, node_exporter), Prometheus/promtool,
 # the hwdb for device names (udev), gcc for the fake libnvidia-ml.so.1, bzip2 for the hwloc trees,
-# openssl for the TLS test certificate, util-linux for setpriv (the daemon run without capabilities).
-DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux
+# openssl for the TLS test certificate, util-linux for setpriv (the daemon run without capabilities),
+# mmdebstrap, umoci and skopeo to build the image without a Docker engine, runc to run it as the chart does.
+DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux \
+                mmdebstrap umoci skopeo runc
 LISTEN      ?= 127.0.0.1:9709
 
-.PHONY: run test check lint system-deps install fuzz soak bench clean proto
+.PHONY: run test check lint system-deps install fuzz soak bench clean proto image
 
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,6 +35,10 @@ lint: install
 
 test: system-deps install lint
 	$(VENV)/bin/pytest
+
+# The image (OCI layout and archive in build/image), built from Debian packages without a Docker engine.
+image: system-deps install
+	bash image/build.sh build/image
 
 run: install
 	$(VENV)/bin/numa-topology-exporter snapshot --format table
