@@ -12,12 +12,18 @@ LISTEN      ?= 127.0.0.1:9709
 
 .PHONY: run test check lint system-deps install fuzz soak bench clean proto image
 
+# Only what is missing, and nothing upgraded: udev is pinned to the installed libudev1's version, so that
+# installing it does not pull a newer systemd onto the machine.
 system-deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
+	  libudev="$$(dpkg-query -W -f='$${Version}' libudev1 2>/dev/null || true)"; \
+	  pinned=""; for p in $$missing; do \
+	    if [ "$$p" = udev ] && [ -n "$$libudev" ]; then pinned="$$pinned udev=$$libudev"; else pinned="$$pinned $$p"; fi; \
+	  done; \
+	  echo "installing Debian packages:$$pinned"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends --no-upgrade $$pinned; \
 	fi
 
 $(VENV)/.installed: pyproject.toml
