@@ -148,3 +148,17 @@ def test_a_bmc_or_virtual_console_is_not_a_gpu(tmp_path: Path) -> None:
     assert kinds["0000:09:03.0"] == ("other", "display")
     assert kinds["0000:00:02.0"] == ("other", "display")
     assert kinds["0000:1a:00.0"] == ("gpu", "gpu")
+
+
+def test_a_virtio_nic_has_its_interface(tmp_path: Path) -> None:
+    """virtio-net's interface is under the PCI device's virtioN child, not directly under it."""
+    from exporter.discovery import discover
+    from tests.hosttree import fixture_machine
+
+    host = fixture_machine(tmp_path / "m")
+    device = host.pci_device("0000:00:03.0", class_code=0x020000, numa_node=0, vendor="0x1af4", device="0x1000",
+                             driver="virtio-pci")  # fmt: skip
+    (device / "virtio0" / "net" / "eth0").mkdir(parents=True)
+    found = {d.address: d for d in discover(host.paths, use_nvml=False, use_udev=False).pci_devices}
+    assert found["0000:00:03.0"].net_interfaces == ("eth0",)
+    assert found["0000:00:03.0"].kind == "nic"

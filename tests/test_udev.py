@@ -28,3 +28,18 @@ def test_udev_is_consulted_only_for_the_real_sysfs(machine) -> None:  # type: ig
     assert "udev" not in {status.source for status in topology.sources}
     assert all(device.vendor_name is None for device in topology.pci_devices)
     assert HostPaths().is_real_sysfs == Path("/sys").is_dir()
+
+
+def test_no_hwdb_is_unavailable_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the udev package missing there is no hwdb: no device gets a name, and the source says so instead
+    of `udev ok` with every name `-`."""
+    import pyudev
+
+    from exporter.errors import SourceUnavailable
+    from exporter.sources import udev
+
+    monkeypatch.setattr(udev, "_open_hwdb", lambda context: None)
+    nameless = [type("Device", (), {"properties": {"MODALIAS": "pci:v00008086d00001572"}, "sys_name": "0000:00:00.0"})()]
+    monkeypatch.setattr(pyudev.Context, "list_devices", lambda self, **match: nameless)
+    with pytest.raises(SourceUnavailable, match="hwdb"):
+        udev.read_pci_names()

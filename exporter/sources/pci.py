@@ -28,6 +28,7 @@ _CLASS_ACCELERATOR = 0x12
 # virtual machines' emulated cards (Cirrus, QEMU/Bochs, VMware SVGA, Red Hat QXL/virtio-gpu, Hyper-V).
 CONSOLE_VGA_VENDORS = frozenset({"1a03", "102b", "1050", "1013", "1234", "15ad", "1b36", "1af4", "1414"})
 
+VIRTIO = re.compile(r"^virtio[0-9]+$")
 PCIE_ROOT = re.compile(r"^pci[0-9a-f]{4}:[0-9a-f]{2}$")
 
 
@@ -50,6 +51,8 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     if class_code is None:
         return None
     net = list_dir(f"{device_dir}/net") if "net" in entries else []
+    for virtio in sorted(name for name in entries if VIRTIO.match(name)):
+        net += list_dir(f"{device_dir}/{virtio}/net")  # a virtio NIC's interface is under its virtio device
     rdma = list_dir(f"{device_dir}/infiniband") if "infiniband" in entries else []
     physfn = _link_name(f"{device_dir}/physfn") if "physfn" in entries else None
     totalvfs = read_sysfs_int(f"{device_dir}/sriov_totalvfs") if "sriov_totalvfs" in entries else None

@@ -45,6 +45,9 @@ def read_pci_names() -> Mapping[str, DeviceName]:
                 vendor=properties.get("ID_VENDOR_FROM_DATABASE"),
                 model=properties.get("ID_MODEL_FROM_DATABASE"),
             )
+        if names and not any(name.vendor or name.model for name in names.values()):
+            raise SourceUnavailable(SOURCE, "no device has a name: the udev hardware database (hwdb.bin) is missing "
+                                    "(install the udev package)")  # fmt: skip
         return names
     finally:
         if hwdb is not None:
