@@ -10,7 +10,7 @@ DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-d
                 mmdebstrap umoci skopeo runc
 LISTEN      ?= 127.0.0.1:9709
 
-.PHONY: run test check lint system-deps install fuzz soak bench clean proto image
+.PHONY: run test check lint system-deps install fuzz soak bench clean proto image demo
 
 # Only what is missing, and nothing upgraded: udev is pinned to the installed libudev1's version, so that
 # installing it does not pull a newer systemd onto the machine.
@@ -45,6 +45,12 @@ test: system-deps install lint
 # The image (OCI layout and archive in build/image), built from Debian packages without a Docker engine.
 image: system-deps install
 	bash image/build.sh build/image
+
+# An example host with kubelet state and a cgroup tree: the tables a real GPU node would show.
+demo: install
+	@flags="$$($(PY) -m tests.demo build/demo)"; \
+	$(VENV)/bin/numa-topology-exporter snapshot $$flags; \
+	echo; echo "serve it:  $(VENV)/bin/numa-topology-exporter serve --no-nrt $$flags"
 
 run: install
 	$(VENV)/bin/numa-topology-exporter snapshot --format table
