@@ -16,8 +16,13 @@ from exporter.cli import build_parser
 from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, render
 
 
+def daemonsets(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return by_kind(render(values), "DaemonSet")
+
+
 def daemonset(values: dict[str, Any]) -> dict[str, Any]:
-    (ds,) = by_kind(render(values), "DaemonSet")
+    """The DaemonSet of every node (with gpu.enabled there is a second one, for GPU nodes)."""
+    (ds,) = [d for d in daemonsets(values) if not d["metadata"]["name"].endswith("-gpu")]
     return ds
 
 
@@ -85,7 +90,11 @@ def test_values_schema_accepts_every_scenario(scenario: str) -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_daemonset_security(scenario: str) -> None:
-    pod = daemonset(SCENARIOS[scenario])["spec"]["template"]["spec"]
+    for found in daemonsets(SCENARIOS[scenario]):  # every node's and, with gpu.enabled, the GPU nodes'
+        _assert_least_privilege(found["spec"]["template"]["spec"])
+
+
+def _assert_least_privilege(pod: dict[str, Any]) -> None:
     (container,) = pod["containers"]
     security = container["securityContext"]
     assert security["readOnlyRootFilesystem"] is True
@@ -112,13 +121,30 @@ def test_daemonset_security(scenario: str) -> None:
     assert container["resources"]["limits"]["memory"]
 
 
-def test_gpu_nodes_reach_nvml_through_the_nvidia_runtime() -> None:
-    pod = daemonset(SCENARIOS["gpu-values"])["spec"]["template"]["spec"]
-    assert pod["runtimeClassName"] == "nvidia"
-    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+def test_gpu_and_cpu_nodes_in_one_release() -> None:
+    """A second DaemonSet for GPU nodes (the label GPU feature discovery sets), with the NVIDIA runtime class
+    and NVML's environment; the first one kept off those nodes; NVML on in both; never a runtime class on a
+    node without GPUs."""
+    everything = daemonsets(SCENARIOS["gpu-values"])
+    by_name = {d["metadata"]["name"]: d for d in everything}
+    assert len(by_name) == 2
+    (gpu_name,) = [name for name in by_name if name.endswith("-gpu")]
+    gpu = by_name[gpu_name]["spec"]["template"]["spec"]
+    cpu = daemonset(SCENARIOS["gpu-values"])["spec"]["template"]["spec"]
+    assert gpu["runtimeClassName"] == "nvidia"
+    assert gpu["nodeSelector"] == {"kubernetes.io/os": "linux", "nvidia.com/gpu.present": "true"}
+    env = {e["name"]: e.get("value") for e in gpu["containers"][0]["env"]}
     assert (env["NVIDIA_VISIBLE_DEVICES"], env["NVIDIA_DRIVER_CAPABILITIES"]) == ("all", "utility")
-    assert "--no-nvml" not in pod["containers"][0]["args"]
-    assert "--no-nvml" in daemonset({})["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "runtimeClassName" not in cpu
+    assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in cpu["containers"][0]["env"]}
+    (term,) = cpu["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.present", "operator": "NotIn", "values": ["true"]}]
+    assert all("--no-nvml" not in pod["containers"][0]["args"] for pod in (gpu, cpu)), "NVML on where reachable"
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in everything]
+    assert selectors[0] != selectors[1], "each DaemonSet owns only its own pods"
+    assert len(daemonsets({"gpu": {"enabled": False}})) == 1
+    assert "affinity" not in daemonset({"gpu": {"enabled": False}})["spec"]["template"]["spec"]
+    assert "--no-nvml" in daemonset({"nvml": False})["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
