@@ -285,3 +285,11 @@ def test_what_prometheus_node_exporter_users_expect() -> None:
     spec = daemonset({"revisionHistoryLimit": 3, "terminationGracePeriodSeconds": 5})["spec"]
     assert spec["revisionHistoryLimit"] == 3
     assert spec["template"]["spec"]["terminationGracePeriodSeconds"] == 5
+
+
+def test_the_chart_readme_names_every_top_level_value() -> None:
+    """helm/numa-topology-exporter/README.md lists the values by topic: none is left out."""
+    readme = (Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "README.md").read_text()
+    values = yaml.safe_load((Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "values.yaml").read_text())
+    missing = [key for key in values if f"`{key}" not in readme and f"`{key}." not in readme]
+    assert missing == []
