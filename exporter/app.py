@@ -21,7 +21,7 @@ from aiohttp import web
 from exporter.errors import ConfigError, SourceMissing, SourceUnavailable
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
-from exporter.metrics import CachedExposition, NrtStats, SnapshotCollector, registry_for
+from exporter.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
 from exporter.model import DraApiReading
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
@@ -164,6 +164,7 @@ async def serve(
         asyncio.create_task(refresher.run(), name="refresher"),
         asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
     }
+    tasks.add(asyncio.create_task(_refresh_process(cache), name="process-metrics"))
     if options.placement_interval_seconds is not None:
         tasks.add(asyncio.create_task(sample_placement(sampler, refresher, options.placement_interval_seconds),
                                       name="placement"))  # fmt: skip
@@ -190,6 +191,13 @@ async def serve(
     builder.close()
     log.info("stopped")
     return code
+
+
+async def _refresh_process(cache: CachedExposition) -> None:
+    """`process_*` read from /proc/self every PROCESS_SECONDS, so that no scrape reads anything."""
+    while True:
+        await asyncio.sleep(PROCESS_SECONDS)
+        cache.refresh_process()
 
 
 async def sample_placement(sampler: PlacementSampler, refresher: Refresher, interval_seconds: float) -> None:

@@ -27,6 +27,7 @@ from exporter.units import hugepage_size_name
 
 PREFIX = "numa_topology_"
 CLIENT_VERSION = _package_version("prometheus-client")
+PROCESS_SECONDS = 5.0
 REFRESH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 NUMA_LABELS = ("numa_node", "resource", "unit")
 
@@ -425,19 +426,25 @@ class CachedExposition:
         self._version = version
         self._seen: object = object()
         self._body = b""
-        # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them): they
-        # change between scrapes, so they are rendered fresh each time, after the cached part.
+        # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them), read
+        # from /proc/self by `refresh_process` on a timer (serve: every PROCESS_SECONDS), never by a scrape.
         self._process: CollectorRegistry | None = None
+        self._process_body = b""
         if process:
             self._process = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process)
+            self.refresh_process()
+
+    def refresh_process(self) -> None:
+        if self._process is not None:
+            self._process_body = generate_latest(self._process)
 
     def body(self) -> bytes:
         version = self._version()
         if version != self._seen:
             self._body = generate_latest(self._registry)
             self._seen = version
-        return self._body + (generate_latest(self._process) if self._process is not None else b"")
+        return self._body + self._process_body
 
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
