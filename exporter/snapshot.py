@@ -232,7 +232,12 @@ class SnapshotBuilder:
                 "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
             ),
             pods=self._read("pods", self.pods_reader, needed=False),
-            dra=self._read(dra_state.SOURCE, lambda: dra_state.read_dra_manager_state(self.paths), needed=False),
+            dra=self._read(
+                dra_state.SOURCE,
+                lambda: dra_state.read_dra_manager_state(self.paths),
+                needed=False,
+                note=lambda checkpoint: None if checkpoint.checksum_verified else UNVERIFIED_DRA,
+            ),
             dra_health=self._read(
                 dra_state.HEALTH_SOURCE, lambda: dra_state.read_dra_health_state(self.paths), needed=False
             ),
@@ -241,8 +246,6 @@ class SnapshotBuilder:
             if self._use_podresources
             else None,
         )
-        if state.dra is not None and not state.dra.checksum_verified and self._statuses[dra_state.SOURCE].up:
-            self._set(dra_state.SOURCE, SourceStatus(source=dra_state.SOURCE, up=True, message=UNVERIFIED_DRA))
         accounting = account(topology, state, profiles=self.profiles)
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)
@@ -336,7 +339,10 @@ class SnapshotBuilder:
         self._last["sysfs"] = topology
         return topology
 
-    def _read(self, source: str, reader: Callable[[], T], *, needed: bool) -> T | None:
+    def _read(
+        self, source: str, reader: Callable[[], T], *, needed: bool, note: Callable[[T], str | None] | None = None
+    ) -> T | None:
+        """`note`: what to say of a good reading that is still not quite verified (shown as the source's message)."""
         previous: T | None = self._last.get(source)
         try:
             value = reader()
@@ -353,7 +359,7 @@ class SnapshotBuilder:
             self._fail(source, exc)
             return previous
         self._last[source] = value
-        self._set(source, SourceStatus(source=source, up=True))
+        self._set(source, SourceStatus(source=source, up=True, message=note(value) if note else None))
         return value
 
     def _fail(self, source: str, exc: SourceError) -> None:

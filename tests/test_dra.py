@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 import zlib
@@ -485,7 +486,9 @@ def test_podresources_names_the_container_that_holds_a_claim(machine: HostTree) 
     assert _alignment(snapshot) == {"train": (False, True, {"cpu": frozenset({0}), RESOURCE: frozenset({1})})}
 
 
-def test_a_legacy_checkpoint_with_structured_data_is_read_unverified_and_says_so(machine: HostTree) -> None:
+def test_a_legacy_checkpoint_with_structured_data_is_read_unverified_and_says_so(
+    machine: HostTree, caplog: pytest.LogCaptureFixture
+) -> None:
     body = json.loads((VECTORS / "legacy-single.json").read_bytes())
     body["entries"][0]["ResourceHandles"][0]["structuredData"] = {"nodeName": NODE, "results": []}
     body["checksum"] = 1  # whatever 1.30 hashed, this reader cannot reproduce it
@@ -501,6 +504,14 @@ def test_a_legacy_checkpoint_with_structured_data_is_read_unverified_and_says_so
     assert status.up
     assert "unverified" in (status.message or "")
     assert "dra_manager_state ok (read unverified" in render_snapshot(snapshot)
+
+    builder = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, use_podresources=False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="exporter.snapshot"):
+        builder.build()
+        builder.build()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dra_manager_state")]
+    assert len(said) == 1, "said once, not at every refresh"
 
 
 def test_a_profile_naming_a_dra_device_fits_as_the_best_case(machine: HostTree) -> None:
