@@ -207,15 +207,16 @@ class _Locator:
 
 
 def dra_counts(view: DraView) -> dict[str, dict[int, tuple[int, int]]]:
-    """resource -> NUMA node (-1: unknown) -> (published devices, allocated among them)."""
+    """resource -> NUMA node -> (published devices, allocated among them). A device on no known NUMA node, or
+    on several (a list-type `numaNode`), is counted once, under -1: it is local to no single NUMA node."""
     counts: dict[str, dict[int, list[int]]] = {}
     for device in view.devices:
         if not device.published:
             continue
-        for numa in device.numa_nodes or {UNKNOWN_NUMA_NODE}:
-            cell = counts.setdefault(device.resource, {}).setdefault(numa, [0, 0])
-            cell[0] += 1
-            cell[1] += device.ref in view.allocated
+        numa = next(iter(device.numa_nodes)) if len(device.numa_nodes) == 1 else UNKNOWN_NUMA_NODE
+        cell = counts.setdefault(device.resource, {}).setdefault(numa, [0, 0])
+        cell[0] += 1
+        cell[1] += device.ref in view.allocated
     return {r: {n: (c[0], c[1]) for n, c in sorted(per.items())} for r, per in sorted(counts.items())}
 
 

@@ -545,3 +545,10 @@ def test_a_gpu_nvml_sees_and_a_driver_publishes_by_uuid_is_one_device(machine: H
     assert device.pci_address.lower() == "0000:8a:00.0"
     rows = [r for r in snapshot.accounting.devices if r.pci_address.lower() == "0000:8a:00.0"]
     assert [(r.device, r.resource) for r in rows] == [("gpu-9", RESOURCE)]
+
+
+def test_a_device_on_several_numa_nodes_is_counted_once(machine: HostTree) -> None:
+    _pinned(machine)
+    wide = {"name": "gpu-w", "attributes": {"resource.kubernetes.io/numaNode": {"list": {"int": [0, 1]}}}}
+    snapshot = build(machine, Api([_slice([wide, _gpu("gpu-0", numa=0)])], []))
+    assert _accounts(snapshot, RESOURCE) == {-1: (1, 1, 1), 0: (1, 1, 1)}
