@@ -75,9 +75,6 @@ class PlacementView:
     remote_bytes_by_numa: Mapping[int, int] = field(default_factory=dict)
     errors_total: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
-    def of(self, pod_uid: str, container: str) -> ContainerPlacement | None:
-        return next((c for c in self.containers if c.pod_uid == pod_uid and c.container == container), None)
-
 
 def observe(
     topology: Topology,
