@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dashboards.config import CONFIG, UIDS
 
-SEL = CONFIG["selector"]
 
-
-def rules() -> dict[str, Any]:
-    node = CONFIG["node_label"]
+def rules(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
+    """A Prometheus rules file (also the PrometheusRule's spec)."""
+    SEL, node = config["selector"], config["node_label"]
+    # Where the node label is `instance`, saying both would repeat it.
+    target = "" if node == "instance" else " ({{ $labels.instance }})"
     return {
         "groups": [
             {
@@ -19,7 +21,7 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaStrandedGPUs",
                         "expr": f'sum by ({node}, numa_node, resource) (numa_topology_resource_stranded{{{SEL}, resource=~"nvidia.com/.*"}}) > 0',
-                        "for": CONFIG["stranded_gpu_for"],
+                        "for": config["stranded_gpu_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "GPUs stranded on a NUMA node",
@@ -33,7 +35,7 @@ def rules() -> dict[str, Any]:
                         # A container whose only misalignment is a DRA device has its own alert (below).
                         "expr": f"numa_topology_container_aligned{{{SEL}}} == 0 unless on ({node}, pod_uid, container) "
                         f"numa_topology_container_dra_misaligned{{{SEL}}} == 1",
-                        "for": CONFIG["misaligned_for"],
+                        "for": config["misaligned_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "A container's exclusive resources span NUMA nodes",
@@ -45,7 +47,7 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaContainerDraMisaligned",
                         "expr": f"numa_topology_container_dra_misaligned{{{SEL}}} == 1",
-                        "for": CONFIG["dra_misaligned_for"],
+                        "for": config["dra_misaligned_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "A container's DRA device is on another NUMA node than its CPUs",
@@ -59,9 +61,9 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaContainerRemoteMemory",
                         # Containers the audit lists hold pinned CPUs, Static memory or devices: Guaranteed pods.
-                        "expr": f"numa_topology_container_remote_memory_ratio{{{SEL}}} > {CONFIG['remote_memory_ratio']} "
+                        "expr": f"numa_topology_container_remote_memory_ratio{{{SEL}}} > {config['remote_memory_ratio']} "
                         f"and on ({node}, pod_uid, container) numa_topology_container_aligned{{{SEL}}}",
-                        "for": CONFIG["remote_memory_for"],
+                        "for": config["remote_memory_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "Most of a Guaranteed container's memory is on another NUMA node than its CPUs",
@@ -75,7 +77,7 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaContainerPlacementDrift",
                         "expr": f"numa_topology_container_placement_drift{{{SEL}}} == 1",
-                        "for": CONFIG["drift_for"],
+                        "for": config["drift_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "A container's cgroup does not enforce what the kubelet assigned",
@@ -87,9 +89,9 @@ def rules() -> dict[str, Any]:
                     },
                     {
                         "alert": "NumaExporterStale",
-                        "expr": f"(time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {CONFIG['stale_refresh_seconds']}) "
+                        "expr": f"(time() - numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > {config['stale_refresh_seconds']}) "
                         f"and numa_topology_last_refresh_timestamp_seconds{{{SEL}}} > 0",
-                        "for": CONFIG["stale_for"],
+                        "for": config["stale_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "numa-topology-exporter has not refreshed",
@@ -99,7 +101,7 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaExporterNoSnapshot",
                         "expr": f"numa_topology_last_refresh_timestamp_seconds{{{SEL}}} == 0",
-                        "for": CONFIG["stale_for"],
+                        "for": config["stale_for"],
                         "labels": {"severity": "critical"},
                         "annotations": {
                             "summary": "numa-topology-exporter has never built a snapshot",
@@ -110,17 +112,17 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaExporterDown",
                         "expr": f"up{{{SEL}}} == 0",
-                        "for": CONFIG["down_for"],
+                        "for": config["down_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "numa-topology-exporter cannot be scraped",
-                            "description": f"Prometheus cannot scrape the exporter on {{{{ $labels.{node} }}}} ({{{{ $labels.instance }}}}).",
+                            "description": f"Prometheus cannot scrape the exporter on {{{{ $labels.{node} }}}}{target}.",
                         },
                     },
                     {
                         "alert": "NumaExporterAbsent",
                         "expr": f"absent(up{{{SEL}}})",
-                        "for": CONFIG["absent_for"],
+                        "for": config["absent_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "No numa-topology-exporter target is scraped",
@@ -132,7 +134,7 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaSourceDown",
                         "expr": f"numa_topology_source_up{{{SEL}}} == 0",
-                        "for": CONFIG["source_down_for"],
+                        "for": config["source_down_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "A source of numa-topology-exporter cannot be read",
@@ -143,8 +145,8 @@ def rules() -> dict[str, Any]:
                     {
                         "alert": "NumaNrtWritesFailing",
                         "expr": f'sum by (instance) (increase(numa_topology_nrt_writes_total{{{SEL}, result!="success"}}[15m])) > 0 '
-                        f"unless on (instance) (time() - numa_topology_nrt_last_success_timestamp_seconds{{{SEL}}}) <= {CONFIG['nrt_failing_seconds']}",
-                        "for": CONFIG["nrt_failing_for"],
+                        f"unless on (instance) (time() - numa_topology_nrt_last_success_timestamp_seconds{{{SEL}}}) <= {config['nrt_failing_seconds']}",
+                        "for": config["nrt_failing_for"],
                         "labels": {"severity": "warning"},
                         "annotations": {
                             "summary": "NodeResourceTopology writes are failing",

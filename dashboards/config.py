@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-CONFIG = {
-    # Selects the exporter's series; the Helm chart's ServiceMonitor/PodMonitor scrape job is named after it.
+from typing import Any
+
+CONFIG: dict[str, Any] = {
+    # Selects the exporter's targets and series. The chart's ServiceMonitor/PodMonitor name the job after the
+    # pods' app.kubernetes.io/name label (`numa-topology-exporter` whatever the release or fullnameOverride);
+    # a plain static scrape names its job so (README). The regex also takes a PodMonitor's `<namespace>/<name>`.
     "selector": 'job=~".*numa-topology-exporter.*"',
-    # The label Prometheus adds with the Kubernetes node name (the chart's relabeling sets `node`).
-    "node_label": "node",
+    # The target label that tells nodes apart. `instance` is there in every scrape: host:port in a static
+    # scrape, and the node name where the chart's default relabeling sets it (as kube-prometheus-stack does
+    # for node-exporter). `python -m dashboards.generate --node-label node` for setups that add `node`.
+    "node_label": "instance",
     # Alerts.
     "stranded_gpu_for": "30m",
     "misaligned_for": "5m",

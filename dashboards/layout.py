@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from dashboards.config import CONFIG, UIDS
-from dashboards.queries import CLUSTER_QUERIES, NODE_QUERIES, Query
+from dashboards.queries import Query, cluster_queries, node_queries
 
 SCHEMA_VERSION = 39
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -79,7 +80,7 @@ def _merge() -> list[dict[str, Any]]:
     ]
 
 
-def _variables(*, with_node: bool) -> dict[str, Any]:
+def _variables(config: Mapping[str, Any], *, with_node: bool) -> dict[str, Any]:
     variables: list[dict[str, Any]] = [
         {
             "name": "datasource",
@@ -93,15 +94,16 @@ def _variables(*, with_node: bool) -> dict[str, Any]:
     if with_node:
         variables.append({
             "name": "node", "label": "Node", "type": "query", "datasource": DATASOURCE,
-            "query": {"query": f"label_values(numa_topology_exporter_build_info{{{CONFIG['selector']}}}, {CONFIG['node_label']})",
+            "query": {"query": f"label_values(numa_topology_exporter_build_info{{{config['selector']}}}, {config['node_label']})",
                       "refId": "node"},
-            "definition": f"label_values(numa_topology_exporter_build_info, {CONFIG['node_label']})",
+            "definition": f"label_values(numa_topology_exporter_build_info, {config['node_label']})",
             "refresh": 2, "sort": 1, "current": {}, "hide": 0,
         })  # fmt: skip
     return {"list": variables}
 
 
-def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], *, with_node: bool) -> dict[str, Any]:
+def _dashboard(config: Mapping[str, Any], uid: str, title: str, panels: list[dict[str, Any]], *,
+               with_node: bool) -> dict[str, Any]:  # fmt: skip
     return {
         "uid": uid,
         "title": title,
@@ -110,9 +112,9 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], *, with_node:
         "version": 1,
         "editable": True,
         "timezone": "browser",
-        "refresh": CONFIG["refresh"],
-        "time": {"from": CONFIG["time_from"], "to": "now"},
-        "templating": _variables(with_node=with_node),
+        "refresh": config["refresh"],
+        "time": {"from": config["time_from"], "to": "now"},
+        "templating": _variables(config, with_node=with_node),
         "annotations": {"list": []},
         "links": [
             {"title": "NUMA dashboards", "type": "dashboards", "tags": ["numa-topology-exporter"], "asDropdown": True}
@@ -121,9 +123,9 @@ def _dashboard(uid: str, title: str, panels: list[dict[str, Any]], *, with_node:
     }
 
 
-def node_dashboard() -> dict[str, Any]:
+def node_dashboard(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
     grid = Grid()
-    q = NODE_QUERIES
+    q = node_queries(config)
     panels = [
         panel(grid, "table", "Per-NUMA capacity, allocatable, available, stranded", q["accounting"], width=24, height=10,
               description="Bytes for memory and hugepages, cores for cpu, devices otherwise.",
@@ -176,12 +178,12 @@ def node_dashboard() -> dict[str, Any]:
               transformations=_merge()),
         panel(grid, "table", "Kubelet configuration", q["kubelet"], width=18, transformations=_merge()),
     ]  # fmt: skip
-    return _dashboard(UIDS["node"], "NUMA / Node", panels, with_node=True)
+    return _dashboard(config, UIDS["node"], "NUMA / Node", panels, with_node=True)
 
 
-def cluster_dashboard() -> dict[str, Any]:
+def cluster_dashboard(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
     grid = Grid()
-    q = CLUSTER_QUERIES
+    q = cluster_queries(config)
     panels = [
         panel(grid, "timeseries", "Stranded devices by resource", q["stranded_devices"], width=12),
         panel(grid, "timeseries", "Stranded CPUs", q["stranded_cpus"], width=12),
@@ -201,9 +203,9 @@ def cluster_dashboard() -> dict[str, Any]:
         panel(grid, "table", "Containers with the most memory remote to their CPUs", q["remote_containers"], width=18,
               transformations=_merge()),
         _heatmap(panel(grid, "table", "Available CPUs: node x NUMA node", q["capacity_heatmap"], width=24,
-                       transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": CONFIG["node_label"], "valueField": "Value"}}])),
+                       transformations=[{"id": "groupingToMatrix", "options": {"columnField": "numa_node", "rowField": config["node_label"], "valueField": "Value"}}])),
         panel(grid, "timeseries", "Exporters not refreshing", q["not_refreshing"], width=8, unit="s"),
         panel(grid, "timeseries", "Sources down", q["sources_down"], width=8),
         panel(grid, "timeseries", "NodeResourceTopology write errors", q["nrt_errors"], width=8, unit="ops"),
     ]  # fmt: skip
-    return _dashboard(UIDS["cluster"], "NUMA / Cluster", panels, with_node=False)
+    return _dashboard(config, UIDS["cluster"], "NUMA / Cluster", panels, with_node=False)

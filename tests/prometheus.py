@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from tests.daemon import wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -24,28 +26,37 @@ def free_port() -> int:
 
 class Prometheus:
     def __init__(
-        self, workdir: Path, targets: list[str] | dict[str, dict[str, str]], *, rule_files: list[Path] | None = None
+        self,
+        workdir: Path,
+        targets: list[str] | dict[str, dict[str, str]] | None = None,
+        *,
+        scrape_configs: list[dict[str, Any]] | None = None,
+        rule_files: list[Path] | None = None,
     ) -> None:
-        """`targets`: base URLs (all labelled node=fixture-node), or URL -> extra target labels."""
+        """`targets`: base URLs (all labelled node=fixture-node), or URL -> extra target labels, scraped as the
+        job `numa-topology-exporter`; or `scrape_configs` as prometheus.yml takes them."""
         assert PROMETHEUS is not None, "prometheus is installed by make test"
+        assert (targets is None) != (scrape_configs is None), "targets or scrape_configs"
         workdir.mkdir(parents=True, exist_ok=True)
-        config = workdir / "prometheus.yml"
-        labelled = targets if isinstance(targets, dict) else {url: {"node": "fixture-node"} for url in targets}
-        rules = "".join(f"\n  - {path}" for path in rule_files or [])
-        config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            + (f"rule_files:{rules}\n" if rules else "")
-            + "scrape_configs:\n  - job_name: numa-topology-exporter\n    static_configs:\n"
-            + "".join(
-                f"      - targets: {json.dumps([url.removeprefix('http://')])}\n        labels: {json.dumps(labels)}\n"
-                for url, labels in labelled.items()
+        if scrape_configs is None:
+            labelled = (
+                targets if isinstance(targets, dict) else {url: {"node": "fixture-node"} for url in targets or []}
             )
-        )
+            static = [{"targets": [url.removeprefix("http://")], "labels": labels} for url, labels in labelled.items()]
+            scrape_configs = [{"job_name": "numa-topology-exporter", "static_configs": static}]
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": scrape_configs,
+        }
+        if rule_files:
+            config["rule_files"] = [str(path) for path in rule_files]
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        config_file = workdir / "prometheus.yml"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / "prometheus.log").open("w")
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+            [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from dashboards import generate
+from dashboards.alerts import rules
 from dashboards.config import CONFIG, UIDS
-from dashboards.queries import CLUSTER_QUERIES, NODE_QUERIES
+from dashboards.queries import CLUSTER_QUERIES, NODE_QUERIES, cluster_queries, node_queries
+from tests.chart import by_kind, render
 from tests.daemon import Daemon, wait_for
 from tests.hosttree import fixture_nvml_config
 from tests.prometheus import PROMETHEUS, Prometheus
@@ -70,12 +72,17 @@ def served_metric_names() -> set[str]:
                 names.add(name)
                 if kind == "histogram":
                     names.update(f"{name}_{suffix}" for suffix in ("bucket", "count", "sum"))
-    served_when = {"numa_topology_nrt_writes_total", "numa_topology_nrt_last_success_timestamp_seconds",  # publishing
-                   "numa_topology_source_disagreement",  # a podresources socket (tests/test_podresources.py)
-                   # a cgroup tree (observed placement, tests/test_placement.py)
-                   "numa_topology_container_memory_bytes", "numa_topology_container_remote_memory_ratio",
-                   "numa_topology_container_enforced_numa_nodes", "numa_topology_container_placement_drift",
-                   "numa_topology_numa_node_remote_memory_bytes"}
+    served_when = {
+        "numa_topology_nrt_writes_total",
+        "numa_topology_nrt_last_success_timestamp_seconds",  # publishing
+        "numa_topology_source_disagreement",  # a podresources socket (tests/test_podresources.py)
+        # a cgroup tree (observed placement, tests/test_placement.py)
+        "numa_topology_container_memory_bytes",
+        "numa_topology_container_remote_memory_ratio",
+        "numa_topology_container_enforced_numa_nodes",
+        "numa_topology_container_placement_drift",
+        "numa_topology_numa_node_remote_memory_bytes",
+    }
     return names | served_when
 
 
@@ -115,40 +122,119 @@ def test_dashboards_are_importable(name: str) -> None:
         assert position["x"] + position["w"] <= 24
 
 
+def _operator_relabeling(rule: dict[str, Any]) -> dict[str, Any]:
+    """A ServiceMonitor relabeling as the Prometheus Operator writes it into prometheus.yml."""
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label"}
+    return {keys.get(key, key): value for key, value in rule.items()}
+
+
+def static_scrape(urls: list[str], _names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A plain Prometheus: one static job, no labels; the nodes are told apart by `instance` alone."""
+    addresses = [url.removeprefix("http://") for url in urls]
+    return [{"job_name": "numa-topology-exporter", "static_configs": [{"targets": addresses}]}], addresses
+
+
+def kube_prometheus_stack_scrape(urls: list[str], names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """What the Prometheus Operator makes of the chart's ServiceMonitor (rendered with a fullnameOverride):
+    its job naming (the Service's name, then the `jobLabel` label's value) and the chart's relabelings, over
+    the discovery labels Kubernetes service discovery gives each endpoint."""
+    (monitor,) = by_kind(render({"fullnameOverride": "nte", "serviceMonitor": {"enabled": True}}), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    (service,) = by_kind(render({"fullnameOverride": "nte"}), "Service")
+    job_label = "__meta_kubernetes_service_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", monitor["spec"]["jobLabel"])
+    static = [
+        {"targets": [url.removeprefix("http://")],
+         "labels": {"__meta_kubernetes_pod_node_name": name, "__meta_kubernetes_service_name": service["metadata"]["name"],
+                    job_label: service["metadata"]["labels"][monitor["spec"]["jobLabel"]]}}
+        for url, name in zip(urls, names, strict=True)
+    ]  # fmt: skip
+    relabel = [
+        {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"},
+        {"source_labels": [job_label], "regex": "(.+)", "target_label": "job"},
+        *map(_operator_relabeling, endpoint["relabelings"]),
+    ]
+    job = f"serviceMonitor/{monitor['metadata']['namespace']}/{monitor['metadata']['name']}/0"
+    return [{"job_name": job, "static_configs": static, "relabel_configs": relabel}], names
+
+
+def annotation_scrape(urls: list[str], names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The prometheus chart's `kubernetes-pods` job (pods annotated prometheus.io/scrape): job
+    `kubernetes-pods`, the node as `node`; served by `dashboards.generate --selector ... --node-label node`."""
+    static = [{"targets": [url.removeprefix("http://")], "labels": {"__meta_kubernetes_pod_node_name": name}}
+              for url, name in zip(urls, names, strict=True)]  # fmt: skip
+    relabel = [{"source_labels": ["__meta_kubernetes_pod_node_name"], "target_label": "node"}]
+    return [{"job_name": "kubernetes-pods", "static_configs": static, "relabel_configs": relabel}], names
+
+
+SETUPS = {
+    "static": (static_scrape, CONFIG),
+    "kube-prometheus-stack": (kube_prometheus_stack_scrape, CONFIG),
+    "annotations": (annotation_scrape, {**CONFIG, "selector": 'job="kubernetes-pods"', "node_label": "node"}),
+}
+
+
+def test_generate_out_writes_the_three_files_for_another_setup(tmp_path: Path) -> None:
+    assert generate.main(["--out", str(tmp_path), "--selector", 'job="kubernetes-pods"', "--node-label", "node"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alerts.yaml", "cluster-numa.json", "node-numa.json"]
+    alerts = yaml.safe_load((tmp_path / "alerts.yaml").read_text())["groups"][0]["rules"]
+    assert alerts == rules(SETUPS["annotations"][1])["groups"][0]["rules"]
+    assert 'up{job="kubernetes-pods"} == 0' in [rule["expr"] for rule in alerts]
+    node = json.loads((tmp_path / "node-numa.json").read_text())
+    exprs = [target["expr"] for panel in node["panels"] for target in panel["targets"]]
+    assert exprs
+    assert all('job="kubernetes-pods", node="$node"' in expr for expr in exprs), exprs
+    with pytest.raises(SystemExit):
+        generate.main(["--out", str(tmp_path), "--node-label", "no-dashes"])
+    with pytest.raises(SystemExit):
+        generate.main(["--node-label", "node"])  # would write the committed files with another config
+
+
 @pytest.mark.skipif(PROMETHEUS is None, reason="Debian's prometheus is installed by make test")
-def test_every_panel_and_alert_answers_against_a_real_prometheus(tmp_path: Path, fake_nvml_library: Path) -> None:
+@pytest.mark.parametrize("setup", list(SETUPS))
+def test_every_panel_and_alert_answers_against_a_real_prometheus(
+    setup: str, tmp_path: Path, fake_nvml_library: Path
+) -> None:
+    """Each way of scraping (a static job; kube-prometheus-stack with the chart's ServiceMonitor; the
+    annotation-based job with a generated config) fills every panel and fires the alerts on the right node."""
+    scrape, config = SETUPS[setup]
     env = {
         "LD_LIBRARY_PATH": str(fake_nvml_library.parent),
         "FAKE_NVML_CONFIG": str(fixture_nvml_config(tmp_path / "nvml")),
     }
     hosts = {name: KUBELET_SCENARIOS[name](tmp_path / name) for name in ("machine-gpu-stranded", "machine-gpu-static")}
     daemons = [Daemon(host.paths, extra=["--debounce", "0", "--no-nrt"], env=env) for host in hosts.values()]
+    queries = [(f"node/{name}", q) for name, qs in node_queries(config).items() for q in qs] + [
+        (f"cluster/{name}", q) for name, qs in cluster_queries(config).items() for q in qs
+    ]
+    alerts = rules(config)["groups"][0]["rules"]
+    label = config["node_label"]
     try:
         for daemon in daemons:
             wait_for(lambda d=daemon: d.get("/readyz")[0] == 200, what="readiness")
-        targets = {d.base_url: {CONFIG["node_label"]: name} for d, name in zip(daemons, hosts, strict=True)}
-        with Prometheus(tmp_path / "prometheus", targets) as prometheus:
-            prometheus.wait_for_query(f'count(up{{job="numa-topology-exporter"}} == 1) == {len(daemons)}')
+        scrape_configs, nodes = scrape([d.base_url for d in daemons], list(hosts))
+        stranded_node = nodes[0]
+        with Prometheus(tmp_path / "prometheus", scrape_configs=scrape_configs) as prometheus:
+            up = prometheus.wait_for_query(f"up{{{config['selector']}}} == 1")
+            wait_for(lambda: len(prometheus.query(f"up{{{config['selector']}}} == 1")) == len(daemons), what="both up")
+            assert {r["metric"][label] for r in prometheus.query(f"up{{{config['selector']}}}")} == set(nodes), up
             # rate() over the numastat counters needs two samples in its window.
-            node = f'{CONFIG["node_label"]}="machine-gpu-stranded"'
+            node = f'{label}="{stranded_node}"'
             prometheus.wait_for_query(f"count_over_time(numa_topology_numastat_pages_total{{{node}}}[5m]) >= 3")
             empty = []
-            for name, query in ALL_QUERIES:
-                result = prometheus.query(concrete(query.expr, "machine-gpu-stranded"))
+            for name, query in queries:
+                result = prometheus.query(concrete(query.expr, stranded_node))
                 if query.expect_data and not result:
                     empty.append(name)
                 if not query.expect_data:
                     assert result == [] or all(float(r["value"][1]) == 0 for r in result), name
             assert empty == []
-            stranded = prometheus.query(ALERTS[0]["expr"])
-            assert [(r["metric"]["node"], r["metric"]["numa_node"]) for r in stranded] == [
-                ("machine-gpu-stranded", "1")
-            ]
-            misaligned = prometheus.query(ALERTS[1]["expr"])
-            assert [(r["metric"]["node"], r["metric"]["container"]) for r in misaligned] == [
-                ("machine-gpu-stranded", "app")
-            ]
-            for rule in ALERTS[2:]:
+            variable = prometheus.query(f"numa_topology_exporter_build_info{{{config['selector']}}}")
+            assert sorted(r["metric"][label] for r in variable) == sorted(nodes), "the dashboards' node variable"
+            stranded = prometheus.query(alerts[0]["expr"])
+            assert [(r["metric"][label], r["metric"]["numa_node"]) for r in stranded] == [(stranded_node, "1")]
+            misaligned = prometheus.query(alerts[1]["expr"])
+            assert [(r["metric"][label], r["metric"]["container"]) for r in misaligned] == [(stranded_node, "app")]
+            for rule in alerts[2:]:
                 assert prometheus.query(rule["expr"]) == [], rule["alert"]
     finally:
         for daemon in daemons:
