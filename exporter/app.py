@@ -168,9 +168,7 @@ async def serve(
     if options.placement_interval_seconds is not None:
         tasks.add(asyncio.create_task(sample_placement(sampler, refresher, options.placement_interval_seconds),
                                       name="placement"))  # fmt: skip
-    watchers = _start_publishing(
-        options, builder=builder, refresher=refresher, trigger=trigger, nrt=nrt, tasks=tasks
-    )
+    watchers = _start_publishing(options, builder=builder, refresher=refresher, trigger=trigger, nrt=nrt, tasks=tasks)
     stopper = asyncio.create_task(stop.wait(), name="signals")
     done, _pending = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0

@@ -234,9 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def builder(args: argparse.Namespace) -> SnapshotBuilder:
     profiles = load_profiles(args.profiles) if args.profiles is not None else None
-    return SnapshotBuilder(
-        host_paths(args), profiles=profiles, use_nvml=args.nvml, use_podresources=args.podresources
-    )
+    return SnapshotBuilder(host_paths(args), profiles=profiles, use_nvml=args.nvml, use_podresources=args.podresources)
 
 
 def _snapshot(args: argparse.Namespace) -> int:

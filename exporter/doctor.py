@@ -6,17 +6,16 @@ rejected or misplaced, `warning` means alignment is not guaranteed, `info` is wo
 
 from __future__ import annotations
 
-import math
-import struct
+import difflib
 from dataclasses import dataclass
 from typing import Literal
 
-from exporter.cpu_assignment import kubelet_numa_node_of_cpu
 from exporter.cpuset import format_cpuset
-from exporter.model import KubeletConfig, Topology
+from exporter.kubelet_start import REMOVED_GATES, startup_refusals, state_refusals
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
-from exporter.units import parse_quantity_exact
+from exporter.sources.kubelet_config import FIELDS
+from exporter.units import human_bytes
 
 Severity = Literal["error", "warning", "info"]
 
@@ -35,166 +34,6 @@ class Finding:
         return f"{self.severity.upper():7} {self.check}: {self.message}"
 
 
-# K pkg/kubelet/cm/cpumanager/policy_options.go (v1.36): option -> maturity ("alpha" needs the
-# CPUManagerPolicyAlphaOptions gate, "beta" is on unless CPUManagerPolicyBetaOptions is turned off).
-CPU_OPTIONS = {
-    "full-pcpus-only": "ga",
-    "distribute-cpus-across-numa": "beta",
-    "align-by-socket": "alpha",
-    "distribute-cpus-across-cores": "alpha",
-    "strict-cpu-reservation": "ga",
-    "prefer-align-cpus-by-uncorecache": "ga",
-}
-TOPOLOGY_OPTIONS = ("prefer-closest-numa-nodes", "max-allowable-numa-nodes")
-GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}  # fmt: skip
-DEFAULT_EVICTION_MEMORY = "100Mi"
-
-
-def startup_refusals(config: KubeletConfig, topology: Topology) -> list[str]:
-    """Why the kubelet would refuse to start with `config` on this host, one reason per line: the resource
-    managers' checks (K cmd/kubelet/app/server.go getReservedCPUs, cpumanager NewStaticPolicy and its
-    options, memorymanager validateReservedMemory, topologymanager NewManager, kubelet config validation)."""
-    reasons: list[str] = []
-    online = {cpu.cpu for cpu in topology.cpus}
-    if config.reserved_system_cpus - online:
-        reasons.append(
-            f"reservedSystemCPUs {format_cpuset(config.reserved_system_cpus)} is not a subset of the online "
-            f"CPUs {format_cpuset(online)}"
-        )
-    if config.cpu_manager_policy == "static":
-        reasons.extend(_cpu_refusals(config, topology, online))
-    elif config.cpu_manager_policy_options:
-        reasons.append("cpuManagerPolicyOptions are given but the none policy takes no options")
-    if config.memory_manager_policy == "Static":
-        reasons.extend(_memory_refusals(config, topology))
-    reasons.extend(_topology_refusals(config, topology))
-    return reasons
-
-
-def _cpu_refusals(config: KubeletConfig, topology: Topology, online: set[int]) -> list[str]:
-    reasons = []
-    options: dict[str, bool] = {}
-    for name, value in config.cpu_manager_policy_options.items():
-        if name not in CPU_OPTIONS:
-            reasons.append(f"unknown cpuManagerPolicyOptions option {name!r}")
-        elif value not in GO_BOOLS:
-            reasons.append(f"cpuManagerPolicyOptions {name}: {value!r} is not a boolean")
-        else:
-            options[name] = GO_BOOLS[value]
-            maturity = CPU_OPTIONS[name]
-            if maturity == "alpha" and not config.feature_gates.get("CPUManagerPolicyAlphaOptions", False):
-                reasons.append(f"cpuManagerPolicyOptions {name} is alpha: enable the CPUManagerPolicyAlphaOptions gate")
-            if maturity == "beta" and not config.feature_gates.get("CPUManagerPolicyBetaOptions", True):
-                reasons.append(f"cpuManagerPolicyOptions {name} is beta but CPUManagerPolicyBetaOptions is off")
-    if reasons:
-        return reasons
-    on = {name for name, enabled in options.items() if enabled}
-    for first, second in (  # K cpumanager/policy_options.go NewStaticPolicyOptions
-        ("full-pcpus-only", "distribute-cpus-across-cores"),
-        ("distribute-cpus-across-numa", "distribute-cpus-across-cores"),
-        ("prefer-align-cpus-by-uncorecache", "distribute-cpus-across-cores"),
-        ("prefer-align-cpus-by-uncorecache", "distribute-cpus-across-numa"),
-    ):
-        if {first, second} <= on:
-            reasons.append(f"cpuManagerPolicyOptions {first} and {second} cannot be used together")
-    if "align-by-socket" in on:  # ValidateStaticPolicyOptions
-        if config.topology_manager_policy == "single-numa-node":
-            reasons.append(
-                "cpuManagerPolicyOptions align-by-socket is incompatible with topologyManagerPolicy single-numa-node"
-            )
-        sockets = len({cpu.socket_id for cpu in topology.cpus})
-        if sockets > len(set(kubelet_numa_node_of_cpu(topology).values())):
-            reasons.append(f"align-by-socket needs at least as many NUMA nodes as sockets ({sockets} sockets here)")
-    count = _reserved_cpu_count(config)
-    # No reservation at all is diagnose()'s cpu-reservation finding.
-    if not config.reserved_system_cpus and count is not None and count > len(online):
-        reasons.append(f"{count} reserved CPUs asked for but only {len(online)} are online")
-    return reasons
-
-
-def _reserved_cpu_count(config: KubeletConfig) -> int | None:
-    try:
-        total = sum(parse_quantity_exact(r.get("cpu", "0")) for r in (config.kube_reserved, config.system_reserved))
-    except ValueError:
-        return None
-    return math.ceil(total)
-
-
-def _memory_refusals(config: KubeletConfig, topology: Topology) -> list[str]:
-    reasons = []
-    present = set(topology.numa_node_ids)
-    totals: dict[str, int] = {}
-    for numa, limits in sorted(config.reserved_memory.items()):
-        if numa not in present:
-            reasons.append(f"reservedMemory names NUMA node {numa}, which this host lacks")
-        for resource, amount in limits.items():
-            if amount == 0:
-                reasons.append(f"reservedMemory for NUMA node {numa} and {resource} may not be zero")
-            totals[resource] = totals.get(resource, 0) + amount
-    for reserved in (config.kube_reserved, config.system_reserved):
-        for resource in reserved:
-            if resource.startswith("hugepages-"):
-                reasons.append(f"kube/system-reserved cannot reserve {resource}")
-    if reasons:
-        return reasons
-    expected = _memory_reservation(config, topology)
-    if expected is None or not config.reserved_memory:  # none at all: diagnose()'s memory-manager finding
-        return reasons
-    for resource in sorted(set(totals) | {"memory"}):
-        want = expected if resource == "memory" else 0
-        if totals.get(resource, 0) != want:
-            reasons.append(
-                f"reservedMemory {resource} adds up to {totals.get(resource, 0)} bytes, but kube/system-reserved "
-                f"plus the hard eviction threshold come to {want}: they must be equal"
-            )
-    return reasons
-
-
-def _memory_reservation(config: KubeletConfig, topology: Topology) -> int | None:
-    """kube-reserved + system-reserved memory + the `memory.available` hard eviction threshold, in bytes."""
-    try:
-        reserved = sum(
-            parse_quantity_exact(r.get("memory", "0")) for r in (config.kube_reserved, config.system_reserved)
-        )
-        eviction = (config.eviction_hard if config.eviction_hard is not None else {}).get(
-            "memory.available", DEFAULT_EVICTION_MEMORY if config.eviction_hard is None else "0"
-        )
-        if eviction.endswith("%"):
-            capacity = sum(numa.memory_total_bytes for numa in topology.numa_nodes)
-            percent = _float32(_float32(float(eviction[:-1])) / 100)
-            threshold = int(capacity * percent)  # int64(float64(capacity) * float64(float32 percentage))
-        else:
-            threshold = math.ceil(parse_quantity_exact(eviction))
-    except ValueError:
-        return None
-    return math.ceil(reserved) + threshold
-
-
-def _float32(value: float) -> float:
-    return float(struct.unpack("f", struct.pack("f", value))[0])
-
-
-def _topology_refusals(config: KubeletConfig, topology: Topology) -> list[str]:
-    """Options are parsed only by a Topology Manager that runs: under policy `none` they are ignored."""
-    reasons: list[str] = []
-    if config.topology_manager_policy == "none":
-        return reasons
-    options = config.topology_manager_policy_options
-    for name in options:
-        if name not in TOPOLOGY_OPTIONS:
-            reasons.append(f"unknown topologyManagerPolicyOptions option {name!r}")
-    limit = options.get("max-allowable-numa-nodes")
-    if limit is not None and (not (limit.isascii() and limit.isdigit()) or int(limit) < 8):
-        reasons.append(f"topologyManagerPolicyOptions max-allowable-numa-nodes {limit!r}: at least 8")
-    value = options.get("prefer-closest-numa-nodes")
-    if value is not None and value not in GO_BOOLS:
-        reasons.append(f"topologyManagerPolicyOptions prefer-closest-numa-nodes: {value!r} is not a boolean")
-    elif value is not None and GO_BOOLS[value] and any(not numa.distances for numa in topology.numa_nodes):
-        reasons.append("prefer-closest-numa-nodes needs NUMA distances, and the firmware gives none")
-    return reasons
-
-
 def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tuple[Finding, ...]:
     findings: list[Finding] = []
 
@@ -206,9 +45,20 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     topology = snapshot.topology
     numa_count = len(topology.numa_nodes)
     config_status = snapshot.source("kubelet_config")
-    if not config.from_file:
+    if config_status is not None and not config_status.up and config_status.reason in ("format", "parse"):
+        # Everything the parser refuses, the kubelet refuses too (tests/test_doctor_oracle.py).
+        add("error", "kubelet-start", f"{config_status.message}: the kubelet will not start (the checks below "
+            "use the kubelet's defaults)", blocks_start=True)  # fmt: skip
+    elif not config.from_file:
         where = config_status.message if config_status and config_status.message else "no kubelet configuration"
         add("warning", "kubelet-config", f"{where}; checks use the kubelet's defaults. Pass --kubelet-config <file>")
+    for key in config.unknown_fields:
+        close = difflib.get_close_matches(key, sorted(FIELDS), n=1)
+        add("warning", "kubelet-config", f"unknown field {key!r}: the kubelet ignores it"
+            + (f" (did you mean {close[0]!r}?)" if close else ""))  # fmt: skip
+    for gate in sorted(REMOVED_GATES & set(config.feature_gates)):
+        add("warning", "feature-gates", f"feature gate {gate} no longer exists in v1.36 (graduated and removed): "
+            "the kubelet ignores it")  # fmt: skip
 
     if numa_count < 2:
         add("info", "numa", "this host has a single NUMA node: alignment cannot go wrong here")
@@ -237,15 +87,6 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
                 f"reserved CPUs derived from kube/system-reserved as "
                 f"{format_cpuset(snapshot.accounting.reserved.cpus)}; set reservedSystemCPUs to choose them",
             )
-        cpu_numa = topology.numa_node_of_cpu()
-        reserved_numas = {cpu_numa.get(cpu, -1) for cpu in config.reserved_system_cpus}
-        if len(reserved_numas) > 1 and numa_count > 1:
-            add(
-                "info",
-                "cpu-reservation",
-                f"reservedSystemCPUs {format_cpuset(config.reserved_system_cpus)} span "
-                f"NUMA nodes {sorted(reserved_numas)}: each loses CPUs for pods",
-            )
         smt = any(len(cpu.siblings) > 1 for cpu in topology.cpus)
         if smt and config.cpu_manager_policy_options.get("full-pcpus-only", "false") != "true":
             add(
@@ -253,14 +94,6 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
                 "cpu-manager",
                 "SMT is on and full-pcpus-only is not set: a container may share a physical "
                 'core with another. Add cpuManagerPolicyOptions: {full-pcpus-only: "true"}',
-            )
-        if state.cpu is not None and state.cpu.policy_name != config.cpu_manager_policy:
-            add(
-                "error",
-                "cpu-manager",
-                f"cpu_manager_state was written by policy {state.cpu.policy_name!r} but the "
-                f"configuration says {config.cpu_manager_policy!r}: the kubelet will refuse to start until the state "
-                "file is removed (drain the node first)",
             )
 
     if config.topology_manager_policy in ("none", "best-effort") and numa_count > 1:
@@ -327,11 +160,18 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
         add("info", "sources", f"no {', '.join(absent)} on this host: the configuration is checked on its own "
             "(run doctor on the node to check the kubelet's state too)")  # fmt: skip
     for status in snapshot.sources:
+        if status.source == "kubelet_config" and status.reason in ("format", "parse"):
+            continue  # said above, as the kubelet's refusal
         if not status.up and status.available and status.reason != "missing":
             add("error", "sources", f"{status.source} could not be read: {status.message}")
     for finding in placement_findings(placement):
         findings.append(finding)
-    for reason in startup_refusals(config, topology):
+    findings.extend(_host_findings(snapshot))
+    refusals = startup_refusals(config, topology) + [
+        f"{reason}: drain the node and remove the state file, or keep the old setting"
+        for reason in state_refusals(state, topology, snapshot.accounting.reserved.cpus)
+    ]
+    for reason in refusals:
         findings.append(
             Finding(
                 severity="error",
@@ -343,6 +183,58 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     if not findings:
         add("info", "all", "nothing to change: the configuration supports NUMA alignment")
     return tuple(findings)
+
+
+def _host_findings(snapshot: Snapshot) -> list[Finding]:
+    """The configuration against this host: where the reserved CPUs fall, and pods too big for a NUMA node."""
+    found: list[Finding] = []
+    topology, config, accounting = snapshot.topology, snapshot.kubelet.config, snapshot.accounting
+    reserved = accounting.reserved.cpus
+    if config.cpu_manager_policy == "static" and reserved and len(topology.numa_nodes) > 1:
+        per_numa = {numa.numa_node: frozenset(numa.cpus) for numa in topology.numa_nodes}
+        per_socket: dict[int, set[int]] = {}
+        for cpu in topology.cpus:
+            per_socket.setdefault(cpu.socket_id, set()).add(cpu.cpu)
+        numa_text = ", ".join(f"NUMA {n} {len(c - reserved)} of {len(c)}" for n, c in per_numa.items() if c)
+        socket_text = ", ".join(f"socket {s} {len(c - reserved)} of {len(c)}" for s, c in sorted(per_socket.items()))
+        found.append(Finding(severity="info", check="cpu-reservation", message=(
+            f"reserved CPUs {format_cpuset(reserved)} leave for pods: {numa_text}; {socket_text}")))  # fmt: skip
+        for n, cpus in per_numa.items():
+            if cpus and cpus <= reserved:
+                found.append(Finding(severity="warning", check="cpu-reservation", message=(
+                    f"the reserved CPUs take every CPU of NUMA node {n}: no container's exclusive CPUs can be aligned "
+                    f"with its memory and devices. Reserve CPUs on other NUMA nodes, or fewer")))  # fmt: skip
+        if config.cpu_manager_policy_options.get("full-pcpus-only", "false").lower() == "true":
+            siblings = frozenset(s for cpu in topology.cpus if cpu.cpu in reserved for s in cpu.siblings) - reserved
+            if siblings:
+                found.append(Finding(severity="warning", check="cpu-reservation", message=(
+                    f"the reserved CPUs {format_cpuset(reserved)} hold only part of their cores: with full-pcpus-only "
+                    f"their siblings {format_cpuset(siblings)} can never be a container's exclusive CPUs. Reserve "
+                    "whole cores")))  # fmt: skip
+    if config.topology_manager_policy == "single-numa-node" and len(topology.numa_nodes) > 1:
+        largest: dict[str, tuple[int, int]] = {}
+        for account in accounting.accounts:
+            if account.resource in accounting.numa_accounted and account.numa_node >= 0:
+                best = largest.get(account.resource)
+                if best is None or account.allocatable > best[0]:
+                    largest[account.resource] = (account.allocatable, account.numa_node)
+        for profile in accounting.profiles:
+            for resource, amount in sorted(profile.requests.items()):
+                limit = largest.get(resource)
+                if limit is not None and amount > limit[0]:
+                    found.append(Finding(severity="warning", check="pod-size", message=(
+                        f"profile {profile.name} asks {_amount(resource, amount)} {resource}, more than any NUMA node "
+                        f"has for pods ({_amount(resource, limit[0])} on NUMA {limit[1]}): single-numa-node rejects "
+                        "every such pod (TopologyAffinityError)")))  # fmt: skip
+        shown = [f"{_amount(r, amount)} {r} (NUMA {n})" for r, (amount, n) in sorted(largest.items())]
+        if shown:
+            found.append(Finding(severity="info", check="pod-size", message=(
+                "the largest pod single-numa-node admits on an empty node: " + ", ".join(shown))))  # fmt: skip
+    return found
+
+
+def _amount(resource: str, amount: int) -> str:
+    return human_bytes(amount) if resource == "memory" or resource.startswith("hugepages-") else str(amount)
 
 
 REMOTE_WARNING = 0.5

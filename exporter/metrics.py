@@ -364,7 +364,8 @@ def placement_metrics(view: PlacementView) -> Iterator[Metric]:
         per_numa.add_metric([str(numa)], size)
     yield from (memory, remote, enforced, drift, per_numa)
     yield GaugeMetricFamily(
-        f"{PREFIX}placement_last_sample_timestamp_seconds", "When the last placement sample was taken.",
+        f"{PREFIX}placement_last_sample_timestamp_seconds",
+        "When the last placement sample was taken.",
         value=view.taken_at,
     )
 

@@ -217,6 +217,10 @@ class KubeletConfig:
     feature_gates: Mapping[str, bool] = field(default_factory=dict)
     cgroup_driver: str = "cgroupfs"
     cgroup_root: str = "/"
+    enforce_node_allocatable: tuple[str, ...] = ("pods",)
+    system_reserved_cgroup: str = ""
+    kube_reserved_cgroup: str = ""
+    unknown_fields: tuple[str, ...] = ()  # keys the kubelet's strict decoder rejects and then ignores
     from_file: bool = False
 
     @property

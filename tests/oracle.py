@@ -58,6 +58,20 @@ def asset(binary: str) -> Path:
     return path
 
 
+def refusal(request: Mapping[str, Any]) -> str | None:
+    """Why the kubelet would not start with the request's configuration and state (None: it starts). A
+    configuration the kubelet panics on while loading (a locked feature gate turned off) is refused too."""
+    done = subprocess.run([str(asset("kubelet-oracle")), "-quiet"], input=json.dumps(request), capture_output=True,
+                          text=True, check=False, timeout=120)  # fmt: skip
+    if done.returncode == 2 and not done.stdout.strip():
+        panic = next((line for line in done.stderr.splitlines() if line.startswith("panic: ")), None)
+        assert panic is not None, done.stderr[-2000:]
+        return panic
+    answer = json.loads(done.stdout)
+    error = answer.get("error") or next((r["error"] for r in answer.get("results", []) if r.get("error")), None)
+    return str(error) if error else None
+
+
 def ask(request: Mapping[str, Any]) -> dict[str, Any]:
     """Run one oracle request; the answer (exit code 3, a failed query, is an answer too)."""
     done = subprocess.run(

@@ -82,3 +82,45 @@ def test_a_missing_kubelet_config_is_a_usage_error(machine: HostTree, tmp_path: 
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "is not a file" in err
+
+
+def test_a_config_the_kubelet_cannot_load(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
+    """The managers compare policy names exactly: `static` memory is refused, said once, as the refusal."""
+    install(machine, config=fixture_config(memory="static"))
+    code, out = run_doctor(machine, capsys)
+    assert code == 1
+    refusals = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert refusals == [
+        "ERROR   kubelet-start: memoryManagerPolicy 'static' is not one of None, Static: the kubelet will not start "
+        "(the checks below use the kubelet's defaults)"
+    ]
+
+
+def test_a_typo_and_a_removed_gate_are_warnings(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
+    install(machine, config=fixture_config() + "topologyManagerPolicyOption: {prefer-closest-numa-nodes: 'true'}\n"
+            "featureGates: {MemoryManager: true}\n")  # fmt: skip
+    code, out = run_doctor(machine, capsys)
+    assert code == 0
+    assert ("WARNING kubelet-config: unknown field 'topologyManagerPolicyOption': the kubelet ignores it "
+            "(did you mean 'topologyManagerPolicyOptions'?)") in out  # fmt: skip
+    assert "WARNING feature-gates: feature gate MemoryManager no longer exists in v1.36" in out
+
+
+def test_the_configuration_against_the_host(machine: HostTree, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Reserved CPUs per NUMA node and socket, half-reserved cores under full-pcpus-only, and profiles
+    too big for any NUMA node under single-numa-node."""
+    install(machine, config=fixture_config().replace('"0,16"', '"0-15"')
+            + 'cpuManagerPolicyOptions: {full-pcpus-only: "true"}\n')  # fmt: skip
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  big: {cpu: 17, memory: 1Gi}\n  small: {cpu: 2, memory: 1Gi}\n")
+    code = main(["doctor", "--no-nvml", "--path.sysfs", str(machine.sys), "--path.kubelet", str(machine.kubelet),
+                 "--path.pod-logs", str(machine.root / "pods"), "--profiles", str(profiles)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "INFO    cpu-reservation: reserved CPUs 0-15 leave for pods: NUMA 0 " in out
+    assert "socket 0 " in out
+    assert "hold only part of their cores: with full-pcpus-only their siblings 16-31 can never be" in out
+    assert "profile big asks 17 cpu, more than any NUMA node has for pods" in out
+    assert "profile small" not in out
+    assert "INFO    pod-size: the largest pod single-numa-node admits on an empty node: " in out

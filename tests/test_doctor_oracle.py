@@ -8,6 +8,7 @@ resource-manager constructors. Both must agree on every example.
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from typing import Any
@@ -19,9 +20,11 @@ from hypothesis import strategies as st
 
 from exporter.accounting import KubeletState
 from exporter.doctor import diagnose
+from exporter.errors import SourceError
+from exporter.model import KubeletConfig, SourceStatus
 from exporter.snapshot import Snapshot, account
-from exporter.sources import kubelet_config
-from tests.oracle import GIB, MachineSpec, ask, asset
+from exporter.sources import cpu_manager, kubelet_config, memory_manager
+from tests.oracle import GIB, MachineSpec, ask, asset, refusal
 
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "250")) // 2
 MACHINE = MachineSpec(
@@ -112,6 +115,24 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
             config["reservedMemory"] = [
                 {"numaNode": 0, "limits": {"memory": str(expected or 1), "hugepages-2Mi": "2Mi"}}
             ]
+    # Settings of config validation (rarely, so that the resource-manager checks above still get exercised).
+    if draw(st.integers(0, 5)) == 0:
+        enforced = draw(st.lists(st.sampled_from(["pods", "system-reserved", "kube-reserved-compressible", "none"]),
+                                 min_size=0, max_size=2, unique=True))  # fmt: skip
+        config["enforceNodeAllocatable"] = enforced
+        for key in draw(st.lists(st.sampled_from(["systemReservedCgroup", "kubeReservedCgroup"]), unique=True)):
+            config[key] = "/reserved.slice"
+    if draw(st.integers(0, 5)) == 0:
+        signal = draw(st.sampled_from(["nodefs.available", "imagefs.inodesFree", "pid.available", "memory.free"]))
+        config.setdefault("evictionHard", {})[signal] = draw(st.sampled_from(["10%", "0%", "100%", "101%", "0", "5Gi"]))
+    if draw(st.integers(0, 5)) == 0:
+        gate = draw(st.sampled_from(["TopologyManagerPolicyOptions", "KubeletPodResourcesGet", "MemoryManager",
+                                     "PodLevelResources", "DRAConsumableCapacity"]))  # fmt: skip
+        config.setdefault("featureGates", {})[gate] = draw(st.booleans())
+    if draw(st.integers(0, 5)) == 0:
+        config.setdefault("systemReserved", {})[
+            draw(st.sampled_from(["pid", "ephemeral-storage", "example.com/gpu"]))
+        ] = draw(st.sampled_from(["1", "-1", "1Gi"]))
     return config
 
 
@@ -119,25 +140,156 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
           derandomize=os.environ.get("ORACLE_RANDOM") != "1")  # fmt: skip
 @given(configs())
 def test_doctor_refuses_exactly_what_the_kubelet_refuses(config: dict[str, Any]) -> None:
-    answer = ask(
-        {
-            "machine": MACHINE.oracle_machine(),
-            "kubeletConfig": config,
-            "queries": [{"type": "admit_on", "pod": {"requests": {"cpu": "1", "memory": "100Mi"}}}],
-        }
-    )
-    refused = answer.get("error") or answer["results"][0].get("error")
-    topology = MACHINE.topology()
-    state = KubeletState(config=kubelet_config.parse_kubelet_config(yaml.safe_dump(config).encode()))
-    snapshot = Snapshot(
-        topology=topology,
-        kubelet=state,
-        accounting=account(topology, state),
-        sources=(),
-        errors_total={},
-        taken_at=0.0,
-        duration_seconds=0.0,
-    )
-    blocking = [finding.message for finding in diagnose(snapshot) if finding.blocks_start]
+    refused = _kubelet_refuses(config)
+    blocking = [finding.message for finding in diagnose(_snapshot(config)) if finding.blocks_start]
     assert bool(blocking) == bool(refused), f"kubelet: {refused!r}; doctor: {blocking!r}"
     COUNTS["refused by both" if refused else "accepted by both"] += 1
+
+
+def _snapshot(config: dict[str, Any], state_files: dict[str, Any] | None = None) -> Snapshot:
+    """What doctor sees on MACHINE with this configuration (and state files), the way the builder makes it:
+    a configuration the parser refuses leaves the defaults and a kubelet_config status saying why."""
+    sources: tuple[SourceStatus, ...] = ()
+    try:
+        parsed = kubelet_config.parse_kubelet_config(yaml.safe_dump(config).encode())
+    except SourceError as exc:
+        parsed = KubeletConfig()
+        sources = (SourceStatus(source="kubelet_config", up=False, reason=exc.reason, message=exc.message),)
+    files = state_files or {}
+    state = KubeletState(
+        config=parsed,
+        cpu=cpu_manager.parse_cpu_manager_state(json.dumps(files["cpu_manager_state"]).encode())
+        if "cpu_manager_state" in files
+        else None,
+        memory=memory_manager.parse_memory_manager_state(json.dumps(files["memory_manager_state"]).encode())
+        if "memory_manager_state" in files
+        else None,
+    )
+    topology = MACHINE.topology()
+    return Snapshot(topology=topology, kubelet=state, accounting=account(topology, state), sources=sources,
+                    errors_total={}, taken_at=0.0, duration_seconds=0.0)  # fmt: skip
+
+
+def _kubelet_refuses(config: dict[str, Any], state_files: dict[str, Any] | None = None) -> str | None:
+    request: dict[str, Any] = {
+        "machine": MACHINE.oracle_machine(),
+        "kubeletConfig": config,
+        "queries": [{"type": "admit_on", "pod": {"requests": {"cpu": "1", "memory": "100Mi"}}}],
+    }
+    if state_files:
+        request["state"] = state_files
+    return refusal(request)
+
+
+STATIC = {"cpuManagerPolicy": "static", "kubeReserved": {"cpu": "1"}}
+# (configuration, the kubelet refuses it, what doctor must say). The first column is asserted against the
+# oracle too: each case records what the kubelet v1.36.2 decides.
+LINT_CASES: dict[str, tuple[dict[str, Any], bool, str | None]] = {
+    "memory policy spelled static": ({**STATIC, "memoryManagerPolicy": "static"}, True, "memoryManagerPolicy 'static'"),
+    "cpu policy spelled Static": ({"cpuManagerPolicy": "Static"}, True, "cpuManagerPolicy 'Static'"),
+    "a space in reservedSystemCPUs": ({**STATIC, "reservedSystemCPUs": "0, 8"}, True, "reservedSystemCPUs"),
+    "a wrong apiVersion": ({**STATIC, "apiVersion": "kubelet.config.k8s.io/v1"}, True, "apiVersion"),
+    "a misspelled field": ({**STATIC, "cpuManagerPolicyOption": {"full-pcpus-only": "true"}}, False,
+                           "did you mean 'cpuManagerPolicyOptions'?"),
+    "a removed feature gate": ({**STATIC, "featureGates": {"MemoryManager": True}}, False,
+                               "MemoryManager no longer exists"),
+    "a locked feature gate turned off": ({**STATIC, "featureGates": {"CPUManagerPolicyOptions": False}}, True,
+                                         "locked to true"),
+    "a gate whose dependent is on": ({**STATIC, "featureGates": {"PodLevelResources": False}}, True,
+                                     "InPlacePodLevelResourcesVerticalScaling"),
+    "the gate and its dependent off": (
+        {**STATIC, "featureGates": {"PodLevelResources": False, "InPlacePodLevelResourcesVerticalScaling": False}},
+        False, None),
+    "reservedSystemCPUs with a reserved cgroup": (
+        {**STATIC, "reservedSystemCPUs": "0", "systemReservedCgroup": "/system.slice"}, True, "systemReservedCgroup"),
+    "system-reserved enforced without its cgroup": (
+        {**STATIC, "enforceNodeAllocatable": ["pods", "system-reserved"]}, True, "needs systemReservedCgroup"),
+    "kube-reserved enforced with its cgroup": (
+        {**STATIC, "enforceNodeAllocatable": ["pods", "kube-reserved"], "kubeReservedCgroup": "/kube"}, False,
+        None),
+    "none and pods enforced": ({**STATIC, "enforceNodeAllocatable": ["none", "pods"]}, True, '"none"'),
+    "an unknown enforcement": ({**STATIC, "enforceNodeAllocatable": ["pod"]}, True, "'pod' is not one of"),
+    "a GPU in kubeReserved": ({**STATIC, "kubeReserved": {"cpu": "1", "nvidia.com/gpu": "1"}}, True,
+                              "cannot reserve 'nvidia.com/gpu'"),
+    "hugepages in systemReserved": ({**STATIC, "systemReserved": {"hugepages-2Mi": "2Mi"}}, True, "cannot reserve"),
+    "a negative kubeReserved": ({**STATIC, "kubeReserved": {"cpu": "1", "memory": "-1"}}, True, "negative"),
+    "pid and ephemeral-storage reserved": (
+        {**STATIC, "systemReserved": {"pid": "1000", "ephemeral-storage": "1Gi"}}, False, None),
+    "a zero eviction threshold": ({**STATIC, "evictionHard": {"memory.available": "0"}}, True, "must be positive"),
+    "an eviction threshold over 100%": ({**STATIC, "evictionHard": {"nodefs.available": "120%"}}, True, "100%"),
+    "an unknown eviction signal": ({**STATIC, "evictionHard": {"memory.free": "1Gi"}}, True, "'memory.free'"),
+    "0% is no threshold": ({**STATIC, "evictionHard": {"memory.available": "0%"}}, False, None),
+    "a CPU limit in reservedMemory": (
+        {**STATIC, "reservedMemory": [{"numaNode": 0, "limits": {"cpu": "1"}}]}, True, "'cpu' is neither"),
+    "a duplicate reservedMemory entry": (
+        {**STATIC, "memoryManagerPolicy": "Static",
+         "reservedMemory": [{"numaNode": 0, "limits": {"memory": "50Mi"}}, {"numaNode": 0, "limits": {"memory": "50Mi"}}]},
+        True, "duplicate"),
+    "100% memory eviction is none": (
+        {**STATIC, "memoryManagerPolicy": "Static", "evictionHard": {"memory.available": "100%"},
+         "reservedMemory": [{"numaNode": 0, "limits": {"memory": "1"}}]},
+        True, "adds up to 1 bytes"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(LINT_CASES))
+def test_doctor_lints_the_configuration_as_the_kubelet_loads_it(name: str) -> None:
+    config, refused, said = LINT_CASES[name]
+    kubelet = _kubelet_refuses(config)
+    assert bool(kubelet) == refused, f"the case's record is wrong: the kubelet says {kubelet!r}"
+    findings = diagnose(_snapshot(config))
+    assert any(f.blocks_start for f in findings) == refused, [f.line() for f in findings]
+    if said is None:  # accepted, and nothing doctor calls an error
+        assert not [f for f in findings if f.severity == "error"], [f.line() for f in findings]
+    else:
+        assert any(said in f.message for f in findings), [f.line() for f in findings]
+
+
+def _state_after_one_pod(config: dict[str, Any]) -> dict[str, Any]:
+    """The state files the kubelet writes with `config` once it admits one {cpu: 2, memory: 1Gi} pod."""
+    answer = ask({
+        "machine": MACHINE.oracle_machine(),
+        "kubeletConfig": config,
+        "queries": [{"type": "fit", "pod": {"requests": {"cpu": "2", "memory": "1Gi"}}, "maxPods": 1}],
+    })  # fmt: skip
+    assert answer["results"][0]["count"] == 1, answer
+    files: dict[str, Any] = answer["results"][0]["finalState"]
+    return files
+
+
+RUNNING = {"cpuManagerPolicy": "static", "reservedSystemCPUs": "0", "memoryManagerPolicy": "Static",
+           "kubeReserved": {"memory": "412Mi"}, "reservedMemory": [{"numaNode": 0, "limits": {"memory": "512Mi"}}],
+           "topologyManagerPolicy": "single-numa-node"}  # fmt: skip
+# A configuration rolled out to a node already running a pod under RUNNING: (new settings, refused, doctor says).
+ROLLOUT_CASES: dict[str, tuple[dict[str, Any], bool, str | None]] = {
+    "unchanged": ({}, False, None),
+    "more reserved CPUs, one of them pinned": ({"reservedSystemCPUs": "0-1"}, True, "are not in cpu_manager_state"),
+    "reserved CPUs moved to free ones": ({"reservedSystemCPUs": "8"}, False, None),
+    "the CPU manager turned off": ({"cpuManagerPolicy": "none", "reservedSystemCPUs": ""}, True,
+                                   "written by policy 'static'"),
+    "the memory manager turned off": ({"memoryManagerPolicy": "None", "reservedMemory": []}, True,
+                                      "written by policy 'Static'"),
+    "reservedMemory split over both NUMA nodes": (
+        {"reservedMemory": [{"numaNode": 0, "limits": {"memory": "256Mi"}}, {"numaNode": 1, "limits": {"memory": "256Mi"}}]},
+        True, "but reservedMemory says"),
+    "strict reservation added": ({"cpuManagerPolicyOptions": {"strict-cpu-reservation": "true"}}, True,
+                                 "strictly reserved CPUs"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ROLLOUT_CASES))
+def test_doctor_checks_a_rollout_against_the_state_files_as_the_kubelet_does(name: str) -> None:
+    """Changing reservations or policies on a node with pods: the kubelet refuses to start on the old state
+    files (validateState, the checkpoints' policy names); doctor, given those files, says so."""
+    state = _state_after_one_pod(RUNNING)
+    changes, refused, said = ROLLOUT_CASES[name]
+    config = {**RUNNING, **changes}
+    config = {key: value for key, value in config.items() if value not in ("", [])}
+    kubelet = _kubelet_refuses(config, state)
+    assert bool(kubelet) == refused, f"the case's record is wrong: the kubelet says {kubelet!r}"
+    findings = diagnose(_snapshot(config, state))
+    assert any(f.blocks_start for f in findings) == refused, [f.line() for f in findings]
+    if said is None:  # accepted, and nothing doctor calls an error
+        assert not [f for f in findings if f.severity == "error"], [f.line() for f in findings]
+    else:
+        assert any(said in f.message for f in findings), [f.line() for f in findings]

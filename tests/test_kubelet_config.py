@@ -21,7 +21,7 @@ def test_fields() -> None:
 kind: KubeletConfiguration
 cpuManagerPolicy: static
 cpuManagerPolicyOptions: {full-pcpus-only: "true", strict-cpu-reservation: true}
-memoryManagerPolicy: static
+memoryManagerPolicy: Static
 topologyManagerPolicy: single-numa-node
 topologyManagerScope: pod
 topologyManagerPolicyOptions: {max-allowable-numa-nodes: "16"}
@@ -30,6 +30,9 @@ reservedMemory:
 - {numaNode: 0, limits: {memory: 1Gi, hugepages-2Mi: 4Mi}}
 - {numaNode: 1, limits: {memory: 512Mi}}
 systemReserved: {cpu: 500m, memory: 1Gi}
+enforceNodeAllocatable: [pods, system-reserved]
+systemReservedCgroup: /system.slice
+cpuManagerPolicyOption: {full-pcpus-only: "true"}
 """
     )
     assert config.memory_manager_policy == "Static"
@@ -38,6 +41,10 @@ systemReserved: {cpu: 500m, memory: 1Gi}
     assert config.reserved_system_cpus == {0, 16}
     assert config.reserved_memory == {0: {"memory": 1 << 30, "hugepages-2Mi": 4 << 20}, 1: {"memory": 512 << 20}}
     assert config.system_reserved == {"cpu": "500m", "memory": "1Gi"}
+    assert config.enforce_node_allocatable == ("pods", "system-reserved")
+    assert (config.system_reserved_cgroup, config.kube_reserved_cgroup) == ("/system.slice", "")
+    assert config.unknown_fields == ("cpuManagerPolicyOption",)  # the kubelet ignores it: doctor says so
+    assert parse_kubelet_config(b"{}").enforce_node_allocatable == ("pods",)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +54,14 @@ systemReserved: {cpu: 500m, memory: 1Gi}
         (b"- a list", SourceParseError),
         (b"kind: Pod", SourceFormatError),
         (b"cpuManagerPolicy: dynamic", SourceFormatError),
+        # The managers compare policy names exactly (kubelet-oracle: "unknown policy"); see test_doctor_oracle.
+        (b"cpuManagerPolicy: Static", SourceFormatError),
+        (b"memoryManagerPolicy: static", SourceFormatError),
+        (b"apiVersion: kubelet.config.k8s.io/v1", SourceFormatError),
+        (b'reservedSystemCPUs: "0, 8"', SourceParseError),
+        (b"reservedMemory: [{numaNode: 0, limits: {memory: 1Gi}}, {numaNode: 0, limits: {memory: 1Gi}}]",
+         SourceFormatError),
+        (b"enforceNodeAllocatable: pods", SourceParseError),
         (b"reservedSystemCPUs: 0-", SourceParseError),
         (b"reservedMemory: [{numaNode: x}]", SourceParseError),
         (b"reservedMemory: [{numaNode: 0, limits: {memory: lots}}]", SourceParseError),

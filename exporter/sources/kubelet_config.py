@@ -24,6 +24,38 @@ SOURCE = "kubelet_config"
 LIMIT_BYTES = 1 << 20
 KIND = "KubeletConfiguration"
 
+# K pkg/kubelet/apis/config/v1beta1 KubeletConfiguration (v1.36): every field the kubelet's decoder knows. Any
+# other key fails strict decoding; the kubelet then decodes leniently, logs it and ignores the key.
+FIELDS = frozenset({
+    "address", "allowedUnsafeSysctls", "apiVersion", "authentication", "authorization", "cgroupDriver", "cgroupRoot",
+    "cgroupsPerQOS", "clusterDNS", "clusterDomain", "configMapAndSecretChangeDetectionStrategy",
+    "containerLogMaxFiles", "containerLogMaxSize", "containerLogMaxWorkers", "containerLogMonitorInterval",
+    "containerRuntimeEndpoint", "contentType", "cpuCFSQuota", "cpuCFSQuotaPeriod", "cpuManagerPolicy",
+    "cpuManagerPolicyOptions", "cpuManagerReconcilePeriod", "crashLoopBackOff", "enableContentionProfiling",
+    "enableControllerAttachDetach", "enableDebugFlagsHandler", "enableDebuggingHandlers", "enableProfilingHandler",
+    "enableServer", "enableSystemLogHandler", "enableSystemLogQuery", "enforceNodeAllocatable", "eventBurst",
+    "eventRecordQPS", "evictionHard", "evictionMaxPodGracePeriod", "evictionMinimumReclaim",
+    "evictionPressureTransitionPeriod", "evictionSoft", "evictionSoftGracePeriod", "failCgroupV1", "failSwapOn",
+    "featureGates", "fileCheckFrequency", "hairpinMode", "healthzBindAddress", "healthzPort", "httpCheckFrequency",
+    "imageGCHighThresholdPercent", "imageGCLowThresholdPercent", "imageMaximumGCAge", "imageMinimumGCAge",
+    "imagePullCredentialsVerificationPolicy", "imageServiceEndpoint", "iptablesDropBit", "iptablesMasqueradeBit",
+    "kernelMemcgNotification", "kind", "kubeAPIBurst", "kubeAPIQPS", "kubeReserved", "kubeReservedCgroup",
+    "kubeletCgroups", "localStorageCapacityIsolation", "logging", "makeIPTablesUtilChains", "maxOpenFiles",
+    "maxParallelImagePulls", "maxPods", "memoryManagerPolicy", "memoryReservationPolicy", "memorySwap",
+    "memoryThrottlingFactor", "mergeDefaultEvictionSettings", "nodeLeaseDurationSeconds", "nodeStatusMaxImages",
+    "nodeStatusReportFrequency", "nodeStatusUpdateFrequency", "oomScoreAdj", "podCIDR", "podLogsDir", "podPidsLimit",
+    "podsPerCore", "port", "preloadedImagesVerificationAllowlist", "protectKernelDefaults", "providerID",
+    "qosReserved", "readOnlyPort", "registerNode", "registerWithTaints", "registryBurst", "registryPullQPS",
+    "reservedMemory", "reservedSystemCPUs", "resolvConf", "rotateCertificates", "runOnce", "runtimeRequestTimeout",
+    "seccompDefault", "serializeImagePulls", "serverTLSBootstrap", "showHiddenMetricsForVersion",
+    "shutdownGracePeriod", "shutdownGracePeriodByPodPriority", "shutdownGracePeriodCriticalPods",
+    "singleProcessOOMKill", "staticPodPath", "staticPodURL", "staticPodURLHeader", "streamingConnectionIdleTimeout",
+    "syncFrequency", "systemCgroups", "systemReserved", "systemReservedCgroup", "tlsCertFile", "tlsCipherSuites",
+    "tlsCurvePreferences", "tlsMinVersion", "tlsPrivateKeyFile", "topologyManagerPolicy",
+    "topologyManagerPolicyOptions", "topologyManagerScope", "tracing", "userNamespaces", "volumePluginDir",
+    "volumeStatsAggPeriod",
+})  # fmt: skip
+API_VERSION = "kubelet.config.k8s.io/v1beta1"
 CPU_POLICIES = ("none", "static")
 MEMORY_POLICIES = ("None", "Static")
 TOPOLOGY_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
@@ -51,14 +83,17 @@ def parse_kubelet_config(raw: bytes) -> KubeletConfig:
     kind = document.get("kind", KIND)
     if kind != KIND:
         raise SourceFormatError(SOURCE, f"kind is {kind!r}, expected {KIND}")
+    api_version = document.get("apiVersion", API_VERSION)
+    if api_version != API_VERSION:
+        raise SourceFormatError(SOURCE, f"apiVersion is {api_version!r}, expected {API_VERSION}")
 
-    cpu_policy = _choice(document, "cpuManagerPolicy", "none", CPU_POLICIES, fold=False)
-    memory_policy = _choice(document, "memoryManagerPolicy", "None", MEMORY_POLICIES, fold=True)
-    topology_policy = _choice(document, "topologyManagerPolicy", "none", TOPOLOGY_POLICIES, fold=False)
-    scope = _choice(document, "topologyManagerScope", "container", TOPOLOGY_SCOPES, fold=False)
+    cpu_policy = _choice(document, "cpuManagerPolicy", "none", CPU_POLICIES)
+    memory_policy = _choice(document, "memoryManagerPolicy", "None", MEMORY_POLICIES)
+    topology_policy = _choice(document, "topologyManagerPolicy", "none", TOPOLOGY_POLICIES)
+    scope = _choice(document, "topologyManagerScope", "container", TOPOLOGY_SCOPES)
     reserved_text = _string(document.get("reservedSystemCPUs"), "reservedSystemCPUs")
     try:
-        reserved = parse_cpuset(reserved_text.replace(" ", ""))
+        reserved = parse_cpuset(reserved_text)  # no spaces: the kubelet's cpuset.Parse refuses "0, 8"
     except ValueError as exc:
         raise SourceParseError(SOURCE, f"reservedSystemCPUs: {exc}") from None
     return KubeletConfig(
@@ -74,8 +109,12 @@ def parse_kubelet_config(raw: bytes) -> KubeletConfig:
         kube_reserved=_string_map(document, "kubeReserved"),
         eviction_hard=_string_map(document, "evictionHard") if document.get("evictionHard") is not None else None,
         feature_gates=_feature_gates(document.get("featureGates")),
-        cgroup_driver=_choice(document, "cgroupDriver", "cgroupfs", CGROUP_DRIVERS, fold=False),
+        cgroup_driver=_choice(document, "cgroupDriver", "cgroupfs", CGROUP_DRIVERS),
         cgroup_root=_string(document.get("cgroupRoot"), "cgroupRoot") or "/",
+        enforce_node_allocatable=_string_list(document, "enforceNodeAllocatable", default=("pods",)),
+        system_reserved_cgroup=_string(document.get("systemReservedCgroup"), "systemReservedCgroup"),
+        kube_reserved_cgroup=_string(document.get("kubeReservedCgroup"), "kubeReservedCgroup"),
+        unknown_fields=tuple(sorted(str(key) for key in document if key not in FIELDS)),
         from_file=True,
     )
 
@@ -92,11 +131,11 @@ def _string(value: Any, what: str) -> str:
     return str(value)
 
 
-def _choice(document: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...], *, fold: bool) -> str:
+def _choice(document: Mapping[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    """Case matters: the kubelet refuses `Static` for the CPU manager and `static` for the memory manager."""
     value = _string(document.get(key), key) or default
-    for option in allowed:
-        if value == option or (fold and value.casefold() == option.casefold()):
-            return option
+    if value in allowed:
+        return value
     raise SourceFormatError(SOURCE, f"{key} {value!r} is not one of {', '.join(allowed)}")
 
 
@@ -107,6 +146,15 @@ def _string_map(document: Mapping[str, Any], key: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise SourceParseError(SOURCE, f"{key} must be a mapping")
     return {str(name): str(item).lower() if isinstance(item, bool) else str(item) for name, item in value.items()}
+
+
+def _string_list(document: Mapping[str, Any], key: str, *, default: tuple[str, ...]) -> tuple[str, ...]:
+    value = document.get(key)
+    if value is None:  # unset or null: the v1beta1 default
+        return default
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise SourceParseError(SOURCE, f"{key} must be a list of strings")
+    return tuple(value)
 
 
 def _feature_gates(value: Any) -> dict[str, bool]:
@@ -135,8 +183,12 @@ def _reserved_memory(value: Any) -> dict[int, dict[str, int]]:
             raise SourceParseError(SOURCE, "reservedMemory limits must be a mapping")
         per_numa = reserved.setdefault(item["numaNode"], {})
         for resource, quantity in limits.items():
+            if str(resource) in per_numa:  # K validation_reserved_memory.go
+                raise SourceFormatError(
+                    SOURCE, f"reservedMemory has a duplicate value for NUMA node {item['numaNode']} and {resource}"
+                )
             try:
-                per_numa[str(resource)] = per_numa.get(str(resource), 0) + quantity_value(quantity)
+                per_numa[str(resource)] = quantity_value(quantity)
             except ValueError as exc:
                 raise SourceParseError(SOURCE, f"reservedMemory: {exc}") from None
     return reserved
