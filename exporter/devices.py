@@ -1,9 +1,10 @@
 """Where each kubelet device lives, in the two views docs/product.md keeps apart.
 
 * Hardware (`device_numa_nodes`): what performance follows, used by the alignment audit and device_info. A
-  PCI address ID reads `numa_node` from sysfs; a GPU or MIG UUID, or an NVIDIA time-sliced replica
-  `<uuid>::<n>`, maps through NVML to its PCI address; only when hardware does not know (`-1`, or an ID
-  nothing maps) do the checkpoint's NUMA keys count.
+  PCI address ID reads `numa_node` from sysfs (where that is -1, the NUMA node holding all its local CPUs,
+  discovery.py); a GPU or MIG UUID, or an NVIDIA time-sliced replica `<uuid>::<n>`, maps through NVML to
+  its PCI address; only when hardware does not know (`-1`, or an ID nothing maps) do the checkpoint's NUMA
+  keys count.
 * Admission (`admission_numa_nodes`): what the kubelet's device manager aligns, i.e. the topology the device
   plugin reported (K devicemanager/topology_hints.go). The checkpoint files each allocated device under the
   NUMA keys its plugin reported, `-1` for none; a resource whose allocations all sit under `-1` has a plugin
@@ -38,16 +39,21 @@ class DeviceRecord:
     pci_address: str
     model: str
     pool: str = ""
+    # Where the hardware puts it: numa_node, else (firmware said -1) the NUMA node of its local CPUs.
+    hardware_numa_node: int = UNKNOWN_NUMA_NODE
 
 
-def hardware_numa(topology: Topology) -> dict[str, int]:
-    """Device ID -> NUMA node, for every ID hardware can place: PCI addresses, GPU and MIG UUIDs."""
-    placed = {device.address: device.numa_node for device in topology.pci_devices}
+def hardware_numa(topology: Topology, *, local_cpus: bool = False) -> dict[str, int]:
+    """Device ID -> NUMA node, for every ID hardware can place: PCI addresses, GPU and MIG UUIDs. With
+    `local_cpus`, a device whose numa_node is -1 is placed by its local CPUs where they are on one NUMA node
+    (the hardware view only: the kubelet and device plugins go by numa_node)."""
+    placed = {d.address: d.hardware_numa_node if local_cpus else d.numa_node for d in topology.pci_devices}
     for gpu in topology.gpus:
-        placed[gpu.uuid] = gpu.numa_node
-        placed[gpu.pci_address] = gpu.numa_node
+        numa = placed.get(gpu.pci_address, gpu.numa_node) if local_cpus else gpu.numa_node
+        placed[gpu.uuid] = numa
+        placed[gpu.pci_address] = numa
         for mig in gpu.mig_devices:
-            placed[mig.uuid] = gpu.numa_node
+            placed[mig.uuid] = numa
     return placed
 
 
@@ -122,7 +128,7 @@ def device_numa_nodes(topology: Topology, checkpoint: DeviceCheckpoint | None) -
     """Every device ID the checkpoint names -> the NUMA nodes it counts on ({-1} when unknown)."""
     if checkpoint is None:
         return {}
-    hardware = hardware_numa(topology)
+    hardware = hardware_numa(topology, local_cpus=True)
     keys = _checkpoint_keys(checkpoint)
     names = set(keys) | {device for ids in checkpoint.registered.values() for device in ids}
     placement = {}
@@ -152,9 +158,11 @@ def device_inventory(
         if not device.published:
             continue
         numa = sorted(device.numa_nodes)[0] if len(device.numa_nodes) == 1 else UNKNOWN_NUMA_NODE
-        record = DeviceRecord(device=device.ref.device, resource=device.resource, kind=device.kind, numa_node=numa,
-                              pci_address=device.pci_address, model=device.model, pool=device.ref.pool)  # fmt: skip
         index = by_address.get(device.pci_address) if device.pci_address else None
+        hardware = records[index].hardware_numa_node if index is not None and numa == UNKNOWN_NUMA_NODE else numa
+        record = DeviceRecord(device=device.ref.device, resource=device.resource, kind=device.kind, numa_node=numa,
+                              pci_address=device.pci_address, model=device.model, pool=device.ref.pool,
+                              hardware_numa_node=hardware)  # fmt: skip
         if index is not None and index not in replaced:
             replaced.add(index)
             merged[index] = record
@@ -170,6 +178,7 @@ def _plugin_inventory(
         device: resource for resource, ids in (checkpoint.registered if checkpoint else {}).items() for device in ids
     }
     gpus = {gpu.pci_address: gpu for gpu in topology.gpus}
+    hardware_of = {pci.address: pci.hardware_numa_node for pci in topology.pci_devices}
     records: list[DeviceRecord] = []
     covered: set[str] = set()
     for pci in topology.pci_devices:
@@ -185,6 +194,7 @@ def _plugin_inventory(
                 numa_node=pci.numa_node,
                 pci_address=pci.address,
                 model=model,
+                hardware_numa_node=pci.hardware_numa_node,
             )
         )
         for mig in gpu.mig_devices if gpu else ():
@@ -197,6 +207,7 @@ def _plugin_inventory(
                     numa_node=pci.numa_node,
                     pci_address=pci.address,
                     model=f"{model} MIG",
+                    hardware_numa_node=pci.hardware_numa_node,
                 )
             )
     by_uuid = {gpu.uuid: gpu for gpu in topology.gpus}
@@ -213,13 +224,13 @@ def _plugin_inventory(
                     numa_node=replica_of.numa_node,
                     pci_address=replica_of.pci_address,
                     model=replica_of.name,
+                    hardware_numa_node=hardware_of.get(replica_of.pci_address, replica_of.numa_node),
                 )
             )
             continue
         numa = (
             sorted(placement.get(device, UNKNOWN))[0] if len(placement.get(device, UNKNOWN)) == 1 else UNKNOWN_NUMA_NODE
         )
-        records.append(
-            DeviceRecord(device=device, resource=resource, kind="other", numa_node=numa, pci_address="", model="")
-        )
+        records.append(DeviceRecord(device=device, resource=resource, kind="other", numa_node=numa, pci_address="",
+                                    model="", hardware_numa_node=numa))  # fmt: skip
     return tuple(records)

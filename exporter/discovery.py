@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from exporter.errors import SourceError, SourceMissing, SourceUnavailable
-from exporter.model import UNKNOWN_NUMA_NODE, Gpu, PciDevice, SourceStatus, Topology
+from exporter.model import UNKNOWN_NUMA_NODE, Gpu, NumaNode, PciDevice, SourceStatus, Topology
 from exporter.paths import HostPaths
 from exporter.sources import cpus, numa, nvml, pci, udev
 
@@ -30,7 +30,7 @@ def discover(
     if not online:
         raise SourceMissing(SYSFS, f"no online CPUs in {paths.cpus_dir} (is {paths.sysfs} a sysfs?)")
     numa_reading = numa.read_numa_nodes(paths, online_cpus=online)
-    devices = pci.read_pci_devices(paths)
+    devices = _local_numa_nodes(pci.read_pci_devices(paths), numa_reading.numa_nodes)
     statuses = [SourceStatus(source=SYSFS, up=True)]
     warnings = list(numa_reading.warnings)
 
@@ -64,6 +64,17 @@ def discover(
         warnings=tuple(warnings),
         sources=tuple(statuses),
     )
+
+
+def _local_numa_nodes(devices: tuple[PciDevice, ...], numa_nodes: tuple[NumaNode, ...]) -> tuple[PciDevice, ...]:
+    """A device the firmware gives no NUMA node whose local CPUs all sit on one NUMA node (and not on every
+    CPU of a multi-NUMA host) is, by the hardware, on that node: what hwloc shows."""
+    placed = []
+    for device in devices:
+        holding = [n.numa_node for n in numa_nodes if device.local_cpus and n.cpus and device.local_cpus <= n.cpus]
+        local = holding[0] if device.numa_node == UNKNOWN_NUMA_NODE and len(holding) == 1 else UNKNOWN_NUMA_NODE
+        placed.append(dataclasses.replace(device, local_numa_node=local) if local != UNKNOWN_NUMA_NODE else device)
+    return tuple(placed)
 
 
 def _place_gpus(gpus: tuple[Gpu, ...], devices: tuple[PciDevice, ...]) -> tuple[Gpu, ...]:

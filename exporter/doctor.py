@@ -155,6 +155,12 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
             f"registered devices with no known NUMA node ({', '.join(unplaced)}): the "
             "Topology Manager cannot align them. Check the BIOS's PCI locality (ACPI _PXM) and the device plugin",
         )
+    local = sorted((d.address, d.local_numa_node) for d in topology.pci_devices if d.local_numa_node != -1)
+    if local:
+        where = ", ".join(f"{address} on NUMA {numa}" for address, numa in local)
+        add("info", "devices", f"the firmware gives no NUMA node for {where}, but their local CPUs are all there "
+            "(the hardware's view, as hwloc shows it): the kubelet and device plugins still see -1, so nothing "
+            "aligns with them. A firmware (ACPI _PXM) fix makes it numa_node")  # fmt: skip
     absent = [s.source for s in snapshot.sources if not s.up and s.available and s.reason == "missing"]
     if absent:
         add("info", "sources", f"no {', '.join(absent)} on this host: the configuration is checked on its own "

@@ -212,8 +212,9 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
 
     devices = GaugeMetricFamily(
         f"{PREFIX}device_info",
-        "One per device (GPU, NIC, VF, accelerator), registered with the kubelet or not.",
-        labels=["numa_node", "resource", "device", "kind", "pci_address", "model", "pool"],
+        "One per device (GPU, NIC, VF, accelerator), registered with the kubelet or not. hardware_numa_node: "
+        "where the hardware puts it (numa_node, else the NUMA node of its local CPUs when the firmware gives -1).",
+        labels=["numa_node", "resource", "device", "kind", "pci_address", "model", "pool", "hardware_numa_node"],
     )
     for record in accounting.devices:
         devices.add_metric(
@@ -225,6 +226,7 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
                 record.pci_address,
                 record.model,
                 record.pool,
+                str(record.hardware_numa_node),
             ],
             1,
         )

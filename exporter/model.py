@@ -66,6 +66,15 @@ class PciDevice:
     vendor_name: str | None = None
     model_name: str | None = None
     pcie_root: str = ""  # `pci<domain>:<bus>` of the root complex above it
+    # Where numa_node is -1 only: the CPUs the kernel calls local to it, and the one NUMA node holding all of
+    # them (discovery.py; -1 when they span NUMA nodes or are unknown). The hardware's view, never admission's.
+    local_cpus: CpuSet = frozenset()
+    local_numa_node: int = UNKNOWN_NUMA_NODE
+
+    @property
+    def hardware_numa_node(self) -> int:
+        """`numa_node`, else the NUMA node of its local CPUs, else -1."""
+        return self.numa_node if self.numa_node != UNKNOWN_NUMA_NODE else self.local_numa_node
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from exporter.cpuset import format_cpuset
 from exporter.dra import DraView, is_dra_resource
-from exporter.model import SourceStatus, Topology
+from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, SourceStatus, Topology
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
@@ -95,7 +95,7 @@ def render_topology(topology: Topology) -> str:
                         dev.address,
                         dev.kind,
                         dev.category,
-                        dev.numa_node,
+                        _device_numa(dev),
                         dev.driver or "-",
                         f"{dev.vendor_id}:{dev.device_id}",
                         " ".join(name for name in (dev.vendor_name, dev.model_name) if name) or "-",
@@ -134,6 +134,13 @@ def render_topology(topology: Topology) -> str:
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _device_numa(device: PciDevice) -> str:
+    """`-1 (CPUs: 1)` where the firmware gives no NUMA node but the device's local CPUs are all on one."""
+    if device.numa_node == UNKNOWN_NUMA_NODE and device.local_numa_node != UNKNOWN_NUMA_NODE:
+        return f"-1 (CPUs: {device.local_numa_node})"
+    return str(device.numa_node)
 
 
 def _sriov(numvfs: int | None, totalvfs: int | None, physfn: str | None) -> str:

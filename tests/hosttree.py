@@ -117,9 +117,12 @@ class HostTree:
         rdma: Iterable[str] = (),
         totalvfs: int | None = None,
         physfn: str | None = None,
+        local_cpulist: str | None = None,
     ) -> Path:
         directory = self.pci_root / address
         directory.mkdir(parents=True, exist_ok=True)
+        if local_cpulist is not None:
+            (directory / "local_cpulist").write_text(f"{local_cpulist}\n")
         (directory / "class").write_text(f"0x{class_code:06x}\n")
         (directory / "vendor").write_text(f"{vendor}\n")
         (directory / "device").write_text(f"{device}\n")

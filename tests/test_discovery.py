@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,56 @@ def test_a_virtio_nic_has_its_interface(tmp_path: Path) -> None:
     found = {d.address: d for d in discover(host.paths, use_nvml=False, use_udev=False).pci_devices}
     assert found["0000:00:03.0"].net_interfaces == ("eth0",)
     assert found["0000:00:03.0"].kind == "nic"
+
+
+def test_a_device_without_numa_node_is_placed_by_its_local_cpus_as_the_hardware_view(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """numa_node -1 with all local CPUs on NUMA 1: shown (table, device_info's hardware_numa_node, doctor)
+    as the hardware's view, while numa_node, and so admission, stays -1. Local CPUs on both NUMA nodes
+    place nothing."""
+    from exporter.cli import main
+    from tests.hosttree import fixture_machine
+
+    host = fixture_machine(tmp_path / "m")
+    host.pci_device("0000:c1:00.0", class_code=0x030200, numa_node=-1, vendor="0x10de", device="0x2330",
+                    local_cpulist="8-15,24-31")  # fmt: skip
+    host.pci_device("0000:c2:00.0", class_code=0x030200, numa_node=-1, vendor="0x10de", device="0x2330",
+                    local_cpulist="0-31")  # fmt: skip
+    found = {d.address: d for d in discover(host.paths, use_nvml=False, use_udev=False).pci_devices}
+    assert (found["0000:c1:00.0"].numa_node, found["0000:c1:00.0"].hardware_numa_node) == (-1, 1)
+    assert (found["0000:c2:00.0"].numa_node, found["0000:c2:00.0"].hardware_numa_node) == (-1, -1)
+    assert found["0000:1a:00.0"].local_cpus == frozenset(), "read only where numa_node is unknown"
+
+    argv = ["--no-nvml", "--path.sysfs", str(host.sys), "--path.kubelet", str(tmp_path / "none")]
+    assert main(["snapshot", "--format", "metrics", *argv]) == 0
+    metrics = capsys.readouterr().out
+    line = next(x for x in metrics.splitlines() if x.startswith("numa_topology_device_info") and "c1:00.0" in x)
+    assert 'numa_node="-1"' in line
+    assert 'hardware_numa_node="1"' in line
+    other = next(x for x in metrics.splitlines() if x.startswith("numa_topology_device_info") and "c2:00.0" in x)
+    assert 'hardware_numa_node="-1"' in other
+    assert main(["snapshot", *argv]) == 0
+    table = capsys.readouterr().out
+    assert next(x for x in table.splitlines() if x.startswith("0000:c1:00.0")).split()[3:6] == ["-1", "(CPUs:", "1)"]
+    main(["doctor", *argv])
+    doctor = capsys.readouterr().out
+    assert "the firmware gives no NUMA node for 0000:c1:00.0 on NUMA 1, but their local CPUs are all there" in doctor
+    assert "0000:c2:00.0 on" not in doctor
+
+    # A container pinned to NUMA 1's CPUs 9-10 holding that GPU: the audit (hardware) calls it aligned (the GPU
+    # is on NUMA 1 by its local CPUs), while admission, like the kubelet and its plugin, places the GPU nowhere.
+    from tests.kubelet_files import cpu_state, device_entry, device_state, fixture_config, install
+
+    pinned = {"uid-1": {"app": [9, 10]}}
+    install(host, cpu=cpu_state(default=[c for c in range(32) if c not in (9, 10)], entries=pinned),
+            devices=device_state([device_entry("uid-1", "app", "nvidia.com/gpu", {-1: ["0000:c1:00.0"]})],
+                                 {"nvidia.com/gpu": ["0000:c1:00.0"]}),
+            config=fixture_config(memory="None"))  # fmt: skip
+    kubelet = ["--no-nvml", "--path.sysfs", str(host.sys), "--path.kubelet", str(host.kubelet)]
+    assert main(["snapshot", "--format", "metrics", *kubelet]) == 0
+    metrics = capsys.readouterr().out
+    assert re.search(r'^numa_topology_container_aligned\{.*pod_uid="uid-1".*\} 1\.0$', metrics, re.MULTILINE)
+    gpus = [x for x in metrics.splitlines() if x.startswith("numa_topology_resource_capacity") and "nvidia.com/gpu" in x]
+    assert gpus
+    assert all('numa_node="1"' not in x for x in gpus), gpus

@@ -46,6 +46,7 @@ class HwlocView:
     distances: dict[tuple[int, int], int]
     machine_cpus: frozenset[int]
     network_names: frozenset[str]
+    pci_cpus: dict[str, frozenset[int]]  # PCI address -> cpuset of the object hwloc attaches it under
 
 
 def parse_bitmap(text: str) -> frozenset[int]:
@@ -97,11 +98,20 @@ def run_lstopo(fsroot: Path, name: str) -> HwlocView:
         for obj in root.iter("object")
         if obj.get("type") == "OSDev" and obj.get("osdev_type") in ("2", "3")
     )
+    parents = {child: parent for parent in root.iter("object") for child in parent if child.tag == "object"}
+    pci_cpus = {}
+    for obj in root.iter("object"):
+        if obj.get("type") == "PCIDev":
+            above = parents.get(obj)
+            while above is not None and above.get("cpuset") is None:  # bridges carry no cpuset
+                above = parents.get(above)
+            pci_cpus[obj.get("pci_busid", "")] = parse_bitmap(above.get("cpuset", "0x0")) if above is not None else frozenset()
     return HwlocView(
         numa_nodes=nodes,
         distances=distances,
         machine_cpus=parse_bitmap(machine.get("complete_cpuset", "0x0")),
         network_names=names,
+        pci_cpus=pci_cpus,
     )
 
 
@@ -159,3 +169,28 @@ def test_network_devices_match_hwloc(hwloc_trees: dict[str, Path], name: str) ->
     names = {n for device in topology.pci_devices for n in (*device.net_interfaces, *device.rdma_devices)}
     assert peer.network_names
     assert names == peer.network_names
+
+
+@pytest.mark.parametrize("name", HWLOC_NAMES)
+def test_device_locality_matches_hwloc(hwloc_trees: dict[str, Path], name: str) -> None:
+    """A device whose firmware gives no numa_node: we place it, as the hardware's view, where hwloc attaches
+    it (by its local CPUs; the POWER9 GPUs of nvidiagpunumanodes have no numa_node file at all), and one hwloc
+    attaches above every NUMA node (the Machine) stays -1. (Where numa_node is known we keep it, as the
+    kubelet does; hwloc goes by local_cpus even then: 40intel64's InfiniBand card is numa_node 2 with all
+    CPUs local, and hwloc attaches it to the Machine.)"""
+    peer = run_lstopo(hwloc_trees[name], name)
+    topology = ours(hwloc_trees[name])
+    compared = 0
+    for device in topology.pci_devices:
+        cpus = peer.pci_cpus.get(device.address)
+        if device.numa_node != -1 or not cpus:
+            continue
+        # The sysfs NUMA nodes with CPUs: hwloc gives CPU-less (GPU memory) nodes their initiators' CPUs.
+        holding = [numa.numa_node for numa in topology.numa_nodes if numa.cpus and cpus <= numa.cpus]
+        assert device.hardware_numa_node == (holding[0] if len(holding) == 1 else -1), device.address
+        compared += 1
+    assert compared or not [d for d in topology.pci_devices if d.address in peer.pci_cpus and d.numa_node == -1]
+    if name == "nvidiagpunumanodes":
+        gpus = {d.address: (d.numa_node, d.local_numa_node) for d in topology.pci_devices if d.category == "gpu"}
+        assert gpus == {"0004:05:00.0": (-1, 0), "0004:06:00.0": (-1, 0), "0006:00:00.0": (-1, 0),
+                        "0007:00:00.0": (-1, 8), "0035:04:00.0": (-1, 8), "0035:05:00.0": (-1, 8)}  # fmt: skip

@@ -2,7 +2,10 @@
 
 Reads `<sysfs>/bus/pci/devices/<address>/{class, vendor, device, numa_node, driver, sriov_totalvfs,
 sriov_numvfs, virtfn<N>, physfn, net/, infiniband/}`. A `numa_node` of -1 (firmware gave no locality)
-is kept as -1: unknown, never guessed. Bridges, USB and storage controllers are left out.
+is kept as -1: unknown, never guessed; for such a device `local_cpulist` (else the `local_cpus` mask) is
+read too, the CPUs the kernel says are close to it, which is where hwloc places it (discovery.py says
+which NUMA node that is, as the hardware's view; admission keeps -1, as the kubelet does). Bridges, USB
+and storage controllers are left out.
 Paths are plain strings here: a large host has hundreds of PCI functions and this runs on every refresh.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 import re
 
+from exporter.cpuset import CpuSet, parse_cpumask, parse_sysfs_cpulist
+from exporter.errors import InvalidText
 from exporter.model import UNKNOWN_NUMA_NODE, DeviceKind, PciDevice
 from exporter.paths import HostPaths
 from exporter.sources.files import list_dir, read_sysfs_int, read_sysfs_text
@@ -61,6 +66,9 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     if category is None and physfn is None and not totalvfs:
         return None
     numa_node = read_sysfs_int(f"{device_dir}/numa_node") if "numa_node" in entries else None
+    if numa_node is None or numa_node < 0:
+        numa_node = UNKNOWN_NUMA_NODE
+    unknown = numa_node == UNKNOWN_NUMA_NODE
     vfs = sorted(
         (name for name in entries if name.startswith("virtfn") and name[6:].isdigit()), key=lambda n: int(n[6:])
     )
@@ -69,7 +77,8 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
         vendor_id=vendor,
         device_id=_hex_id(read_sysfs_text(f"{device_dir}/device")),
         class_code=class_code,
-        numa_node=UNKNOWN_NUMA_NODE if numa_node is None or numa_node < 0 else numa_node,
+        numa_node=numa_node,
+        local_cpus=_local_cpus(device_dir, entries) if unknown else frozenset(),
         kind=device_kind(category=category, is_vf=physfn is not None),
         category=category or "other",
         driver=_link_name(f"{device_dir}/driver") if "driver" in entries else None,
@@ -81,6 +90,18 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
         vfs=tuple(name for name in (_link_name(f"{device_dir}/{vf}") for vf in vfs) if name),
         pcie_root=pcie_root(device_dir),
     )
+
+
+def _local_cpus(device_dir: str, entries: set[str]) -> CpuSet:
+    """The device's `local_cpulist` (else its `local_cpus` mask); empty where neither reads."""
+    for name, parse in (("local_cpulist", parse_sysfs_cpulist), ("local_cpus", parse_cpumask)):
+        if name in entries:
+            text = read_sysfs_text(f"{device_dir}/{name}")
+            try:
+                return parse(text) if text is not None else frozenset()
+            except InvalidText:
+                return frozenset()
+    return frozenset()
 
 
 def pcie_root(device_dir: str) -> str:
