@@ -7,6 +7,7 @@ Kubernetes restarts it. SIGTERM and SIGINT stop it cleanly within a second.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from exporter.paths import HostPaths
 from exporter.refresher import Refresher
 from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
 from exporter.sources.dra_api import slice_devices
+from exporter.threads import in_daemon_thread
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,12 @@ async def serve(
     if udev is not None:
         loop.remove_reader(udev[0])
     await runner.cleanup()
-    builder.close()
+    if refresher.building:
+        # A read still runs in its thread (NVML, a slow file): exiting does not wait for it, and closing the
+        # builder's handles under it could crash it; the process's exit releases them.
+        log.info("stopping with a refresh still reading; not waiting for it")
+    else:
+        builder.close()
     log.info("stopped")
     return code
 
@@ -204,7 +211,7 @@ async def sample_placement(sampler: PlacementSampler, refresher: Refresher, inte
     while True:
         snapshot = refresher.current()
         if snapshot is not None:
-            await asyncio.to_thread(sampler.sample, snapshot)
+            await in_daemon_thread(functools.partial(sampler.sample, snapshot), name="placement")
         await asyncio.sleep(interval_seconds if snapshot is not None else min(interval_seconds, 0.5))
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
 from exporter.errors import SourceError
 from exporter.metrics import RefreshStats
 from exporter.snapshot import Snapshot, SnapshotBuilder
+from exporter.threads import in_daemon_thread
 from exporter.triggers import Trigger
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,7 @@ class Refresher:
         self.snapshot: Snapshot | None = None
         self.refreshes = 0
         self._busy_since: float | None = None
+        self._building = threading.Event()
         self._listeners: list[Listener] = []
         self.first_snapshot = asyncio.Event()
         self.failure: SourceError | None = None  # why there is no snapshot yet (sysfs never readable)
@@ -56,11 +59,23 @@ class Refresher:
         busy = self._busy_since
         return busy is None or time.monotonic() - busy < self._stall
 
+    @property
+    def building(self) -> bool:
+        """A build is running in its thread (which outlives a cancelled refresh: a read cannot be interrupted)."""
+        return self._building.is_set()
+
+    def _build(self) -> Snapshot:
+        try:
+            return self._builder.build()
+        finally:
+            self._building.clear()
+
     async def refresh_once(self, reasons: set[str]) -> None:
         self._busy_since = time.monotonic()
         started = time.perf_counter()
         try:
-            snapshot = await asyncio.to_thread(self._builder.build)
+            self._building.set()
+            snapshot = await in_daemon_thread(self._build, name="refresh")
         except SourceError as exc:
             if self.failure is None or str(exc) != str(self.failure):
                 log.error("refresh failed and there is no earlier snapshot to keep: %s", exc)

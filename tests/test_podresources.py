@@ -319,3 +319,23 @@ def test_the_socket_is_read_through_a_read_only_mount(
         pytest.skip(f"no mount namespace here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "2", "both pods listed through the read-only mount"
+
+
+
+def test_sigterm_during_a_podresources_call_stops_within_a_second(
+    host: HostTree, server: PodResourcesServer, socket_path: Path
+) -> None:
+    """A refresh waiting on the kubelet's socket (answering after 4 s) does not hold up the exit."""
+    import signal
+    import time
+
+    extra = ["--no-nvml", "--debounce", "0", "--resync-interval", "0.2", "--path.podresources-socket",
+             str(socket_path)]  # fmt: skip
+    with Daemon(host.paths, extra=extra) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        before = server.calls["List"]
+        server.fault = Fault(delay_seconds=4.0)
+        wait_for(lambda: server.calls["List"] > before, what="a refresh blocked in List")
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 1.0

@@ -15,7 +15,7 @@ from exporter.app import ServeOptions, parse_listen_address, serve
 from exporter.errors import SourceMissing
 from exporter.snapshot import SnapshotBuilder
 from tests.daemon import Daemon, cpu_series, wait_for
-from tests.hosttree import HostTree
+from tests.hosttree import HostTree, fixture_nvml_config
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
 
 NO_RESYNC = ["--resync-interval", "3600", "--debounce", "0", "--no-nvml"]
@@ -82,6 +82,24 @@ def test_endpoints(static_machine: HostTree) -> None:
         assert '"numa_node": 1' in body
         assert daemon.get("/nope")[0] == 404
         assert daemon.get("/healthz") == (200, "ok\n")
+
+
+def test_sigterm_during_a_slow_nvml_init_stops_within_a_second(
+    static_machine: HostTree, tmp_path: Path, fake_nvml_library: Path
+) -> None:
+    """On a GPU node without persistence mode nvmlInit takes seconds, and a refresh calls it: a SIGTERM
+    then must not wait for the call (it used to take as long as the call, 1-2 s on real GPUs)."""
+    config = fixture_nvml_config(tmp_path / "nvml")
+    env = {"LD_LIBRARY_PATH": str(fake_nvml_library.parent), "FAKE_NVML_CONFIG": str(config)}
+    extra = ["--resync-interval", "0.2", "--debounce", "0"]
+    with Daemon(static_machine.paths, extra=extra, env=env) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        marker = tmp_path / "in-nvml-init"
+        config.write_text(config.read_text() + f"delay_ms 5000 {marker}\n")
+        wait_for(marker.exists, what="a refresh inside nvmlInit")
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 1.0, daemon.text
 
 
 def test_sigterm_stops_within_a_second(static_machine: HostTree) -> None:

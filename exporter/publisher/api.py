@@ -3,12 +3,10 @@ that maps API failures to the exporter's exception tree (errors.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import json
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,31 +95,6 @@ def _status_body(body: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-async def in_daemon_thread(call: Callable[[], T]) -> T:
-    """Run a blocking call in a daemon thread: unlike the default executor, a hung call cannot delay exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def resolve(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            result = call()
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(resolve, None, exc)
-        else:
-            loop.call_soon_threadsafe(resolve, result, None)
-
-    threading.Thread(target=target, name="kube-api", daemon=True).start()
-    return await future
 
 
 def client_from(kubeconfig: Path | None) -> Any:

@@ -26,8 +26,9 @@ from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, 
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.metrics import NrtStats
 from exporter.nrt import build_nrt, content
-from exporter.publisher.api import KubeApi, in_daemon_thread
+from exporter.publisher.api import KubeApi
 from exporter.snapshot import Snapshot
+from exporter.threads import in_daemon_thread
 
 log = logging.getLogger(__name__)
 

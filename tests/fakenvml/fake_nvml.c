@@ -4,11 +4,14 @@
  * Configuration: the file named by $FAKE_NVML_CONFIG, read at nvmlInitWithFlags time, one line each:
  *   init_error <nvmlReturn_t>                        nvmlInitWithFlags fails with that code (9: driver not loaded)
  *   gpu <uuid> <name> <memory-bytes> <bus-id> <mig-mode 0|1> [<mig-uuid> ...]
+ *   delay_ms <n> <marker-path>                       nvmlInitWithFlags creates the marker file, then takes n ms
+ *                                                    (a driver without persistence mode initialising)
  * Without $FAKE_NVML_CONFIG the library behaves as a host whose driver is not loaded.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define MAX_GPUS 16
 #define MAX_MIG 8
@@ -45,10 +48,13 @@ static device_t gpus[MAX_GPUS];
 static device_t migs[MAX_GPUS * MAX_MIG];
 static int gpu_count = 0;
 static int initialised = 0;
+static long delay_ms = 0;
+static char delay_marker[1024];
 
 static int load_config(void) {
     const char *path = getenv("FAKE_NVML_CONFIG");
     gpu_count = 0;
+    delay_ms = 0;
     if (path == NULL || *path == '\0') return NVML_ERROR_DRIVER_NOT_LOADED;
     FILE *file = fopen(path, "r");
     if (file == NULL) return NVML_ERROR_DRIVER_NOT_LOADED;
@@ -59,6 +65,10 @@ static int load_config(void) {
         if (word == NULL) continue;
         if (strcmp(word, "init_error") == 0) {
             result = atoi(strtok(NULL, " \t\n"));
+        } else if (strcmp(word, "delay_ms") == 0) {
+            delay_ms = atol(strtok(NULL, " \t\n"));
+            char *marker = strtok(NULL, " \t\n");
+            snprintf(delay_marker, sizeof delay_marker, "%s", marker ? marker : "");
         } else if (strcmp(word, "gpu") == 0 && gpu_count < MAX_GPUS) {
             device_t *gpu = &gpus[gpu_count];
             memset(gpu, 0, sizeof *gpu);
@@ -87,6 +97,14 @@ static int load_config(void) {
 int nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
     int result = load_config();
+    if (delay_ms > 0) {
+        if (delay_marker[0] != '\0') {
+            FILE *marker = fopen(delay_marker, "w");
+            if (marker != NULL) fclose(marker);
+        }
+        struct timespec pause = {delay_ms / 1000, (delay_ms % 1000) * 1000000L};
+        nanosleep(&pause, NULL);
+    }
     initialised = result == NVML_SUCCESS;
     return result;
 }
