@@ -28,5 +28,11 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     return documents
 
 
+def notes(values: dict[str, Any]) -> str:
+    chart = helm.Chart.load(CHART)
+    manifests = chart.render(values, name="nte", namespace="numa-system", is_install=True)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
 def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [doc for doc in documents if doc["kind"] == kind]

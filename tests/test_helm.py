@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser
-from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, render
+from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, notes, render
 
 
 def daemonsets(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -293,3 +293,10 @@ def test_the_chart_readme_names_every_top_level_value() -> None:
     values = yaml.safe_load((Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "values.yaml").read_text())
     missing = [key for key in values if f"`{key}" not in readme and f"`{key}." not in readme]
     assert missing == []
+
+
+def test_the_notes_say_when_kube_prometheus_stack_would_not_select_the_monitors() -> None:
+    hint = "selects monitors and rules by the label release=<its release name>"
+    assert hint in notes({"serviceMonitor": {"enabled": True}})
+    assert hint not in notes({"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"}}})
+    assert hint not in notes({})
