@@ -21,6 +21,9 @@ from aiohttp import web
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host"}
 
 
+RECORDED = web.RequestKey("recorded", bool)
+
+
 @dataclass(frozen=True)
 class Seen:
     method: str
@@ -160,7 +163,7 @@ class FaultProxy:
         return None
 
     def _record(self, request: web.Request, status: int) -> None:
-        request["recorded"] = True
+        request[RECORDED] = True
         with self._lock:
             self._unrecorded -= 1
             self.seen.append(
@@ -174,7 +177,7 @@ class FaultProxy:
             return await self._forward(request)
         except BaseException:
             with self._lock:
-                if request.get("recorded") is None:
+                if request.get(RECORDED) is None:
                     self._unrecorded -= 1
             raise
 
