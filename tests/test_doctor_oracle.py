@@ -24,6 +24,7 @@ from exporter.errors import SourceError
 from exporter.model import KubeletConfig, SourceStatus
 from exporter.snapshot import Snapshot, account
 from exporter.sources import cpu_manager, kubelet_config, memory_manager
+from tests.kubelet_files import memory_state
 from tests.oracle import GIB, MachineSpec, ask, asset, refusal
 
 EXAMPLES = int(os.environ.get("ORACLE_EXAMPLES", "250")) // 2
@@ -293,3 +294,26 @@ def test_doctor_checks_a_rollout_against_the_state_files_as_the_kubelet_does(nam
         assert not [f for f in findings if f.severity == "error"], [f.line() for f in findings]
     else:
         assert any(said in f.message for f in findings), [f.line() for f in findings]
+
+
+def test_a_changed_reservation_is_refused_on_a_memory_state_with_no_pods() -> None:
+    """The memory manager compares the whole machine state in its file, not only what pods hold: a node
+    whose pods are gone still refuses a new reservedMemory until the file is removed."""
+    state = _state_after_one_pod(RUNNING)
+    memory = state["memory_manager_state"]
+    memory["entries"] = {}
+    node = memory["machineState"]["0"]
+    node["numberOfAssignments"] = 0
+    table = node["memoryMap"]["memory"]
+    table["free"], table["reserved"] = table["allocatable"], 0
+    empty = {"memory_manager_state": json.loads(memory_state(memory))}
+    assert _kubelet_refuses(RUNNING, empty) is None
+    assert not any(f.blocks_start for f in diagnose(_snapshot(RUNNING, empty)))
+    moved = {**RUNNING, "reservedMemory": [{"numaNode": 0, "limits": {"memory": "256Mi"}},
+                                           {"numaNode": 1, "limits": {"memory": "256Mi"}}]}  # fmt: skip
+    assert _kubelet_refuses(moved, empty)
+    findings = diagnose(_snapshot(moved, empty))
+    assert [f.message for f in findings if f.blocks_start] == [
+        "memory_manager_state reserves 536870912 bytes of memory on NUMA node 0 but reservedMemory says 268435456: "
+        "drain the node and remove the state file, or keep the old setting: the kubelet will not start"
+    ]
