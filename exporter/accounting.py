@@ -149,7 +149,7 @@ def exclusive_cpus(
         topology=cpus,
         available=frozenset(state.cpu.default_cpuset - reserved - dra_cpus),
         reserved_physical=cpus.core_cpus(reserved),
-        full_pcpus_only=options.get("full-pcpus-only", "false").lower() == "true",
+        full_pcpus_only=state.config.cpu_option("full-pcpus-only"),
         options=options,
     )
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from exporter.cpuset import CpuSet
-from exporter.model import Topology
+from exporter.model import Topology, option_enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +301,7 @@ def take_by_topology(
 ) -> CpuSet:
     """`staticPolicy.takeByTopology`: packed, or distributed under `distribute-cpus-across-numa`; spread
     over cores under `distribute-cpus-across-cores`; uncore-aligned under `prefer-align-cpus-by-uncorecache`."""
-    opts = {key: value.lower() == "true" for key, value in (options or {}).items()}
+    opts = {key: option_enabled(options or {}, key) for key in options or {}}
     spread = opts.get("distribute-cpus-across-cores", False)
     if opts.get("distribute-cpus-across-numa", False):
         group = topo.cpus_per_core if opts.get("full-pcpus-only", False) else 1

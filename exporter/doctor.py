@@ -88,7 +88,7 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
                 f"{format_cpuset(snapshot.accounting.reserved.cpus)}; set reservedSystemCPUs to choose them",
             )
         smt = any(len(cpu.siblings) > 1 for cpu in topology.cpus)
-        if smt and config.cpu_manager_policy_options.get("full-pcpus-only", "false") != "true":
+        if smt and not config.cpu_option("full-pcpus-only"):
             add(
                 "info",
                 "cpu-manager",
@@ -210,7 +210,7 @@ def _host_findings(snapshot: Snapshot) -> list[Finding]:
                 found.append(Finding(severity="warning", check="cpu-reservation", message=(
                     f"the reserved CPUs take every CPU of NUMA node {n}: no container's exclusive CPUs can be aligned "
                     f"with its memory and devices. Reserve CPUs on other NUMA nodes, or fewer")))  # fmt: skip
-        if config.cpu_manager_policy_options.get("full-pcpus-only", "false").lower() == "true":
+        if config.cpu_option("full-pcpus-only"):
             siblings = frozenset(s for cpu in topology.cpus if cpu.cpu in reserved for s in cpu.siblings) - reserved
             if siblings:
                 found.append(Finding(severity="warning", check="cpu-reservation", message=(

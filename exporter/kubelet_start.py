@@ -16,7 +16,7 @@ from exporter.accounting import KubeletState
 from exporter.cpu_assignment import kubelet_numa_node_of_cpu
 from exporter.cpuset import CpuSet, format_cpuset
 from exporter.errors import InvalidText
-from exporter.model import KubeletConfig, MemoryManagerState, Topology
+from exporter.model import GO_BOOLS, KubeletConfig, MemoryManagerState, Topology
 from exporter.units import hugepage_resource, parse_quantity_exact
 
 # K pkg/kubelet/cm/cpumanager/policy_options.go (v1.36): option -> maturity ("alpha" needs the
@@ -30,8 +30,6 @@ CPU_OPTIONS = {
     "prefer-align-cpus-by-uncorecache": "ga",
 }
 TOPOLOGY_OPTIONS = ("prefer-closest-numa-nodes", "max-allowable-numa-nodes")
-GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}  # fmt: skip
 DEFAULT_EVICTION_MEMORY = "100Mi"
 
 

@@ -207,6 +207,15 @@ class DeviceCheckpoint:
     registered: Mapping[str, tuple[str, ...]]
 
 
+# Go's strconv.ParseBool, which the kubelet parses policy options with ("1", "t", "True", ... are on).
+GO_BOOLS = {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
+            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}  # fmt: skip
+
+
+def option_enabled(options: Mapping[str, str], name: str) -> bool:
+    return GO_BOOLS.get(options.get(name, "false"), False)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KubeletConfig:
     """The fields of KubeletConfiguration (kubelet.config.k8s.io/v1beta1) NUMA alignment depends on,
@@ -232,9 +241,13 @@ class KubeletConfig:
     unknown_fields: tuple[str, ...] = ()  # keys the kubelet's strict decoder rejects and then ignores
     from_file: bool = False
 
+    def cpu_option(self, name: str) -> bool:
+        """A CPU manager policy option is on, read as the kubelet reads it (Go's strconv.ParseBool)."""
+        return option_enabled(self.cpu_manager_policy_options, name)
+
     @property
     def strict_cpu_reservation(self) -> bool:
-        return self.cpu_manager_policy_options.get("strict-cpu-reservation", "false").lower() == "true"
+        return self.cpu_option("strict-cpu-reservation")
 
     @property
     def max_allowable_numa_nodes(self) -> int:

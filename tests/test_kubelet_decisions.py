@@ -273,11 +273,16 @@ def test_duplicated_cpus_case_matches_the_oracle() -> None:
 # --- edge cases ------------------------------------------------------------------------------------------
 
 
-def test_full_pcpus_only_refuses_requests_that_are_not_whole_cores() -> None:
+# The kubelet reads policy options with Go's strconv.ParseBool: each of these turns the option on.
+GO_TRUE = ["true", "1", "t", "True", "TRUE"]
+
+
+@pytest.mark.parametrize("on", GO_TRUE)
+def test_full_pcpus_only_refuses_requests_that_are_not_whole_cores(on: str) -> None:
     config = {
         "cpuManagerPolicy": "static",
         "reservedSystemCPUs": "0",
-        "cpuManagerPolicyOptions": {"full-pcpus-only": "true"},
+        "cpuManagerPolicyOptions": {"full-pcpus-only": on},
     }
     profiles = (Profile(name="one", requests={"cpu": 1}), Profile(name="two", requests={"cpu": 2}))
     accounting = account(SMT_SMALL.topology(), state_of(config, cpu=fresh_cpu_state(SMT_SMALL)), profiles=profiles)
@@ -286,11 +291,12 @@ def test_full_pcpus_only_refuses_requests_that_are_not_whole_cores() -> None:
     assert fits["two"].aligned == 3, "NUMA 0 keeps a lone sibling of reserved CPU 0 that no pod can use"
 
 
-def test_full_pcpus_only_case_matches_the_oracle() -> None:
+@pytest.mark.parametrize("on", ["true", "1", "t"])
+def test_full_pcpus_only_case_matches_the_oracle(on: str) -> None:
     config = {
         "cpuManagerPolicy": "static",
         "reservedSystemCPUs": "0",
-        "cpuManagerPolicyOptions": {"full-pcpus-only": "true"},
+        "cpuManagerPolicyOptions": {"full-pcpus-only": on},
         "topologyManagerPolicy": "single-numa-node",
     }
     assert oracle_fit(SMT_SMALL, config, {"cpu": "1", "memory": "100Mi"}) == 0
