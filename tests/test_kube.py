@@ -302,7 +302,9 @@ def test_pod_watch_relists_after_410_gone(kube: ControlPlane, proxy: FaultProxy,
     async def run() -> None:
         watcher.start(asyncio.get_running_loop())
         deadline = time.monotonic() + 10
-        while watcher.watches < 1 and time.monotonic() < deadline:
+        # The watch open at the proxy, not only started by the watcher: cut before it arrives, and the cut
+        # misses it (the next watch, and so the 410, would come only at its 30 s timeout).
+        while (watcher.watches < 1 or proxy.open_streams() < 1) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         proxy.fail(410, when=lambda method, path: "watch=true" in path, times=1)
         proxy.cut_watches()
