@@ -7,6 +7,7 @@ audit build on the accounts (fit.py, alignment.py); `account()` runs them all.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class KubeletState:
     devices: DeviceCheckpoint | None = None
     pods: tuple[PodRef, ...] | None = None
     podresources: PodResourcesReading | None = None
+    # The podresources reading was taken in this refresh, after the state files (not a last good one kept
+    # through an error): only then does a pod it leaves out say that pod's entries are gone.
+    podresources_current: bool = True
     dra: DraCheckpoint | None = None
     dra_health: tuple[DraDeviceHealth, ...] | None = None
     dra_api: DraApiReading | None = None
@@ -276,6 +280,66 @@ def device_accounts(
             used = sum(1 for device in allocated if numa in (placement[device] or UNKNOWN))
             accounts.append(_bounded(numa, resource, capacity, capacity, capacity - used))
     return accounts
+
+
+def without_gone_pods(state: KubeletState, live: frozenset[str]) -> KubeletState:
+    """The state files as the kubelet's next admission reads them: the entries of pods it no longer holds
+    released first, as its managers do before they allocate (K cpumanager `removeStaleState` and the static
+    policy's `RemoveContainer`; memorymanager `removeStaleState` and `RemoveContainer`, which frees each block
+    NUMA node by NUMA node, up to what that node has reserved, and undoes a node's group once its last
+    assignment goes; devicemanager `UpdateAllocatedDevices`). The files themselves keep such entries until
+    then (`stale_entries` counts them)."""
+    cpu, memory, devices = state.cpu, state.memory, state.devices
+    if cpu is not None and any(pod and pod not in live for pod in cpu.entries):
+        gone = [cpuset for pod, held in cpu.entries.items() if pod and pod not in live for cpuset in held.values()]
+        freed = frozenset().union(*gone)
+        cpu = dataclasses.replace(
+            cpu,
+            default_cpuset=cpu.default_cpuset | freed,
+            entries={pod: held for pod, held in cpu.entries.items() if not pod or pod in live},
+        )
+    if memory is not None and (set(memory.entries) | set(memory.pod_entries)) - live:
+        memory = _release_memory(memory, live)
+    if devices is not None and any(entry.pod_uid not in live for entry in devices.allocations):
+        devices = dataclasses.replace(
+            devices, allocations=tuple(entry for entry in devices.allocations if entry.pod_uid in live)
+        )
+    return dataclasses.replace(state, cpu=cpu, memory=memory, devices=devices)
+
+
+def _release_memory(memory: MemoryManagerState, live: frozenset[str]) -> MemoryManagerState:
+    tables = {n: dict(numa.memory_map) for n, numa in memory.machine_state.items()}
+    assignments = {n: numa.number_of_assignments for n, numa in memory.machine_state.items()}
+    cells = {n: numa.cells for n, numa in memory.machine_state.items()}
+    gone = [blocks for pod, held in memory.entries.items() if pod not in live for blocks in held.values()]
+    gone += [blocks for pod, blocks in memory.pod_entries.items() if pod not in live]
+    for blocks in gone:
+        for block in blocks:
+            released = block.size_bytes
+            for n in block.numa_affinity:
+                if n not in tables:
+                    continue
+                assignments[n] -= 1
+                if assignments[n] == 0:
+                    cells[n] = (n,)
+                table = tables[n].get(block.resource)
+                if released == 0 or table is None or table.reserved_bytes == 0:
+                    continue
+                moved = min(released, table.reserved_bytes)
+                released -= moved
+                tables[n][block.resource] = dataclasses.replace(
+                    table, free_bytes=table.free_bytes + moved, reserved_bytes=table.reserved_bytes - moved
+                )
+    machine_state = {
+        n: dataclasses.replace(numa, memory_map=tables[n], number_of_assignments=assignments[n], cells=cells[n])
+        for n, numa in memory.machine_state.items()
+    }
+    return dataclasses.replace(
+        memory,
+        machine_state=machine_state,
+        entries={pod: held for pod, held in memory.entries.items() if pod in live},
+        pod_entries={pod: blocks for pod, blocks in memory.pod_entries.items() if pod in live},
+    )
 
 
 def stale_entries(state: KubeletState, *, live_uids: frozenset[str] | None = None) -> dict[str, int]:

@@ -51,6 +51,9 @@ class CrossCheck:
     live_uids: frozenset[str]
     disagreements: tuple[Disagreement, ...]
     reported_topology: Mapping[str, frozenset[int]]  # device ID -> NUMA nodes its plugin reported
+    # Every pod the kubelet lists, terminal ones included, by UID: the pods whose state-file entries its next
+    # admission keeps. None when a listed pod that holds something could not be identified.
+    kubelet_uids: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,31 @@ def cross_check(state: KubeletState, reading: PodResourcesReading, *, api_synced
         live_uids=frozenset(uid_of.values()),
         disagreements=tuple(disagreements),
         reported_topology=_reported_topology(reading),
+        kubelet_uids=_kubelet_uids(reading, known, uid_of, index, claimed),
     )
+
+
+def _kubelet_uids(
+    reading: PodResourcesReading,
+    known: Mapping[tuple[str, str], PodRef],
+    uid_of: Mapping[tuple[str, str], str],
+    index: _Index,
+    claimed: set[str],
+) -> frozenset[str] | None:
+    """The UIDs of every pod podresources lists, the ones the API no longer places here included."""
+    uids = set(uid_of.values())
+    for pod in reading.pods:
+        key = (pod.namespace, pod.name)
+        if key in uid_of:
+            continue
+        ref = known.get(key)
+        uid = ref.uid if ref is not None else _match(pod, index, claimed)
+        if uid:
+            uids.add(uid)
+            claimed.add(uid)
+        elif any(container.holds_anything for container in pod.containers):
+            return None
+    return frozenset(uids)
 
 
 def _held(state: KubeletState) -> dict[tuple[str, str], _Held]:

@@ -25,6 +25,7 @@ from exporter.accounting import (
     reserved_cpus,
     resource_accounts,
     stale_entries,
+    without_gone_pods,
 )
 from exporter.alignment import ContainerAlignment, container_alignment
 from exporter.cpu_assignment import CpuTopology
@@ -115,8 +116,12 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
     them), a state-file entry of any other pod is stale, and a free device's plugin topology is known
     (crosscheck.py)."""
     crosscheck = None
+    files = state
     if state.podresources is not None:
         crosscheck = cross_check(state, state.podresources, api_synced=api_synced(state.pods))
+        if state.podresources_current and crosscheck.kubelet_uids is not None:
+            api_uids = {pod.uid for pod in state.pods or () if pod.spec_known}
+            state = without_gone_pods(state, crosscheck.kubelet_uids | api_uids)
         if not api_synced(state.pods):
             state = dataclasses.replace(state, pods=crosscheck.pods)
     cpus = CpuTopology.from_topology(topology)
@@ -144,7 +149,7 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
         profiles=profiles,
         fits=fits,
         containers=container_alignment(topology, state, placement=placement, dra=dra),
-        stale_entries=stale_entries(state, live_uids=crosscheck.live_uids if crosscheck else None),
+        stale_entries=stale_entries(files, live_uids=crosscheck.live_uids if crosscheck else None),
         reserved=reserved,
         devices=device_inventory(topology, state.devices, placement, dra),
         crosscheck=crosscheck,
@@ -246,6 +251,8 @@ class SnapshotBuilder:
             if self._use_podresources
             else None,
         )
+        if self._use_podresources and not self._statuses[PODRESOURCES].up:
+            state = dataclasses.replace(state, podresources_current=False)
         accounting = account(topology, state, profiles=self.profiles)
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)

@@ -134,6 +134,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         ("tests.test_oracle_differential", "generated node states compared"),
         ("tests.test_doctor_oracle", "kubelet configurations judged"),
         ("tests.test_scheduler_e2e", "real scheduler, kubelet played by the oracle"),
+        ("tests.test_real_nodes", "real scheduler, real kubelets"),
     ):
         counts = getattr(sys.modules.get(module), "COUNTS", None)
         if counts:

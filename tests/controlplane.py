@@ -128,9 +128,23 @@ class ControlPlane:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_scheduler(self, *, verbosity: int = 5) -> None:
+    def start_scheduler(
+        self, *, verbosity: int = 5, resync_seconds: int = 1, informer_mode: str | None = None, reserve: bool = True
+    ) -> None:
+        """The scheduler with a `topo-aware-scheduler` profile. scheduler-plugins' knobs users set:
+        `cacheResyncPeriodSeconds` (0 turns the reserve cache off: the plugin then reads NRT objects as they
+        are), `cache.informerMode` (`Dedicated`, the default, or `Shared`), the Reserve extension point."""
         if "kube-scheduler-nrt" in self.processes:
             return
+        args: dict[str, Any] = {"scoringStrategy": {"type": "LeastAllocated"}, "cacheResyncPeriodSeconds": resync_seconds}
+        if informer_mode is not None:
+            args["cache"] = {"informerMode": informer_mode}
+        plugins: dict[str, Any] = {
+            "filter": {"enabled": [{"name": "NodeResourceTopologyMatch"}]},
+            "score": {"enabled": [{"name": "NodeResourceTopologyMatch", "weight": 10}]},
+        }
+        if reserve:
+            plugins["reserve"] = {"enabled": [{"name": "NodeResourceTopologyMatch"}]}
         config = self.root / "scheduler-config.yaml"
         config.write_text(
             yaml.safe_dump(
@@ -143,20 +157,8 @@ class ControlPlane:
                         {"schedulerName": "default-scheduler"},
                         {
                             "schedulerName": "topo-aware-scheduler",
-                            "plugins": {
-                                "filter": {"enabled": [{"name": "NodeResourceTopologyMatch"}]},
-                                "reserve": {"enabled": [{"name": "NodeResourceTopologyMatch"}]},
-                                "score": {"enabled": [{"name": "NodeResourceTopologyMatch", "weight": 10}]},
-                            },
-                            "pluginConfig": [
-                                {
-                                    "name": "NodeResourceTopologyMatch",
-                                    "args": {
-                                        "scoringStrategy": {"type": "LeastAllocated"},
-                                        "cacheResyncPeriodSeconds": 1,
-                                    },
-                                }
-                            ],
+                            "plugins": plugins,
+                            "pluginConfig": [{"name": "NodeResourceTopologyMatch", "args": args}],
                         },
                     ],
                 }

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from exporter.cpuset import format_cpuset
+from exporter.cpuset import format_cpuset, parse_cpuset
 from exporter.paths import HostPaths
 
 NUMASTAT_FIELDS = ("numa_hit", "numa_miss", "numa_foreign", "interleave_hit", "local_node", "other_node")
@@ -149,6 +149,39 @@ class HostTree:
         return directory
 
 
+    def kubelet_view(self) -> None:
+        """What the real kubelet (cadvisor) reads besides what the exporter reads: each NUMA node's `cpuN`
+        links, /proc/cpuinfo and /proc/meminfo (cadvisor's regexps need MemTotal, SwapTotal and the
+        hugepage lines). For `start-node`, which bind-mounts these over the host's in the kubelet's namespace."""
+        cpus: dict[int, tuple[int, int]] = {}
+        total_kb = 0
+        for node in sorted(self.node_dir.glob("node[0-9]*")):
+            for cpu in parse_cpuset((node / "cpulist").read_text().strip()):
+                _symlink(node / f"cpu{cpu}", self.cpu_dir / f"cpu{cpu}")
+                topology = self.cpu_dir / f"cpu{cpu}" / "topology"
+                cpus[cpu] = (int((topology / "physical_package_id").read_text()), int((topology / "core_id").read_text()))
+            for line in (node / "meminfo").read_text().splitlines():
+                if "MemTotal:" in line:
+                    total_kb += int(line.split()[3])
+        nodes = format_cpuset(int(node.name[4:]) for node in self.node_dir.glob("node[0-9]*"))
+        for name in ("online", "possible", "has_memory", "has_cpu"):
+            (self.node_dir / name).write_text(nodes + "\n")
+        self.write(
+            "proc/cpuinfo",
+            "\n".join(
+                f"processor\t: {cpu}\nvendor_id\t: GenuineIntel\nmodel name\t: simulated\ncpu MHz\t\t: 2000.000\n"
+                f"physical id\t: {socket}\ncore id\t\t: {core}\nflags\t\t: fpu\n"
+                for cpu, (socket, core) in sorted(cpus.items())
+            ),
+        )
+        self.write(
+            "proc/meminfo",
+            f"MemTotal:       {total_kb} kB\nMemFree:        {total_kb // 2} kB\nMemAvailable:   {total_kb // 2} kB\n"
+            "SwapTotal:             0 kB\nSwapFree:              0 kB\nHugePages_Total:       0\n"
+            "HugePages_Free:        0\nHugepagesize:       2048 kB\n",
+        )
+
+
 def _symlink(link: Path, target: Path) -> None:
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink():
@@ -156,7 +189,7 @@ def _symlink(link: Path, target: Path) -> None:
     link.symlink_to(os.path.relpath(target, link.parent))
 
 
-def fixture_machine(root: Path) -> HostTree:
+def fixture_machine(root: Path, *, hugepages: bool = True) -> HostTree:
     """The 2-NUMA, 32-CPU machine the kubelet fixtures assume (tests/fixtures/kubelet/README.md).
 
     NUMA 0 = CPUs 0-7,16-23, NUMA 1 = 8-15,24-31 (HT siblings i / i+16); 64 GiB, 4 x 1Gi and 512 x 2Mi
@@ -172,7 +205,7 @@ def fixture_machine(root: Path) -> HostTree:
             numa,
             cpus=cpu_ids,
             memory_kb=64 * gib_kb,
-            hugepages={1048576: (4, 4), 2048: (512, 512)},
+            hugepages={1048576: (4, 4), 2048: (512, 512)} if hugepages else {},
             distances=[10, 21] if numa == 0 else [21, 10],
         )
     for address, numa in (("0000:1a:00.0", 0), ("0000:1b:00.0", 0), ("0000:8a:00.0", 1), ("0000:8b:00.0", 1)):

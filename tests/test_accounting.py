@@ -228,3 +228,61 @@ def test_unknown_availability_is_not_guessed(machine: HostTree) -> None:
     assert cpu.available is None
     assert not snapshot.source("cpu_manager_state").up  # type: ignore[union-attr]
     assert snapshot.accounting.fits == ()
+
+
+def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releases_them() -> None:
+    """K memorymanager releaseMemory: a block over NUMA 0 and 1 frees what NUMA 0 has reserved first, the rest
+    on NUMA 1, and both nodes leave their group once their last assignment goes; the CPUs of a gone pod return
+    to the shared pool; its devices are free. A live pod's entries stay."""
+    from exporter.accounting import KubeletState, without_gone_pods
+    from exporter.model import (
+        CpuManagerState,
+        DeviceAllocation,
+        DeviceCheckpoint,
+        MemoryBlock,
+        MemoryManagerState,
+        MemoryNumaState,
+        MemoryTable,
+    )
+
+    gib = 1 << 30
+
+    def table(reserved: int) -> MemoryTable:
+        return MemoryTable(total_bytes=64 * gib, system_reserved_bytes=gib, allocatable_bytes=63 * gib,
+                           reserved_bytes=reserved, free_bytes=63 * gib - reserved)  # fmt: skip
+
+    memory = MemoryManagerState(
+        version="v1",
+        policy_name="Static",
+        machine_state={
+            0: MemoryNumaState(numa_node=0, number_of_assignments=1, memory_map={"memory": table(60 * gib)}, cells=(0, 1)),
+            1: MemoryNumaState(numa_node=1, number_of_assignments=2, memory_map={"memory": table(12 * gib)}, cells=(0, 1)),
+        },
+        entries={
+            "gone": {"c": (MemoryBlock(numa_affinity=(0, 1), resource="memory", size_bytes=70 * gib),)},
+            "live": {"c": (MemoryBlock(numa_affinity=(1,), resource="memory", size_bytes=2 * gib),)},
+        },
+        pod_entries={},
+    )
+    cpu = CpuManagerState(version="v2", policy_name="static", default_cpuset=frozenset({0, 1}),
+                          entries={"gone": {"c": frozenset({2, 3})}, "live": {"c": frozenset({4})}}, pod_entries={},
+                          checksum_verified=True)  # fmt: skip
+    devices = DeviceCheckpoint(
+        version="v2",
+        allocations=(
+            DeviceAllocation(pod_uid="gone", container="c", resource="gpu", devices_by_numa={0: ("g0",)}),
+            DeviceAllocation(pod_uid="live", container="c", resource="gpu", devices_by_numa={1: ("g1",)}),
+        ),
+        registered={"gpu": ("g0", "g1")},
+    )
+    released = without_gone_pods(KubeletState(cpu=cpu, memory=memory, devices=devices), frozenset({"live"}))
+    assert released.cpu is not None and released.memory is not None and released.devices is not None
+    assert released.cpu.default_cpuset == {0, 1, 2, 3}
+    assert set(released.cpu.entries) == {"live"}
+    numa0, numa1 = released.memory.machine_state[0], released.memory.machine_state[1]
+    assert (numa0.memory_map["memory"].reserved_bytes, numa0.memory_map["memory"].free_bytes) == (0, 63 * gib)
+    assert (numa1.memory_map["memory"].reserved_bytes, numa1.memory_map["memory"].free_bytes) == (2 * gib, 61 * gib)
+    assert (numa0.number_of_assignments, numa0.cells) == (0, (0,))
+    assert (numa1.number_of_assignments, numa1.cells) == (1, (0, 1))  # still assigned: its group stays
+    assert [a.pod_uid for a in released.devices.allocations] == ["live"]
+    assert without_gone_pods(KubeletState(cpu=cpu), frozenset({"live", "gone"})).cpu == cpu

@@ -1,0 +1,297 @@
+"""Real Kubernetes nodes for the tests: the real kubelet v1.36.2, started by `../shared/k8s/start-node` over a
+simulated NUMA machine (a host tree of tests/hosttree.py), with the Kubernetes project's fake CRI runtime and
+stub device plugins. Pods bound to such a node go through the kubelet's own CPU, Memory, Device and Topology
+Managers: they reach Running or fail with TopologyAffinityError, and the kubelet writes its real state files
+and serves its real podresources socket, which the agent of that node reads.
+
+Needs root (start-node makes a private mount namespace) and the binaries (tests/oracle.py `asset`). Without
+them the tests skip with the reason; under $NUMA_EXPORTER_REQUIRE_REAL=1 (.ci/run) they fail.
+
+Also the kubelet's own account of a node, read straight from its podresources API with the generated stub
+(not through exporter/sources/podresources.py), per NUMA node: what the tests hold the agent's NRT to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from exporter.cpuset import parse_cpuset
+from exporter.paths import HostPaths
+from tests.controlplane import ControlPlane, free_port, wait_until
+from tests.daemon import Daemon
+from tests.hosttree import HostTree, fixture_machine
+from tests.oracle import REQUIRE_REAL, SHARED_K8S, asset
+
+START_NODE = SHARED_K8S / "start-node"
+GPU = "nvidia.com/gpu"
+# The fixture machine's four GPUs, two per NUMA node, as the stub device plugin registers them.
+GPU_DEVICES = f"{GPU}=gpu-0:0,gpu-1:0,gpu-2:1,gpu-3:1"
+# What start-node configures unless told otherwise (../shared/k8s/README.md), with the fixture machine's
+# hyperthread siblings both reserved (full-pcpus-only is off, the kubelet takes CPU 0 and 16 as written).
+DEFAULT_CONFIG: dict[str, Any] = {
+    "cpuManagerPolicy": "static",
+    "reservedSystemCPUs": "0,16",
+    "memoryManagerPolicy": "Static",
+    "kubeReserved": {"memory": "1948Mi"},
+    "evictionHard": {"memory.available": "100Mi"},
+    "reservedMemory": [{"numaNode": 0, "limits": {"memory": "1Gi"}}, {"numaNode": 1, "limits": {"memory": "1Gi"}}],
+    "topologyManagerPolicy": "single-numa-node",
+    "topologyManagerScope": "container",
+}
+MEMORY_BLOCK = "memory"
+
+
+def require_real_nodes() -> Path:
+    """The directory of the unpacked binaries, or skip (fail under $NUMA_EXPORTER_REQUIRE_REAL) with why."""
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "real nodes need root (start-node makes a private mount namespace)"
+    elif not START_NODE.exists():
+        reason = f"no {START_NODE}: put ../shared/k8s beside the project"
+    elif subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False).returncode != 0:
+        reason = "unshare -m is not permitted here (real nodes need a mount namespace)"
+    if reason:
+        if os.environ.get(REQUIRE_REAL) == "1":
+            pytest.fail(f"{REQUIRE_REAL}=1 but {reason}")
+        pytest.skip(reason)
+    return asset("kubelet").parent
+
+
+def real_machine(root: Path) -> HostTree:
+    """The fixture machine (2 NUMA nodes, 32 CPUs, 64 GiB each, 4 GPUs) as the kubelet must see it: no
+    hugepages (start-node mounts only the cpu and node trees, so the kubelet's node-wide hugepage capacity is
+    the host's, none), each NUMA node's CPU links, /proc/cpuinfo and /proc/meminfo."""
+    tree = fixture_machine(root, hugepages=False)
+    tree.kubelet_view()
+    return tree
+
+
+@dataclass
+class RealNode:
+    """One real kubelet and what it runs (fake-cri, stub device plugins): `start`, `stop`, `restart`."""
+
+    name: str
+    directory: Path
+    machine: HostTree
+    kubeconfig: Path
+    config: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_CONFIG))
+    devices: str = GPU_DEVICES
+    config_file: Path | None = None
+    dropin_dir: Path | None = None
+    port: int = field(default_factory=free_port)
+
+    @property
+    def kubelet_dir(self) -> Path:
+        return self.directory / "kubelet"
+
+    @property
+    def podresources_socket(self) -> Path:
+        return self.kubelet_dir / "pod-resources" / "kubelet.sock"
+
+    @property
+    def paths(self) -> HostPaths:
+        return HostPaths(
+            sysfs=self.machine.sys,
+            procfs=self.machine.root / "proc",
+            kubelet_dir=self.kubelet_dir,
+            pod_logs=self.directory / "pods",
+            kubelet_config_file=self.config_file,
+            cgroup=self.machine.sys / "fs" / "cgroup",
+            container_logs=self.directory / "containers",
+        )
+
+    def start(self, bin_dir: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "numa-config.json"
+        config.write_text(json.dumps(dict(self.config)))
+        env = {**os.environ, "BIN_DIR": str(bin_dir), "KUBELET_PORT": str(self.port), "KUBELET_CONFIG": str(config),
+               "DEVICES": self.devices}  # fmt: skip
+        if self.config_file is not None:
+            env["CONFIG_FILE"] = str(self.config_file)
+        if self.dropin_dir is not None:
+            env["DROPIN_DIR"] = str(self.dropin_dir)
+        done = subprocess.run(
+            [str(START_NODE), str(self.directory), self.name, str(self.machine.root), str(self.kubeconfig)],
+            env=env, capture_output=True, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise AssertionError(f"start-node {self.name}: {done.stderr.strip()}\n{self.log()[-3000:]}")
+
+    def pids(self) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
+        path = self.directory / "pids"
+        for line in path.read_text().splitlines() if path.exists() else ():
+            name, pid = line.split()
+            found.setdefault(name, []).append(int(pid))
+        return found
+
+    def kill(self, name: str, sig: int = signal.SIGTERM) -> None:
+        """Stop every process of this node called `name` (kubelet, fake-cri, stub-device-plugin) and wait."""
+        for pid in self.pids().get(name, []):
+            _terminate(pid, sig)
+
+    def stop(self) -> None:
+        for name in ("stub-device-plugin", "kubelet", "fake-cri"):
+            self.kill(name)
+        (self.directory / "pids").write_text("")
+
+    def log(self) -> str:
+        path = self.directory / "kubelet.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _terminate(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (start-node's): poll for it to be gone
+            finished = 0 if _alive(pid) else pid
+        if finished:
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def node_ready(kube: ControlPlane, name: str, *, gpus: int) -> dict[str, Any] | None:
+    """The Node once the kubelet reports Ready and its device plugins' devices."""
+    response = kube.request("GET", f"/api/v1/nodes/{name}")
+    if response.status != 200:
+        return None
+    node: dict[str, Any] = response.body
+    status = node.get("status") or {}
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+    if not ready or int((status.get("allocatable") or {}).get(GPU, "0")) != gpus:
+        return None
+    return node
+
+
+def untaint(kube: ControlPlane, name: str) -> None:
+    """The API server's admission puts node.kubernetes.io/not-ready on a new Node; no controller lifts it."""
+    kube.ok("PATCH", f"/api/v1/nodes/{name}", {"spec": {"taints": None}}, content_type="application/merge-patch+json")
+
+
+def start_real_node(kube: ControlPlane, node: RealNode, bin_dir: Path, *, gpus: int = 4) -> None:
+    node.start(bin_dir)
+    wait_until(lambda: node_ready(kube, node.name, gpus=gpus), timeout=60, what=f"{node.name} Ready with {gpus} GPUs",
+               interval=0.1)  # fmt: skip
+    untaint(kube, node.name)
+
+
+def agent(kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = ()) -> Daemon:
+    """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs."""
+    flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name, "--resync-interval", "5",
+             "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "warning", *extra]  # fmt: skip
+    return Daemon(node.paths, extra=flags)
+
+
+# --- the kubelet's own account, from its podresources API ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KubeletAccount:
+    """Per NUMA node, what the kubelet's podresources API says it can hand out and has handed out."""
+
+    allocatable: Mapping[int, Counter[str]]
+    used: Mapping[int, Counter[str]]
+    pods: frozenset[tuple[str, str]]
+
+    def available(self, numa: int) -> Counter[str]:
+        free = Counter(self.allocatable[numa])
+        free.subtract(self.used.get(numa, Counter()))
+        return free
+
+
+def kubelet_account(node: RealNode) -> KubeletAccount:
+    """GetAllocatableResources and List, counted per NUMA node: exclusive CPUs by the machine's cpulists,
+    memory blocks by their NUMA affinity (a block over several nodes is not expected here: refused), devices
+    by the topology their plugin gave."""
+    import grpc
+
+    from exporter.sources.podresources_v1 import api_pb2, api_pb2_grpc
+
+    numa_of = {
+        cpu: int(directory.name[4:])
+        for directory in node.machine.node_dir.glob("node[0-9]*")
+        for cpu in parse_cpuset((directory / "cpulist").read_text().strip())
+    }
+    with grpc.insecure_channel(f"unix://{node.podresources_socket}") as channel:
+        stub: Any = api_pb2_grpc.PodResourcesListerStub(channel)
+        allocatable = stub.GetAllocatableResources(api_pb2.AllocatableResourcesRequest(), timeout=10)
+        listed = stub.List(api_pb2.ListPodResourcesRequest(), timeout=10)
+
+    def count(into: dict[int, Counter[str]], cpus: Any, memory: Any, devices: Any) -> None:
+        for cpu in cpus:
+            into.setdefault(numa_of[cpu], Counter())["cpu"] += 1
+        for block in memory:
+            nodes = [n.ID for n in block.topology.nodes]
+            assert len(nodes) == 1, f"a {block.memory_type} block over NUMA nodes {nodes}"
+            into.setdefault(nodes[0], Counter())[block.memory_type] += block.size
+        for device in devices:
+            nodes = [n.ID for n in device.topology.nodes] or [-1]
+            for _ in device.device_ids:
+                into.setdefault(nodes[0], Counter())[device.resource_name] += 1
+
+    total: dict[int, Counter[str]] = {numa: Counter() for numa in set(numa_of.values())}
+    count(total, allocatable.cpu_ids, allocatable.memory, allocatable.devices)
+    used: dict[int, Counter[str]] = {}
+    for pod in listed.pod_resources:
+        for container in pod.containers:
+            count(used, container.cpu_ids, container.memory, container.devices)
+    pods = frozenset((pod.namespace, pod.name) for pod in listed.pod_resources)
+    return KubeletAccount(allocatable=total, used=used, pods=pods)
+
+
+def nrt_zones(obj: Mapping[str, Any]) -> dict[int, dict[str, tuple[int, int]]]:
+    """An NRT object's zones: NUMA id -> resource -> (allocatable, available), in the kubelet's units (CPUs,
+    bytes, devices)."""
+    from exporter.units import quantity_value
+
+    zones: dict[int, dict[str, tuple[int, int]]] = {}
+    for zone in obj.get("zones") or []:
+        numa = int(str(zone["name"]).removeprefix("node-"))
+        zones[numa] = {
+            r["name"]: (quantity_value(r["allocatable"]), quantity_value(r["available"])) for r in zone["resources"]
+        }
+    return zones
+
+
+def disagreements(account: KubeletAccount, obj: Mapping[str, Any]) -> list[str]:
+    """Where the NRT's per-NUMA allocatable or available differs from the kubelet's podresources account."""
+    zones = nrt_zones(obj)
+    found = []
+    for numa, allocatable in sorted(account.allocatable.items()):
+        published = zones.get(numa, {})
+        for resource in sorted(set(allocatable) | {"cpu", MEMORY_BLOCK}):
+            want = (allocatable[resource], account.available(numa)[resource])
+            got = published.get(resource)
+            if got != want:
+                found.append(f"node-{numa} {resource}: NRT (allocatable, available) {got}, kubelet {want}")
+    return found

@@ -1,0 +1,149 @@
+"""A seeded workload of Guaranteed pods for real nodes: bursts (many pods created before any is admitted) and
+churn (Running pods deleted while others arrive), with what became of every pod as the API says it.
+
+Shared by tests/test_real_nodes.py (the judge: 0 pods rejected after binding) and bench/admission.py (the
+same workload under four scheduler arms). Nothing here plays the kubelet: the real kubelets admit or reject.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.controlplane import ControlPlane, wait_until
+from tests.realnodes import GPU
+
+REJECTIONS = ("TopologyAffinityError", "UnexpectedAdmissionError")
+
+
+def shape(rng: random.Random, *, gpu_share: float = 0.3) -> dict[str, str]:
+    """A container's requests (= limits): whole CPUs, memory, sometimes a GPU. The fixture machine has 14 and
+    16 allocatable CPUs, about 63 GiB and 2 GPUs per NUMA node."""
+    resources = {
+        "cpu": str(rng.choice([1, 2, 2, 4, 4, 6, 8])),
+        "memory": rng.choice(["1Gi", "2Gi", "4Gi", "8Gi", "16Gi", "24Gi"]),
+    }
+    if rng.random() < gpu_share:
+        resources[GPU] = "1"
+    return resources
+
+
+def pod_body(name: str, scheduler: str, resources: dict[str, str], *, containers: int = 1) -> dict[str, Any]:
+    spec = {
+        "schedulerName": scheduler,
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {"name": f"c{index}", "image": "pause", "resources": {"requests": resources, "limits": resources}}
+            for index in range(containers)
+        ],
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+@dataclass
+class Outcome:
+    """What became of the workload's pods."""
+
+    created: int = 0
+    deleted: int = 0
+    rejected: list[str] = field(default_factory=list)
+    to_running: list[float] = field(default_factory=list)
+    running: int = 0
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float:
+        if not self.to_running:
+            return float("nan")
+        ordered = sorted(self.to_running)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Workload:
+    def __init__(self, kube: ControlPlane, namespace: str, *, scheduler: str, seed: int, gpu_share: float = 0.3) -> None:
+        self.kube, self.namespace, self.scheduler = kube, namespace, scheduler
+        self.rng = random.Random(seed)
+        self.gpu_share = gpu_share
+        self.outcome = Outcome()
+        self._created_at: dict[str, float] = {}
+        self._seen_running: set[str] = set()
+        self._rejected: set[str] = set()
+        self._index = 0
+        kube.ensure_namespace(namespace)
+
+    @property
+    def path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/pods"
+
+    def burst(self, count: int) -> list[str]:
+        """Create `count` pods back to back, none waited for."""
+        names = []
+        for _ in range(count):
+            name = f"p{self._index:04d}"
+            self._index += 1
+            resources = shape(self.rng, gpu_share=self.gpu_share)
+            self._created_at[name] = time.monotonic()
+            self.kube.ok("POST", self.path, pod_body(name, self.scheduler, resources))
+            names.append(name)
+        self.outcome.created += count
+        return names
+
+    def pods(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.kube.ok("GET", self.path)["items"]
+        self._observe(items)
+        return items
+
+    def _observe(self, items: Iterable[dict[str, Any]]) -> None:
+        now = time.monotonic()
+        for pod in items:
+            name, status = pod["metadata"]["name"], pod.get("status") or {}
+            if status.get("phase") == "Running" and name not in self._seen_running:
+                self._seen_running.add(name)
+                if name in self._created_at:
+                    self.outcome.to_running.append(now - self._created_at[name])
+            if status.get("phase") == "Failed" and name not in self._rejected:
+                self._rejected.add(name)
+                node = pod["spec"].get("nodeName")
+                self.outcome.rejected.append(f"{name} on {node}: {status.get('reason')}: {status.get('message')}")
+
+    def settled(self) -> list[dict[str, Any]] | None:
+        """Every pod decided: bound and Running or Failed, or not bound and found unschedulable."""
+        items = self.pods()
+        for pod in items:
+            status = pod.get("status") or {}
+            if pod["metadata"].get("deletionTimestamp"):
+                return None
+            if pod["spec"].get("nodeName"):
+                if status.get("phase") not in ("Running", "Failed"):
+                    return None
+            elif not any(c["type"] == "PodScheduled" and c["status"] == "False" for c in status.get("conditions") or []):
+                return None
+        return items or None
+
+    def settle(self, *, timeout: float = 120) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = wait_until(self.settled, timeout=timeout, what="every pod decided", interval=0.1)
+        self.outcome.running = sum(1 for pod in items if pod["status"].get("phase") == "Running")
+        self.outcome.pending = [pod for pod in items if not pod["spec"].get("nodeName")]
+        return items
+
+    def churn(self, fraction: float) -> list[str]:
+        """Delete `fraction` of the Running pods (and every Failed one), without waiting for them to go."""
+        items = self.pods()
+        running = sorted(p["metadata"]["name"] for p in items if p["status"].get("phase") == "Running")
+        failed = [p["metadata"]["name"] for p in items if p["status"].get("phase") == "Failed"]
+        victims = self.rng.sample(running, k=round(len(running) * fraction)) + failed
+        for name in victims:
+            self.kube.request("DELETE", f"{self.path}/{name}")
+        self.outcome.deleted += len(victims)
+        return victims
+
+    def gone(self, names: Iterable[str]) -> bool:
+        present = {pod["metadata"]["name"] for pod in self.pods()}
+        return not present & set(names)
+
+    def cleanup(self) -> None:
+        for pod in self.kube.ok("GET", self.path)["items"]:
+            self.kube.request("DELETE", f"{self.path}/{pod['metadata']['name']}")
+        wait_until(lambda: not self.kube.ok("GET", self.path)["items"], timeout=120, what=f"{self.namespace} empty")
