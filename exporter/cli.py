@@ -155,7 +155,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         dest="kubelet_config",
         type=Path,
         default=None,
-        help="kubelet configuration file (default: <path.kubelet>/config.yaml)",
+        help="kubelet configuration file, the kubelet's --config (default: <path.kubelet>/config.yaml)",
+    )
+    group.add_argument(
+        "--kubelet-config-dir",
+        dest="kubelet_config_dir",
+        type=Path,
+        default=None,
+        help="the kubelet's --config-dir: its *.conf drop-ins are merged over the file as the kubelet merges them",
     )
     group.add_argument(
         "--node-name",
@@ -208,6 +215,7 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
         kubelet_dir=args.kubelet_dir,
         pod_logs=args.pod_logs,
         kubelet_config_file=args.kubelet_config,
+        kubelet_config_dir=args.kubelet_config_dir,
         podresources_socket_file=args.podresources_socket,
         cgroup=args.cgroup,
         container_logs=args.container_logs,

@@ -78,6 +78,12 @@ class SourceChecksumError(SourceError):
     reason = "checksum"
 
 
+class SourceContradicted(SourceError):
+    """Read fine, but another source shows it is not what the kubelet runs with."""
+
+    reason = "contradicted"
+
+
 class SourceRpcError(SourceError):
     def __init__(self, source: str, message: str, *, reason: str) -> None:
         super().__init__(source, message)

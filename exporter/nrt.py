@@ -23,7 +23,7 @@ from exporter.fingerprint import (
     METHOD_ALL,
     fingerprint,
 )
-from exporter.model import UNKNOWN_NUMA_NODE, PodRef
+from exporter.model import UNKNOWN_NUMA_NODE, KubeletConfig, PodRef
 from exporter.snapshot import Snapshot
 
 GROUP = "topology.node.k8s.io"
@@ -133,14 +133,25 @@ def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, metho
         "kind": KIND,
         "metadata": metadata,
         "attributes": [
-            {"name": "topologyManagerPolicy", "value": config.topology_manager_policy},
-            {"name": "topologyManagerScope", "value": config.topology_manager_scope},
-            {"name": "topologyManagerMaxNUMANodes", "value": str(config.max_allowable_numa_nodes)},
+            *policy_attributes(config),
             {"name": ATTRIBUTE, "value": pods_fingerprint},
             {"name": ATTRIBUTE_METHOD, "value": method},
         ],
         "zones": zones,
     }
+
+
+def policy_attributes(config: KubeletConfig) -> list[dict[str, str]]:
+    """The Topology Manager's policy, scope and NUMA limit, only where the configuration is the kubelet's own
+    (read from where it runs with, not contradicted by its state files). Otherwise none: never a policy the
+    kubelet may not run; the kubelet_config source is down and says what to mount or set."""
+    if not config.from_file:
+        return []
+    return [
+        {"name": "topologyManagerPolicy", "value": config.topology_manager_policy},
+        {"name": "topologyManagerScope", "value": config.topology_manager_scope},
+        {"name": "topologyManagerMaxNUMANodes", "value": str(config.max_allowable_numa_nodes)},
+    ]
 
 
 def content(obj: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ class HostPaths:
     kubelet_dir: Path = DEFAULT_KUBELET_DIR
     pod_logs: Path = DEFAULT_POD_LOGS
     kubelet_config_file: Path | None = None
+    kubelet_config_dir: Path | None = None  # the kubelet's --config-dir (drop-ins), where it has one
     podresources_socket_file: Path | None = None
     cgroup: Path = DEFAULT_CGROUP
     container_logs: Path = DEFAULT_CONTAINER_LOGS

@@ -180,8 +180,12 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
     config = state.config
     out.append(
         f"\nKubelet: cpuManagerPolicy={state.cpu_policy} memoryManagerPolicy={state.memory_policy} "
-        f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
-        f"reserved CPUs={format_cpuset(accounting.reserved.cpus) or '-'} ({accounting.reserved.source})\n"
+        + (
+            f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
+            if config.from_file
+            else "topologyManagerPolicy=unknown (no configuration the kubelet runs with was read) "
+        )
+        + f"reserved CPUs={format_cpuset(accounting.reserved.cpus) or '-'} ({accounting.reserved.source})\n"
     )
     hardware = {status.source for status in snapshot.topology.sources}
     out.append(_sources_line("Kubelet sources", [s for s in snapshot.sources if s.source not in hardware]))

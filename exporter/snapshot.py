@@ -33,7 +33,7 @@ from exporter.crosscheck import CrossCheck, Disagreement, cross_check
 from exporter.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
 from exporter.discovery import discover
 from exporter.dra import DraView, dra_view
-from exporter.errors import SourceError, SourceMissing
+from exporter.errors import SourceContradicted, SourceError, SourceMissing
 from exporter.fit import ProfileFit, profile_fits, with_stranded
 from exporter.model import (
     DraApiReading,
@@ -157,6 +157,29 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
     )
 
 
+def config_contradiction(state: KubeletState) -> str | None:
+    """Why the configuration read cannot be the one the kubelet runs with: its CPU or memory manager state file
+    names another policy (the kubelet refuses to start on a state file of another policy, so the file read is
+    stale or not the kubelet's). None when nothing contradicts it."""
+    config, where = state.config, " + ".join(state.config.origin) or "the configuration read"
+    if state.cpu is not None and state.cpu.policy_name and state.cpu.policy_name != config.cpu_manager_policy:
+        return (
+            f"cpu_manager_state is written by the {state.cpu.policy_name} policy but {where} says cpuManagerPolicy "
+            f"{config.cpu_manager_policy}: not the configuration the kubelet runs with; {kubelet_config.WHERE}"
+        )
+    memory = state.memory
+    if (
+        memory is not None
+        and memory.policy_name
+        and memory.policy_name.casefold() != config.memory_manager_policy.casefold()
+    ):
+        return (
+            f"memory_manager_state is written by the {memory.policy_name} policy but {where} says memoryManagerPolicy "
+            f"{config.memory_manager_policy}: not the configuration the kubelet runs with; {kubelet_config.WHERE}"
+        )
+    return None
+
+
 def api_synced(pods: tuple[PodRef, ...] | None) -> bool:
     """The pods came from a synced API watch (their specs are known), not from the pod log directory."""
     return bool(pods) and all(pod.spec_known for pod in pods or ())
@@ -219,7 +242,9 @@ class SnapshotBuilder:
         """A new Snapshot. Raises SourceError only when sysfs has never been readable."""
         started = time.perf_counter()
         topology = self._topology()
-        config = self._read("kubelet_config", lambda: kubelet_config.read_kubelet_config(self.paths), needed=False)
+        config = self._read(
+            "kubelet_config", lambda: kubelet_config.read_kubelet_config(self.paths), needed=self._kubelet_node()
+        )
         config = config or KubeletConfig()
         state = KubeletState(
             config=config,
@@ -253,6 +278,12 @@ class SnapshotBuilder:
         )
         if self._use_podresources and not self._statuses[PODRESOURCES].up:
             state = dataclasses.replace(state, podresources_current=False)
+        contradiction = config_contradiction(state) if config.from_file else None
+        if contradiction is not None:
+            # Not what the kubelet runs with: nothing read from it is published as the kubelet's (no
+            # topologyManagerPolicy in the NRT object), the source is down and says why.
+            self._fail("kubelet_config", SourceContradicted("kubelet_config", contradiction))
+            state = dataclasses.replace(state, config=dataclasses.replace(config, from_file=False))
         accounting = account(topology, state, profiles=self.profiles)
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)
@@ -271,6 +302,14 @@ class SnapshotBuilder:
             disagreements_total=dict(self.disagreements_total),
             taken_at=self._clock(),
             duration_seconds=time.perf_counter() - started,
+        )
+
+    def _kubelet_node(self) -> bool:
+        """A kubelet runs here (its state files are there): its configuration is then needed, and not finding it
+        is an error, where on a machine without a kubelet it is an absent source."""
+        return any(
+            path.exists()
+            for path in (self.paths.cpu_manager_state, self.paths.memory_manager_state, self.paths.device_checkpoint)
         )
 
     def _read_podresources(self) -> PodResourcesReading:

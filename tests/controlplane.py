@@ -136,7 +136,10 @@ class ControlPlane:
         are), `cache.informerMode` (`Dedicated`, the default, or `Shared`), the Reserve extension point."""
         if "kube-scheduler-nrt" in self.processes:
             return
-        args: dict[str, Any] = {"scoringStrategy": {"type": "LeastAllocated"}, "cacheResyncPeriodSeconds": resync_seconds}
+        args: dict[str, Any] = {
+            "scoringStrategy": {"type": "LeastAllocated"},
+            "cacheResyncPeriodSeconds": resync_seconds,
+        }
         if informer_mode is not None:
             args["cache"] = {"informerMode": informer_mode}
         plugins: dict[str, Any] = {

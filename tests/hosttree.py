@@ -148,7 +148,6 @@ class HostTree:
         _symlink(self.pci_links / address, directory)
         return directory
 
-
     def kubelet_view(self) -> None:
         """What the real kubelet (cadvisor) reads besides what the exporter reads: each NUMA node's `cpuN`
         links, /proc/cpuinfo and /proc/meminfo (cadvisor's regexps need MemTotal, SwapTotal and the
@@ -159,7 +158,10 @@ class HostTree:
             for cpu in parse_cpuset((node / "cpulist").read_text().strip()):
                 _symlink(node / f"cpu{cpu}", self.cpu_dir / f"cpu{cpu}")
                 topology = self.cpu_dir / f"cpu{cpu}" / "topology"
-                cpus[cpu] = (int((topology / "physical_package_id").read_text()), int((topology / "core_id").read_text()))
+                cpus[cpu] = (
+                    int((topology / "physical_package_id").read_text()),
+                    int((topology / "core_id").read_text()),
+                )
             for line in (node / "meminfo").read_text().splitlines():
                 if "MemTotal:" in line:
                     total_kb += int(line.split()[3])

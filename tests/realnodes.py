@@ -107,6 +107,7 @@ class RealNode:
             kubelet_dir=self.kubelet_dir,
             pod_logs=self.directory / "pods",
             kubelet_config_file=self.config_file,
+            kubelet_config_dir=self.dropin_dir,
             cgroup=self.machine.sys / "fs" / "cgroup",
             container_logs=self.directory / "containers",
         )
@@ -209,6 +210,10 @@ def agent(kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str]
     """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs."""
     flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name, "--resync-interval", "5",
              "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "warning", *extra]  # fmt: skip
+    if node.config_file is not None:
+        flags += ["--kubelet-config", str(node.config_file)]
+    if node.dropin_dir is not None:
+        flags += ["--kubelet-config-dir", str(node.dropin_dir)]
     return Daemon(node.paths, extra=flags)
 
 

@@ -255,8 +255,12 @@ def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releas
         version="v1",
         policy_name="Static",
         machine_state={
-            0: MemoryNumaState(numa_node=0, number_of_assignments=1, memory_map={"memory": table(60 * gib)}, cells=(0, 1)),
-            1: MemoryNumaState(numa_node=1, number_of_assignments=2, memory_map={"memory": table(12 * gib)}, cells=(0, 1)),
+            0: MemoryNumaState(
+                numa_node=0, number_of_assignments=1, memory_map={"memory": table(60 * gib)}, cells=(0, 1)
+            ),
+            1: MemoryNumaState(
+                numa_node=1, number_of_assignments=2, memory_map={"memory": table(12 * gib)}, cells=(0, 1)
+            ),
         },
         entries={
             "gone": {"c": (MemoryBlock(numa_affinity=(0, 1), resource="memory", size_bytes=70 * gib),)},
@@ -276,7 +280,9 @@ def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releas
         registered={"gpu": ("g0", "g1")},
     )
     released = without_gone_pods(KubeletState(cpu=cpu, memory=memory, devices=devices), frozenset({"live"}))
-    assert released.cpu is not None and released.memory is not None and released.devices is not None
+    assert released.cpu is not None
+    assert released.memory is not None
+    assert released.devices is not None
     assert released.cpu.default_cpuset == {0, 1, 2, 3}
     assert set(released.cpu.entries) == {"live"}
     numa0, numa1 = released.memory.machine_state[0], released.memory.machine_state[1]

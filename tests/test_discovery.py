@@ -213,6 +213,8 @@ def test_a_device_without_numa_node_is_placed_by_its_local_cpus_as_the_hardware_
     assert main(["snapshot", "--format", "metrics", *kubelet]) == 0
     metrics = capsys.readouterr().out
     assert re.search(r'^numa_topology_container_aligned\{.*pod_uid="uid-1".*\} 1\.0$', metrics, re.MULTILINE)
-    gpus = [x for x in metrics.splitlines() if x.startswith("numa_topology_resource_capacity") and "nvidia.com/gpu" in x]
+    gpus = [
+        x for x in metrics.splitlines() if x.startswith("numa_topology_resource_capacity") and "nvidia.com/gpu" in x
+    ]
     assert gpus
     assert all('numa_node="1"' not in x for x in gpus), gpus

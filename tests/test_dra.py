@@ -282,7 +282,9 @@ def build(machine: HostTree, api: Api | None, *, pods: tuple[PodRef, ...] = PODS
 
 def _accounts(snapshot: Snapshot, resource: str) -> dict[int, tuple[int, int, int | None]]:
     return {
-        a.numa_node: (a.capacity, a.allocatable, a.available) for a in snapshot.accounting.accounts if a.resource == resource
+        a.numa_node: (a.capacity, a.allocatable, a.available)
+        for a in snapshot.accounting.accounts
+        if a.resource == resource
     }
 
 
@@ -324,7 +326,9 @@ def test_the_container_whose_dra_gpu_is_away_from_its_cpus_is_misaligned(machine
         f'numa_topology_container_dra_misaligned{{container="infer",namespace="default",pod="server",'
         f'pod_uid="{POD_B}"}} 0.0' in text
     )
-    device_info = [line for line in text.splitlines() if line.startswith("numa_topology_device_info{") and "dra:" in line]
+    device_info = [
+        line for line in text.splitlines() if line.startswith("numa_topology_device_info{") and "dra:" in line
+    ]
     assert len(device_info) == 4
     assert all(f'pool="{NODE}"' in line for line in device_info)
     assert any('device="gpu-1"' in line and 'numa_node="1"' in line and 'pci_address="0000:8a:00.0"' in line
@@ -390,7 +394,9 @@ def test_a_withdrawn_slice_keeps_its_held_device_where_it_was(machine: HostTree)
     assert held == {"gpu-1": ({1}, False), "gpu-2": ({1}, False)}
     assert _alignment(snapshot)["train"][1], "still misaligned: the GPU did not move"
     text = render_exposition(snapshot).decode()
-    assert 'numa_topology_dra_device_unpublished{device="gpu-2",pool="node-a",resource="dra:gpu.example.com"} 1.0' in text
+    assert (
+        'numa_topology_dra_device_unpublished{device="gpu-2",pool="node-a",resource="dra:gpu.example.com"} 1.0' in text
+    )
 
 
 def test_the_checkpoint_alone_audits_at_pod_scope(machine: HostTree) -> None:

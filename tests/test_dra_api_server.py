@@ -40,7 +40,8 @@ GPUS = {
 
 def _slice(node: str) -> dict[str, Any]:
     devices = [
-        {"name": name, "attributes": {**attributes, "index": {"int": int(name[-1])}}} for name, attributes in GPUS.items()
+        {"name": name, "attributes": {**attributes, "index": {"int": int(name[-1])}}}
+        for name, attributes in GPUS.items()
     ]
     return {
         "apiVersion": "resource.k8s.io/v1",
@@ -88,7 +89,11 @@ def _pod(name: str, container: str, claim: str, node: str) -> dict[str, Any]:
 
 @pytest.fixture
 def dra_node(request: pytest.FixtureRequest, kube: ControlPlane) -> Iterator[str]:
-    name = "dra-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30] + f"-{time.monotonic_ns() % 10**6}"
+    name = (
+        "dra-"
+        + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:30]
+        + f"-{time.monotonic_ns() % 10**6}"
+    )
     kube.add_node(name, labels={"dra-test": name}, capacity={"cpu": "32", "memory": "128Gi", "pods": "110"})
     kube.ensure_namespace(NAMESPACE)
     device_class = {
@@ -163,7 +168,9 @@ def _agent(machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str) 
 
 
 def _series(text: str, name: str) -> dict[str, float]:
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)
+    }
 
 
 def _per_numa(text: str, name: str) -> dict[int, float]:

@@ -247,7 +247,9 @@ def test_observed_placement_mounts_the_cgroup_tree_read_only_and_can_be_off_or_w
     assert mounts["container-logs"]["readOnly"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["cgroup"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
-    wide = build_parser().parse_args(pod_of({"placement": {"allContainers": True, "interval": 30}})["containers"][0]["args"])
+    wide = build_parser().parse_args(
+        pod_of({"placement": {"allContainers": True, "interval": 30}})["containers"][0]["args"]
+    )
     assert wide.placement_all_containers
     assert wide.placement_interval == 30
     off = pod_of({"placement": {"enabled": False}})
@@ -280,7 +282,9 @@ def test_what_prometheus_node_exporter_users_expect() -> None:
     digest = "sha256:" + "ab" * 32
     assert image({"image": {"digest": digest, "tag": "ignored"}}).endswith(f"numa-topology-exporter@{digest}")
     moved = render({"namespaceOverride": "numa-system", "serviceMonitor": {"enabled": True}})
-    namespaced = [d for d in moved if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")]
+    namespaced = [
+        d for d in moved if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+    ]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"numa-system"}
     spec = daemonset({"revisionHistoryLimit": 3, "terminationGracePeriodSeconds": 5})["spec"]
     assert spec["revisionHistoryLimit"] == 3
@@ -290,7 +294,9 @@ def test_what_prometheus_node_exporter_users_expect() -> None:
 def test_the_chart_readme_names_every_top_level_value() -> None:
     """helm/numa-topology-exporter/README.md lists the values by topic: none is left out."""
     readme = (Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "README.md").read_text()
-    values = yaml.safe_load((Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "values.yaml").read_text())
+    values = yaml.safe_load(
+        (Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "values.yaml").read_text()
+    )
     missing = [key for key in values if f"`{key}" not in readme and f"`{key}." not in readme]
     assert missing == []
 

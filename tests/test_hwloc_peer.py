@@ -105,7 +105,9 @@ def run_lstopo(fsroot: Path, name: str) -> HwlocView:
             above = parents.get(obj)
             while above is not None and above.get("cpuset") is None:  # bridges carry no cpuset
                 above = parents.get(above)
-            pci_cpus[obj.get("pci_busid", "")] = parse_bitmap(above.get("cpuset", "0x0")) if above is not None else frozenset()
+            pci_cpus[obj.get("pci_busid", "")] = (
+                parse_bitmap(above.get("cpuset", "0x0")) if above is not None else frozenset()
+            )
     return HwlocView(
         numa_nodes=nodes,
         distances=distances,

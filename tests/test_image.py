@@ -72,7 +72,9 @@ def as_the_chart_runs_it(bundle: Path, host: Path, args: list[str]) -> None:
     assert config["process"]["args"][:2] == ["/opt/nte/bin/numa-topology-exporter", "serve"], "entrypoint + cmd"
     assert config["process"]["user"] == {"uid": 0, "gid": 0}
     config["root"]["readonly"] = True
-    config["process"]["capabilities"] = {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")}
+    config["process"]["capabilities"] = {
+        k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+    }
     config["process"]["noNewPrivileges"] = True
     config["process"]["terminal"] = False
     config["process"]["args"] = ["/opt/nte/bin/numa-topology-exporter", *args]

@@ -76,7 +76,9 @@ def populate(
                   mems=db_mems or {1}, memory={(1, "anon"): 2 * GIB, (1, "file"): GIB // 2})  # fmt: skip
 
 
-def sample(host: HostTree, *, pods: tuple[PodRef, ...] | None = None, all_containers: bool = False) -> tuple[Snapshot, PlacementView]:
+def sample(
+    host: HostTree, *, pods: tuple[PodRef, ...] | None = None, all_containers: bool = False
+) -> tuple[Snapshot, PlacementView]:
     builder = SnapshotBuilder(host.paths, use_nvml=False, use_udev=False, use_podresources=False,
                               pods_reader=(lambda: pods) if pods is not None else None)  # fmt: skip
     snapshot = builder.build()

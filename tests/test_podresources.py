@@ -321,7 +321,6 @@ def test_the_socket_is_read_through_a_read_only_mount(
     assert result.stdout.strip() == "2", "both pods listed through the read-only mount"
 
 
-
 def test_sigterm_during_a_podresources_call_stops_within_a_second(
     host: HostTree, server: PodResourcesServer, socket_path: Path
 ) -> None:

@@ -98,10 +98,20 @@ def agreement(kube: ControlPlane, cluster: RealCluster) -> None:
             wait_until(agrees, timeout=20, what=f"{name}'s NRT to agree with its kubelet", interval=0.1)
         except AssertionError as exc:
             checkpoint = node.kubelet_dir / "device-plugins" / "kubelet_internal_checkpoint"
-            pods = [(p["metadata"]["name"], p["metadata"]["uid"][:8], p["spec"].get("nodeName"), p["status"].get("phase"), p["status"].get("reason"))
-                    for p in kube.ok("GET", "/api/v1/pods")["items"]]
-            raise AssertionError(f"{exc}: {last}; pods {pods}; checkpoint {checkpoint.read_text()[:3000]}; "
-                                 f"cpu {(node.kubelet_dir / 'cpu_manager_state').read_text()}") from None
+            pods = [
+                (
+                    p["metadata"]["name"],
+                    p["metadata"]["uid"][:8],
+                    p["spec"].get("nodeName"),
+                    p["status"].get("phase"),
+                    p["status"].get("reason"),
+                )
+                for p in kube.ok("GET", "/api/v1/pods")["items"]
+            ]
+            raise AssertionError(
+                f"{exc}: {last}; pods {pods}; checkpoint {checkpoint.read_text()[:3000]}; "
+                f"cpu {(node.kubelet_dir / 'cpu_manager_state').read_text()}"
+            ) from None
         COUNTS["agreement checks"] = COUNTS.get("agreement checks", 0) + 1
 
 
@@ -126,7 +136,9 @@ def test_bursts_and_churn_on_real_kubelets_reject_nothing(kube: ControlPlane, re
     assert outcome.rejected == [], outcome.rejected
     assert outcome.running >= NODES * 3, COUNTS  # the nodes took pods
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"
-    in_sync = wait_until(lambda: scheduler_in_sync(kube, real_cluster), timeout=30, what="the scheduler's cache in sync")
+    in_sync = wait_until(
+        lambda: scheduler_in_sync(kube, real_cluster), timeout=30, what="the scheduler's cache in sync"
+    )
     COUNTS["nodes resynced from our fingerprint"] = len(in_sync)
     COUNTS["fingerprint mismatches logged while pods were admitted"] = kube.log("kube-scheduler-nrt").count(
         "fingerprint mismatch"

@@ -106,3 +106,47 @@ def test_a_source_status_is_logged_when_it_changes_not_on_every_refresh(
         builder.build()
         builder.build()
     assert len([r for r in caplog.records if r.getMessage().startswith("sysfs: ")]) == 1, "the change is logged once"
+
+
+def test_a_kubelet_node_without_its_config_publishes_no_policy(machine: HostTree) -> None:
+    """State files say a kubelet runs here; its configuration is not where we look: the source is down (an
+    error, counted) and the NRT carries no topologyManagerPolicy, never the default `none`."""
+    from exporter.nrt import build_nrt
+
+    install(machine, cpu="cpu_manager_state.static-empty.json", memory="memory_manager_state.static-empty.json")
+    snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build()
+    status = snapshot.source("kubelet_config")
+    assert status is not None
+    assert (status.up, status.reason) == (False, "missing")
+    assert "--kubelet-config" in (status.message or "")
+    assert snapshot.errors_total[("kubelet_config", "missing")] == 1
+    names = {a["name"] for a in build_nrt(snapshot, node_name="n", node_uid=None, method="all")["attributes"]}
+    assert not names & {"topologyManagerPolicy", "topologyManagerScope", "topologyManagerMaxNUMANodes"}
+    install(machine, config=fixture_config())
+    snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build()
+    attributes = {
+        a["name"]: a["value"] for a in build_nrt(snapshot, node_name="n", node_uid=None, method="all")["attributes"]
+    }
+    assert attributes["topologyManagerPolicy"] == snapshot.kubelet.config.topology_manager_policy != ""
+
+
+def test_a_config_its_state_files_contradict_is_not_the_kubelets(machine: HostTree) -> None:
+    """A static CPU manager state under a config that says none: that config is not what the kubelet runs with
+    (it refuses to start on another policy's state file)."""
+    from exporter.nrt import build_nrt
+
+    install(machine, cpu="cpu_manager_state.static-empty.json", memory="memory_manager_state.static-empty.json",
+            config=fixture_config(cpu="none"))  # fmt: skip
+    snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build()
+    status = snapshot.source("kubelet_config")
+    assert status is not None
+    assert (status.up, status.reason) == (False, "contradicted")
+    assert "cpu_manager_state is written by the static policy" in (status.message or "")
+    assert not snapshot.kubelet.config.from_file
+    names = {a["name"] for a in build_nrt(snapshot, node_name="n", node_uid=None, method="all")["attributes"]}
+    assert "topologyManagerPolicy" not in names
+    install(machine, config=fixture_config(cpu="static", memory="None"))
+    status = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build().source("kubelet_config")
+    assert status is not None
+    assert status.reason == "contradicted"
+    assert "memory_manager_state" in (status.message or "")

@@ -39,7 +39,9 @@ def test_no_hwdb_is_unavailable_not_ok(monkeypatch: pytest.MonkeyPatch) -> None:
     from exporter.sources import udev
 
     monkeypatch.setattr(udev, "_open_hwdb", lambda context: None)
-    nameless = [type("Device", (), {"properties": {"MODALIAS": "pci:v00008086d00001572"}, "sys_name": "0000:00:00.0"})()]
+    nameless = [
+        type("Device", (), {"properties": {"MODALIAS": "pci:v00008086d00001572"}, "sys_name": "0000:00:00.0"})()
+    ]
     monkeypatch.setattr(pyudev.Context, "list_devices", lambda self, **match: nameless)
     with pytest.raises(SourceUnavailable, match="hwdb"):
         udev.read_pci_names()

@@ -78,7 +78,9 @@ def test_what_spans_which_numa_nodes_and_why(machine: HostTree) -> None:
 
 def test_text_output_and_exit_status_for_scripts(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
     container_view(machine, cpus="0-31", mems="0-1")
-    assert main(["verify", "--no-nvml", "--path.sysfs", str(machine.sys), "--path.procfs", str(machine.paths.procfs)]) == 1
+    assert (
+        main(["verify", "--no-nvml", "--path.sysfs", str(machine.sys), "--path.procfs", str(machine.paths.procfs)]) == 1
+    )
     out = capsys.readouterr().out
     assert out.startswith("NOT aligned: CPUs 0-31 (NUMA 0-1)")
     assert "the CPU Manager did not pin this container" in out

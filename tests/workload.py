@@ -62,7 +62,9 @@ class Outcome:
 
 
 class Workload:
-    def __init__(self, kube: ControlPlane, namespace: str, *, scheduler: str, seed: int, gpu_share: float = 0.3) -> None:
+    def __init__(
+        self, kube: ControlPlane, namespace: str, *, scheduler: str, seed: int, gpu_share: float = 0.3
+    ) -> None:
         self.kube, self.namespace, self.scheduler = kube, namespace, scheduler
         self.rng = random.Random(seed)
         self.gpu_share = gpu_share
@@ -118,7 +120,9 @@ class Workload:
             if pod["spec"].get("nodeName"):
                 if status.get("phase") not in ("Running", "Failed"):
                     return None
-            elif not any(c["type"] == "PodScheduled" and c["status"] == "False" for c in status.get("conditions") or []):
+            elif not any(
+                c["type"] == "PodScheduled" and c["status"] == "False" for c in status.get("conditions") or []
+            ):
                 return None
         return items or None
 

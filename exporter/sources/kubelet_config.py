@@ -1,18 +1,35 @@
-"""The kubelet configuration file (`KubeletConfiguration`, kubelet.config.k8s.io/v1beta1), defaults applied.
+"""The kubelet's configuration (`KubeletConfiguration`, kubelet.config.k8s.io/v1beta1) as the kubelet builds it:
+its `--config` file, then the `*.conf` drop-ins of its `--config-dir` merged over it, defaults applied.
 
-kubeadm writes `/var/lib/kubelet/config.yaml`; other distributions pass `--config`: `--kubelet-config`
-points at it. Unset fields take the kubelet's defaults (K pkg/kubelet/apis/config/v1beta1/defaults.go).
+kubeadm writes `/var/lib/kubelet/config.yaml`; other distributions keep the file elsewhere (DISTRIBUTIONS, each
+cited in docs/product.md) or configure the kubelet through drop-ins only (k3s, RKE2): `--kubelet-config` and
+`--kubelet-config-dir` point at them. Unset fields take the kubelet's defaults
+(K pkg/kubelet/apis/config/v1beta1/defaults.go).
+
+Drop-ins are merged as the kubelet v1.36 merges them (K cmd/kubelet/app/server.go `mergeKubeletConfigurations`,
+held to the real kubelet's /configz in tests/test_real_kubelet_config.py): every `*.conf` file under the
+directory, subdirectories included, in lexical walk order, each applied as a JSON merge patch (RFC 7386: a
+mapping merges key by key, a list or scalar replaces, null deletes). One field of a drop-in is defaulted
+before the merge: a drop-in that does not set `enforceNodeAllocatable` sets it to `[pods]`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from exporter.cpuset import parse_cpuset
-from exporter.errors import SourceFormatError, SourceParseError
+from exporter.errors import (
+    SourceFormatError,
+    SourceMissing,
+    SourceParseError,
+    SourceReadError,
+    SourceTooLarge,
+)
 from exporter.model import KubeletConfig
 from exporter.paths import HostPaths
 from exporter.sources.files import read_bounded
@@ -62,31 +79,112 @@ TOPOLOGY_POLICIES = ("none", "best-effort", "restricted", "single-numa-node")
 TOPOLOGY_SCOPES = ("container", "pod")
 
 
+# Where distributions keep the kubelet's configuration: (distribution, --config file, --config-dir). The sources
+# are cited in docs/product.md ("The kubelet's configuration"); the chart's exporter.kubeletConfig.distribution.
+DISTRIBUTIONS: tuple[tuple[str, str | None, str | None], ...] = (
+    ("kubeadm", "/var/lib/kubelet/config.yaml", None),
+    ("eks-al2", "/etc/kubernetes/kubelet/kubelet-config.json", None),
+    ("eks-al2023", "/etc/kubernetes/kubelet/config.json", "/etc/kubernetes/kubelet/config.json.d"),
+    ("gke", "/home/kubernetes/kubelet-config.yaml", None),
+    ("aks", "/etc/default/kubeletconfig.json", None),
+    ("k3s", None, "/var/lib/rancher/k3s/agent/etc/kubelet.conf.d"),
+    ("rke2", None, "/var/lib/rancher/rke2/agent/etc/kubelet.conf.d"),
+)
+DROPIN_SUFFIX = ".conf"
+DROPIN_LIMIT = 256  # drop-in files read at most; more is refused, not read
+DROPIN_DEFAULTS: dict[str, Any] = {"enforceNodeAllocatable": ["pods"]}
+WHERE = (
+    "the kubelet's configuration is unknown: point --kubelet-config (and --kubelet-config-dir for drop-ins) at "
+    "what the kubelet runs with (the chart: exporter.kubeletConfig.distribution, or .file and .dropinDir)"
+)
+
+
 def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
-    return parse_kubelet_config(read_bounded(paths.kubelet_config, source=SOURCE, limit_bytes=LIMIT_BYTES))
+    """The file, then the drop-ins merged over it. A missing file is fine where a drop-in directory is given
+    (k3s and RKE2 configure the kubelet through drop-ins only); both missing is SourceMissing, saying what to set."""
+    file, directory = paths.kubelet_config, paths.kubelet_config_dir
+    origin: list[str] = []
+    if directory is not None and not directory.is_dir():
+        raise SourceMissing(SOURCE, f"the drop-in directory {directory} does not exist: {WHERE}")
+    try:
+        document = _load_document(read_bounded(file, source=SOURCE, limit_bytes=LIMIT_BYTES), where=str(file))
+        origin.append(str(file))
+    except SourceMissing:
+        if directory is None:
+            raise SourceMissing(SOURCE, f"{file} does not exist: {WHERE}") from None
+        document = {}
+    if directory is not None:
+        for path in dropin_files(directory):
+            dropin = _load_document(read_bounded(path, source=SOURCE, limit_bytes=LIMIT_BYTES), where=str(path))
+            document = merge_patch(document, {**DROPIN_DEFAULTS, **dropin})
+            origin.append(str(path))
+    return _config(document, origin=tuple(origin))
+
+
+def dropin_files(directory: Path) -> list[Path]:
+    """Every `*.conf` file under `directory` in Go's filepath.WalkDir order (each directory's entries sorted by
+    name, a subdirectory walked where it sorts)."""
+    found: list[Path] = []
+
+    def walk(path: Path) -> None:
+        try:
+            entries = sorted(os.scandir(path), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise SourceReadError(SOURCE, f"cannot list {path}: {exc.strerror}") from None
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                walk(Path(entry.path))
+            elif entry.name.endswith(DROPIN_SUFFIX) and entry.name != DROPIN_SUFFIX:
+                found.append(Path(entry.path))
+                if len(found) > DROPIN_LIMIT:
+                    raise SourceTooLarge(SOURCE, f"{directory} holds over {DROPIN_LIMIT} drop-in files")
+
+    walk(directory)
+    return found
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as github.com/evanphx/json-patch's MergePatch applies it."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
 
 
 CGROUP_DRIVERS = ("cgroupfs", "systemd")
 
 
 def parse_kubelet_config(raw: bytes) -> KubeletConfig:
+    return _config(_load_document(raw), origin=())
+
+
+def _load_document(raw: bytes, *, where: str = "") -> dict[str, Any]:
+    at = f"{where}: " if where else ""
     try:
         document = yaml.load(raw.decode("utf-8"), Loader=_SafeLoader)
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise SourceParseError(SOURCE, f"not valid YAML ({_first_line(exc)})") from None
+        raise SourceParseError(SOURCE, f"{at}not valid YAML ({_first_line(exc)})") from None
     except RecursionError:
-        raise SourceParseError(SOURCE, "YAML nested too deeply") from None
+        raise SourceParseError(SOURCE, f"{at}YAML nested too deeply") from None
     if document is None:
         document = {}
     if not isinstance(document, dict):
-        raise SourceParseError(SOURCE, "expected a YAML mapping")
+        raise SourceParseError(SOURCE, f"{at}expected a YAML mapping")
     kind = document.get("kind", KIND)
     if kind != KIND:
-        raise SourceFormatError(SOURCE, f"kind is {kind!r}, expected {KIND}")
+        raise SourceFormatError(SOURCE, f"{at}kind is {kind!r}, expected {KIND}")
     api_version = document.get("apiVersion", API_VERSION)
     if api_version != API_VERSION:
-        raise SourceFormatError(SOURCE, f"apiVersion is {api_version!r}, expected {API_VERSION}")
+        raise SourceFormatError(SOURCE, f"{at}apiVersion is {api_version!r}, expected {API_VERSION}")
+    return document
 
+
+def _config(document: Mapping[str, Any], *, origin: tuple[str, ...]) -> KubeletConfig:
     cpu_policy = _choice(document, "cpuManagerPolicy", "none", CPU_POLICIES)
     memory_policy = _choice(document, "memoryManagerPolicy", "None", MEMORY_POLICIES)
     topology_policy = _choice(document, "topologyManagerPolicy", "none", TOPOLOGY_POLICIES)
@@ -116,6 +214,7 @@ def parse_kubelet_config(raw: bytes) -> KubeletConfig:
         kube_reserved_cgroup=_string(document.get("kubeReservedCgroup"), "kubeReservedCgroup"),
         unknown_fields=tuple(sorted(str(key) for key in document if key not in FIELDS)),
         from_file=True,
+        origin=origin,
     )
 
 
