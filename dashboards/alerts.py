@@ -143,6 +143,19 @@ def rules(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
                         },
                     },
                     {
+                        "alert": "NumaKubeletConfigUnknown",
+                        "expr": f'numa_topology_kubelet_config_info{{{SEL}, topology_manager_policy="unknown"}} == 1',
+                        "for": config["source_down_for"],
+                        "labels": {"severity": "critical"},
+                        "annotations": {
+                            "summary": "The kubelet's configuration is unknown to numa-topology-exporter",
+                            "description": f"The exporter on {{{{ $labels.{node} }}}} cannot read the configuration its kubelet "
+                            "runs with (not found, or contradicted by the kubelet's state files): it publishes no "
+                            "Topology Manager policy, so NUMA-aware schedulers do not filter this node. Set the chart's "
+                            "exporter.kubeletConfig (numa-topology-exporter doctor says where it looked).",
+                        },
+                    },
+                    {
                         "alert": "NumaNrtWritesFailing",
                         "expr": f'sum by (instance) (increase(numa_topology_nrt_writes_total{{{SEL}, result!="success"}}[15m])) > 0 '
                         f"unless on (instance) (time() - numa_topology_nrt_last_success_timestamp_seconds{{{SEL}}}) <= {config['nrt_failing_seconds']}",

@@ -14,6 +14,7 @@ from exporter.cpuset import format_cpuset
 from exporter.kubelet_start import REMOVED_GATES, startup_refusals, state_refusals
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
+from exporter.sources import kubelet_config
 from exporter.sources.kubelet_config import FIELDS
 from exporter.units import human_bytes
 
@@ -49,9 +50,17 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
         # Everything the parser refuses, the kubelet refuses too (tests/test_doctor_oracle.py).
         add("error", "kubelet-start", f"{config_status.message}: the kubelet will not start (the checks below "
             "use the kubelet's defaults)", blocks_start=True)  # fmt: skip
+    elif config_status is not None and config_status.reason == "contradicted":
+        add("error", "kubelet-config", f"{config_status.message}. No topologyManagerPolicy is published until it is "
+            "fixed; the checks below use the kubelet's defaults")  # fmt: skip
     elif not config.from_file:
         where = config_status.message if config_status and config_status.message else "no kubelet configuration"
-        add("warning", "kubelet-config", f"{where}; checks use the kubelet's defaults. Pass --kubelet-config <file>")
+        places = "; ".join(
+            f"{name}: {' + '.join(p for p in (file, directory) if p)}"
+            for name, file, directory in kubelet_config.DISTRIBUTIONS
+        )
+        add("warning", "kubelet-config", f"{where}. Distributions keep it at {places}. No topologyManagerPolicy is "
+            "published meanwhile; the checks below use the kubelet's defaults")  # fmt: skip
     for key in config.unknown_fields:
         close = difflib.get_close_matches(key, sorted(FIELDS), n=1)
         add("warning", "kubelet-config", f"unknown field {key!r}: the kubelet ignores it"

@@ -107,7 +107,8 @@ def _assert_least_privilege(pod: dict[str, Any]) -> None:
     assert not pod.get("hostPID")
     assert not pod.get("hostIPC")
     host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
-    assert host_volumes - {"pod-resources", "cgroup", "container-logs"} == {"sys", "proc", "kubelet", "pod-logs"}
+    optional = {"pod-resources", "cgroup", "container-logs", "kubelet-config", "kubelet-config-d"}
+    assert host_volumes - optional == {"sys", "proc", "kubelet", "pod-logs"}
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
     assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
@@ -306,3 +307,67 @@ def test_the_notes_say_when_kube_prometheus_stack_would_not_select_the_monitors(
     assert hint in notes({"serviceMonitor": {"enabled": True}})
     assert hint not in notes({"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"}}})
     assert hint not in notes({})
+
+
+@pytest.mark.parametrize(
+    ("distribution", "file", "dropins"),
+    [
+        ("kubeadm", None, None),
+        ("eks-al2", "/etc/kubernetes/kubelet/kubelet-config.json", None),
+        ("eks-al2023", "/etc/kubernetes/kubelet/config.json", "/etc/kubernetes/kubelet/config.json.d"),
+        ("gke", "/home/kubernetes/kubelet-config.yaml", None),
+        ("aks", "/etc/default/kubeletconfig.json", None),
+        ("k3s", None, "/var/lib/rancher/k3s/agent/etc/kubelet.conf.d"),
+        ("rke2", None, "/var/lib/rancher/rke2/agent/etc/kubelet.conf.d"),
+    ],
+)
+def test_the_kubelet_config_is_mounted_read_only_where_the_distribution_keeps_it(
+    distribution: str, file: str | None, dropins: str | None
+) -> None:
+    """The agent gets the kubelet's --config file and --config-dir exactly where each distribution keeps them
+    (exporter/sources/kubelet_config.py DISTRIBUTIONS), each through its own read-only mount; kubeadm's file is
+    read through the kubelet directory's mount."""
+    from exporter.sources.kubelet_config import DISTRIBUTIONS
+
+    assert (
+        distribution,
+        file or "/var/lib/kubelet/config.yaml" if distribution == "kubeadm" else file,
+        dropins,
+    ) in DISTRIBUTIONS
+    pod = daemonset({"exporter": {"kubeletConfig": {"distribution": distribution}}})["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    parsed = build_parser().parse_args(container["args"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if distribution == "kubeadm":
+        assert str(parsed.kubelet_config) == "/host/var/lib/kubelet/config.yaml"
+        assert "kubelet-config" not in mounts
+    elif file is None:
+        assert parsed.kubelet_config is None
+        assert "kubelet-config" not in mounts
+    else:
+        assert str(parsed.kubelet_config) == f"/host/kubelet-config/{Path(file).name}"
+        assert mounts["kubelet-config"] == {
+            "name": "kubelet-config",
+            "mountPath": "/host/kubelet-config",
+            "readOnly": True,
+        }
+        assert volumes["kubelet-config"]["hostPath"] == {"path": str(Path(file).parent), "type": "Directory"}
+    if dropins is None:
+        assert parsed.kubelet_config_dir is None
+        assert "kubelet-config-d" not in mounts
+    else:
+        assert str(parsed.kubelet_config_dir) == "/host/kubelet-config.d"
+        assert mounts["kubelet-config-d"]["readOnly"] is True
+        assert volumes["kubelet-config-d"]["hostPath"] == {"path": dropins, "type": "Directory"}
+
+
+def test_a_custom_kubelet_config_location() -> None:
+    values = {"exporter": {"kubeletConfig": {"distribution": "custom", "file": "/opt/k8s/kubelet.yaml",
+                                             "dropinDir": "/opt/k8s/kubelet.d"}}}  # fmt: skip
+    (container,) = daemonset(values)["spec"]["template"]["spec"]["containers"]
+    parsed = build_parser().parse_args(container["args"])
+    assert (str(parsed.kubelet_config), str(parsed.kubelet_config_dir)) == (
+        "/host/kubelet-config/kubelet.yaml",
+        "/host/kubelet-config.d",
+    )

@@ -51,3 +51,23 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "nte.namespace" -}}
 {{- default .Release.Namespace .Values.namespaceOverride }}
 {{- end -}}
+
+{{/*
+The kubelet's configuration on the host, as "file|dropinDir" (either may be empty), from
+exporter.kubeletConfig: the distribution's paths (exporter/sources/kubelet_config.py DISTRIBUTIONS, cited in
+docs/product.md), or file and dropinDir for custom.
+*/}}
+{{- define "nte.kubeletConfig" -}}
+{{- $c := .Values.exporter.kubeletConfig -}}
+{{- $paths := dict
+  "kubeadm" (list (printf "%s/config.yaml" (.Values.exporter.hostPaths.kubeletDir | trimSuffix "/")) "")
+  "eks-al2" (list "/etc/kubernetes/kubelet/kubelet-config.json" "")
+  "eks-al2023" (list "/etc/kubernetes/kubelet/config.json" "/etc/kubernetes/kubelet/config.json.d")
+  "gke" (list "/home/kubernetes/kubelet-config.yaml" "")
+  "aks" (list "/etc/default/kubeletconfig.json" "")
+  "k3s" (list "" "/var/lib/rancher/k3s/agent/etc/kubelet.conf.d")
+  "rke2" (list "" "/var/lib/rancher/rke2/agent/etc/kubelet.conf.d")
+  "custom" (list $c.file $c.dropinDir) -}}
+{{- $chosen := get $paths $c.distribution -}}
+{{- printf "%s|%s" (index $chosen 0) (index $chosen 1) -}}
+{{- end -}}
