@@ -52,7 +52,9 @@ def host_with_containers() -> tuple[HostTree, list[Path]]:
                           mems={numa}, memory={(numa, "anon"): GIB, (1 - numa, "file"): GIB // 4},
                           qos="burstable")  # fmt: skip
             container_log(host, namespace="bench", pod=f"pod-{index}", container=f"c{slot}", container_id=ident)
-            directories.append(host.paths.cgroup / pod_dir(LAYOUT, uid, "burstable") / container_dir_name(LAYOUT, ident))
+            directories.append(
+                host.paths.cgroup / pod_dir(LAYOUT, uid, "burstable") / container_dir_name(LAYOUT, ident)
+            )
     return host, directories
 
 

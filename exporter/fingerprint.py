@@ -20,7 +20,10 @@ ATTRIBUTE = "nodeTopologyPodsFingerprint"
 ATTRIBUTE_METHOD = "nodeTopologyPodsFingerprintMethod"
 METHOD_ALL = "all"
 METHOD_WITH_EXCLUSIVE_RESOURCES = "with-exclusive-resources"
-METHODS = (METHOD_WITH_EXCLUSIVE_RESOURCES, METHOD_ALL)
+# No fingerprint at all: how exporters without one publish (the consumer's cache then never resyncs a node
+# it reserved on; bench/admission.py emulates resource-topology-exporter's defaults with it).
+METHOD_NONE = "none"
+METHODS = (METHOD_WITH_EXCLUSIVE_RESOURCES, METHOD_ALL, METHOD_NONE)
 _UINT64 = struct.Struct("<Q")
 
 

@@ -21,6 +21,7 @@ from exporter.fingerprint import (
     ATTRIBUTE,
     ATTRIBUTE_METHOD,
     METHOD_ALL,
+    METHOD_NONE,
     fingerprint,
 )
 from exporter.model import UNKNOWN_NUMA_NODE, KubeletConfig, PodRef
@@ -123,7 +124,10 @@ def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, metho
         zone["resources"] = resources[numa.numa_node]
         zones.append(zone)
     zones.sort(key=lambda zone: str(zone["name"]))
-    metadata: dict[str, Any] = {"name": node_name, "annotations": {ANNOTATION: pods_fingerprint}}
+    fingerprinted = method != METHOD_NONE
+    metadata: dict[str, Any] = {"name": node_name}
+    if fingerprinted:
+        metadata["annotations"] = {ANNOTATION: pods_fingerprint}
     if node_uid:
         metadata["ownerReferences"] = [
             {"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid, "blockOwnerDeletion": False}
@@ -134,8 +138,11 @@ def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, metho
         "metadata": metadata,
         "attributes": [
             *policy_attributes(config),
-            {"name": ATTRIBUTE, "value": pods_fingerprint},
-            {"name": ATTRIBUTE_METHOD, "value": method},
+            *(
+                [{"name": ATTRIBUTE, "value": pods_fingerprint}, {"name": ATTRIBUTE_METHOD, "value": method}]
+                if fingerprinted
+                else []
+            ),
         ],
         "zones": zones,
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -77,6 +78,20 @@ def real_machine(root: Path) -> HostTree:
     return tree
 
 
+def free_port_pair() -> int:
+    """A free port P with P + 1 free too: the kubelet listens on P and serves healthz on P + 1."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no two adjacent free ports on 127.0.0.1")
+
+
 @dataclass
 class RealNode:
     """One real kubelet and what it runs (fake-cri, stub device plugins): `start`, `stop`, `restart`."""
@@ -89,7 +104,7 @@ class RealNode:
     devices: str = GPU_DEVICES
     config_file: Path | None = None
     dropin_dir: Path | None = None
-    port: int = field(default_factory=free_port)
+    port: int = field(default_factory=free_port_pair)
 
     @property
     def kubelet_dir(self) -> Path:
@@ -300,3 +315,89 @@ def disagreements(account: KubeletAccount, obj: Mapping[str, Any]) -> list[str]:
             if got != want:
                 found.append(f"node-{numa} {resource}: NRT (allocatable, available) {got}, kubelet {want}")
     return found
+
+
+# --- what the kubelet would admit now, asked of its own code -------------------------------------------------
+
+
+def oracle_machine(node: RealNode) -> Any:
+    """The simulated machine for kubelet-oracle, read from the node's tree as cadvisor reads it."""
+    from tests.oracle import MachineSpec
+
+    cpus, memory = [], {}
+    for directory in sorted(node.machine.node_dir.glob("node[0-9]*")):
+        numa = int(directory.name[4:])
+        for cpu in parse_cpuset((directory / "cpulist").read_text().strip()):
+            topology = node.machine.cpu_dir / f"cpu{cpu}" / "topology"
+            socket_id = int((topology / "physical_package_id").read_text())
+            cpus.append((cpu, socket_id, int((topology / "core_id").read_text()), numa))
+        for line in (directory / "meminfo").read_text().splitlines():
+            if "MemTotal:" in line:
+                memory[numa] = int(line.split()[3]) * 1024
+    devices: dict[str, list[tuple[str, tuple[int, ...], int]]] = {}
+    for spec in node.devices.split(";") if node.devices else ():
+        resource, listed = spec.split("=", 1)
+        for item in listed.split(","):
+            device, numa = item.split(":")
+            devices.setdefault(resource, []).append((device, () if numa == "-1" else (int(numa),), int(numa)))
+    return MachineSpec(cpus=cpus, memory=memory, devices=devices)
+
+
+def live_state(node: RealNode, live: frozenset[str]) -> dict[str, Any]:
+    """The node's state files as its kubelet's next admission reads them: entries of pods not in `live`
+    released first (CPUs back to the shared pool, memory by the memory manager's releaseMemory, devices
+    freed); checksums as kubelet-oracle accepts them (0 for CPU and memory, the device one recomputed)."""
+    from exporter.cpuset import format_cpuset
+    from exporter.sources import device_checkpoint
+    from exporter.sources.kubelet_json import spew_checksum
+
+    cpu = json.loads((node.kubelet_dir / "cpu_manager_state").read_text())
+    memory = json.loads((node.kubelet_dir / "memory_manager_state").read_text())
+    devices = json.loads((node.kubelet_dir / "device-plugins" / "kubelet_internal_checkpoint").read_text())
+    freed = set(parse_cpuset(cpu.get("defaultCpuSet", "")))
+    for pod, containers in list((cpu.get("entries") or {}).items()):
+        if pod not in live:
+            for cpuset in containers.values():
+                freed |= parse_cpuset(cpuset)
+            del cpu["entries"][pod]
+    cpu["defaultCpuSet"], cpu["checksum"] = format_cpuset(freed), 0
+    machine = memory.get("machineState") or {}
+    for pod, containers in list((memory.get("entries") or {}).items()):
+        if pod in live:
+            continue
+        for blocks in containers.values():
+            for block in blocks:
+                released = block["size"]
+                for numa in block["numaAffinity"]:
+                    state = machine[str(numa)]
+                    state["numberOfAssignments"] -= 1
+                    if state["numberOfAssignments"] == 0:
+                        state["cells"] = [numa]
+                    table = state["memoryMap"].get(block["type"])
+                    if released == 0 or table is None or table["reserved"] == 0:
+                        continue
+                    moved = min(released, table["reserved"])
+                    table["free"], table["reserved"], released = (
+                        table["free"] + moved,
+                        table["reserved"] - moved,
+                        released - moved,
+                    )
+        del memory["entries"][pod]
+    memory["checksum"] = 0
+    data = devices["Data"]
+    data["PodDeviceEntries"] = [e for e in data.get("PodDeviceEntries") or [] if e["PodUID"] in live]
+    devices["Checksum"] = spew_checksum(device_checkpoint.hash_text(data, v1=False))
+    return {"cpu_manager_state": cpu, "memory_manager_state": memory, "kubelet_internal_checkpoint": devices}
+
+
+def kubelet_would_admit(node: RealNode, live: frozenset[str], resources: Mapping[str, str]) -> bool:
+    """Whether this node's kubelet admits a one-container Guaranteed pod of `resources` now (kubelet-oracle:
+    the kubelet's own managers, on the node's state files with the gone pods released)."""
+    from tests.oracle import ask
+
+    machine = oracle_machine(node)
+    spec = {"containers": [{"name": "c", "resources": {"requests": dict(resources), "limits": dict(resources)}}]}
+    request = {"machine": machine.oracle_machine(), "kubeletConfig": dict(node.config), "devices": machine.oracle_devices(),
+               "state": live_state(node, live), "queries": [{"type": "admit_on", "pod": {"spec": spec}, "omitFinalState": True}]}  # fmt: skip
+    result: dict[str, Any] = ask(request)["results"][0]
+    return bool(result.get("admitted"))

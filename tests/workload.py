@@ -7,13 +7,15 @@ same workload under four scheduler arms). Nothing here plays the kubelet: the re
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from tests.controlplane import ControlPlane, wait_until
+from tests.controlplane import NRT_PATH, ControlPlane, wait_until
 from tests.realnodes import GPU
 
 REJECTIONS = ("TopologyAffinityError", "UnexpectedAdmissionError")
@@ -151,3 +153,71 @@ class Workload:
         for pod in self.kube.ok("GET", self.path)["items"]:
             self.kube.request("DELETE", f"{self.path}/{pod['metadata']['name']}")
         wait_until(lambda: not self.kube.ok("GET", self.path)["items"], timeout=120, what=f"{self.namespace} empty")
+
+
+def log_stamp(line: str) -> str | None:
+    """A klog line's timestamp as "MMDD HH:MM:SS.ffffff" (comparable as text within a year)."""
+    if len(line) > 21 and line[0] in "IWEF" and line[5] == " ":
+        return line[1:21]
+    return None
+
+
+def now_stamp() -> str:
+    return datetime.now().strftime("%m%d %H:%M:%S.%f")
+
+
+def retry_pending(
+    work: Workload, nodes: Iterable[str], *, cache: bool, cache_timeout: float = 30
+) -> list[dict[str, Any]]:
+    """Give the pods left Pending the retry a real cluster gives them sooner or later, then settle again.
+
+    A pod found unschedulable while a node's cache was overreserved waits for a cluster event: the cache
+    resyncing from our fingerprint is none (scheduler-plugins requeues nothing then), and the scheduler's own
+    flush of unschedulable pods comes after 5 minutes. So: wait until the cache has no dirty node (`cache`:
+    the overreserve cache is on), touch the Nodes (an update event requeues every unschedulable pod), and wait
+    until the scheduler has tried each of them again (its log names every attempt)."""
+    kube = work.kube
+    pending = [p["metadata"]["name"] for p in work.pods() if not p["spec"].get("nodeName")]
+    if not pending:
+        return work.settle()
+    if cache:
+        mark = now_stamp()
+
+        def clean() -> bool:
+            return any(
+                "no dirty nodes detected" in line and (log_stamp(line) or "") > mark
+                for line in kube.log("kube-scheduler-nrt").splitlines()
+            )
+
+        # A cache that never resyncs (no fingerprint) stays dirty: the retry below still happens.
+        with contextlib.suppress(AssertionError):
+            wait_until(clean, timeout=cache_timeout, what="the scheduler's cache clean", interval=0.2)
+    mark = now_stamp()
+    for node in nodes:
+        # An annotation of someone else's on each NRT object (the agent owns only its own): the update event
+        # the NRT plugin requeues on; and a Node label, for pods another plugin turned away.
+        patch = {"metadata": {"annotations": {"workload-retry": mark[-6:]}}}
+        kube.ok("PATCH", f"{NRT_PATH}/{node}", patch, content_type="application/merge-patch+json")
+        kube.ok("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"workload-retry": mark[-6:]}}},
+                content_type="application/merge-patch+json")  # fmt: skip
+    # Pods bound meanwhile (while the cache resynced) need no retry.
+    pending = [p["metadata"]["name"] for p in work.pods() if not p["spec"].get("nodeName")]
+    wanted = {f'pod="{work.namespace}/{name}"' for name in pending}
+    outcomes = ("Unable to schedule pod", "Successfully bound pod", "is not making pod schedulable")
+
+    def retried() -> bool:
+        """Each pending pod tried again, or found not helped by the events (the scheduler's queueing hints)."""
+        seen = set()
+        for line in kube.log("kube-scheduler-nrt").splitlines():
+            if (log_stamp(line) or "") > mark and any(outcome in line for outcome in outcomes):
+                seen.update(pod for pod in wanted if pod in line)
+        bound = {f'pod="{work.namespace}/{p["metadata"]["name"]}"' for p in work.pods() if p["spec"].get("nodeName")}
+        return seen | bound >= wanted
+
+    try:
+        wait_until(retried, timeout=60, what="every pending pod tried again", interval=0.2)
+    except AssertionError:
+        log = kube.log("kube-scheduler-nrt").splitlines()
+        missing = {pod: [line[:300] for line in log if pod in line][-3:] for pod in wanted}
+        raise AssertionError(f"not all tried again since {mark}: {missing}") from None
+    return work.settle()
