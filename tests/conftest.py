@@ -124,7 +124,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     (tests/test_faults.py), and how many generated cases the kubelet-oracle suites compared: the figures
     RELIABILITY.md and BENCHMARKS.md report."""
     recovery: dict[str, float] = {}
-    for module in ("tests.test_faults", "tests.test_kube"):
+    for module in ("tests.test_faults", "tests.test_kube", "tests.test_real_faults"):
         recovery.update(getattr(sys.modules.get(module), "RECOVERY_SECONDS", {}))
     if recovery:
         terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")

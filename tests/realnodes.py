@@ -162,6 +162,19 @@ class RealNode:
             self.kill(name)
         (self.directory / "pids").write_text("")
 
+    def start_device_plugins(self, bin_dir: Path) -> None:
+        """The stub device plugins again, as start-node starts them (after `kill("stub-device-plugin")`)."""
+        for spec in self.devices.split(";") if self.devices else ():
+            resource, listed = spec.split("=", 1)
+            log = (self.directory / f"device-plugin-{resource.replace('/', '_')}.log").open("ab")
+            process = subprocess.Popen(
+                [str(bin_dir / "stub-device-plugin"), "--kubelet-dir", str(self.kubelet_dir), "--resource", resource,
+                 "--devices", listed.replace(":", "=")],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            with (self.directory / "pids").open("a") as pids:
+                pids.write(f"stub-device-plugin {process.pid}\n")
+
     def log(self) -> str:
         path = self.directory / "kubelet.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -371,3 +371,15 @@ def test_a_custom_kubelet_config_location() -> None:
         "/host/kubelet-config/kubelet.yaml",
         "/host/kubelet-config.d",
     )
+
+
+def test_the_notes_give_the_kubelet_config_flags_and_the_recommended_scheduler() -> None:
+    text = notes({"exporter": {"kubeletConfig": {"distribution": "eks-al2023"}}})
+    doctor = next(line for line in text.splitlines() if "numa-topology-exporter doctor" in line)
+    parsed = build_parser().parse_args(doctor.split(" -- ", 1)[1].split()[1:])
+    assert (str(parsed.kubelet_config), str(parsed.kubelet_config_dir)) == (
+        "/host/kubelet-config/config.json",
+        "/host/kubelet-config.d",
+    )
+    assert "cacheResyncPeriodSeconds: 1" in text
+    assert "cacheResyncPeriodSeconds" not in notes({"nrt": {"enabled": False}})
