@@ -47,6 +47,9 @@ class KubeletState:
     # The podresources reading was taken in this refresh, after the state files (not a last good one kept
     # through an error): only then does a pod it leaves out say that pod's entries are gone.
     podresources_current: bool = True
+    # Pods an earlier current podresources reading showed gone: their entries stay released while the API is
+    # down (a pod UID never comes back), where entries of any other pod count as held.
+    gone_pods: frozenset[str] = frozenset()
     dra: DraCheckpoint | None = None
     dra_health: tuple[DraDeviceHealth, ...] | None = None
     dra_api: DraApiReading | None = None
@@ -166,6 +169,7 @@ def resource_accounts(
     placement: Mapping[str, frozenset[int]],
     cpus: CpuTopology | None = None,
     dra: DraView = EMPTY,
+    allocatable_devices: Mapping[str, frozenset[str]] | None = None,
 ) -> tuple[ResourceAccount, ...]:
     """The admission view: CPUs counted on the NUMA node the kubelet files them under (once each), memory of
     a node in a memory-manager group not available (it can no longer give a single-NUMA hint), devices on
@@ -223,7 +227,7 @@ def resource_accounts(
                     grouped=grouped,
                 )
             )
-    accounts.extend(device_accounts(state.devices, placement=placement))
+    accounts.extend(device_accounts(state.devices, placement=placement, allocatable=allocatable_devices))
     for resource, per_numa in dra_counts(dra).items():
         for dra_numa, (published, allocated) in per_numa.items():
             accounts.append(_bounded(dra_numa, resource, published, published, published - allocated))
@@ -260,13 +264,21 @@ def _bounded(numa: int, resource: str, capacity: int, allocatable: int, availabl
 
 
 def device_accounts(
-    checkpoint: DeviceCheckpoint | None, *, placement: Mapping[str, frozenset[int]]
+    checkpoint: DeviceCheckpoint | None,
+    *,
+    placement: Mapping[str, frozenset[int]],
+    allocatable: Mapping[str, frozenset[str]] | None = None,
 ) -> list[ResourceAccount]:
+    """Per resource and NUMA node: capacity = the devices registered in the checkpoint; allocatable = those the
+    kubelet can hand out now. `allocatable`: the devices its podresources API lists (GetAllocatableResources:
+    healthy devices of live plugins only; a plugin gone or a device unhealthy is left out, and the device
+    manager then admits nothing on it, though the checkpoint still registers it); None: every registered one."""
     if checkpoint is None:
         return []
     accounts = []
     for resource in sorted(checkpoint.registered):
         registered = set(checkpoint.registered[resource])
+        usable = registered if allocatable is None else registered & allocatable.get(resource, frozenset())
         allocated = {
             device
             for allocation in checkpoint.allocations
@@ -276,10 +288,20 @@ def device_accounts(
         }
         numas = sorted({numa for device in registered for numa in placement[device] or UNKNOWN})
         for numa in numas:
-            capacity = sum(1 for device in registered if numa in (placement[device] or UNKNOWN))
-            used = sum(1 for device in allocated if numa in (placement[device] or UNKNOWN))
-            accounts.append(_bounded(numa, resource, capacity, capacity, capacity - used))
+            here = {device for device in registered if numa in (placement[device] or UNKNOWN)}
+            free = (here & usable) - allocated
+            accounts.append(_bounded(numa, resource, len(here), len(here & usable), len(free)))
     return accounts
+
+
+def entry_pods(state: KubeletState) -> frozenset[str]:
+    """Every pod UID the CPU, memory and device state files hold entries for."""
+    pods = set(state.cpu.entries) - {""} if state.cpu is not None else set()
+    if state.memory is not None:
+        pods |= set(state.memory.entries) | set(state.memory.pod_entries)
+    if state.devices is not None:
+        pods |= {entry.pod_uid for entry in state.devices.allocations}
+    return frozenset(pods)
 
 
 def without_gone_pods(state: KubeletState, live: frozenset[str]) -> KubeletState:

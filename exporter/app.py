@@ -93,8 +93,10 @@ def watch_specs(paths: HostPaths) -> list[WatchSpec]:
     specs.append(WatchSpec(directory=paths.kubelet_dir, names=frozenset(kubelet_names), reason="kubelet-state"))
     specs.append(
         WatchSpec(
+            # The checkpoint, and every plugin socket: a plugin registering or going away changes what the
+            # kubelet can hand out (podresources) without touching the checkpoint.
             directory=paths.device_plugins_dir,
-            names=frozenset({paths.device_checkpoint.name}),
+            names=None,
             reason="device-checkpoint",
         )
     )

@@ -20,6 +20,7 @@ from exporter.accounting import (
     KubeletState,
     ReservedCpus,
     ResourceAccount,
+    entry_pods,
     exclusive_cpus,
     numa_accounted_resources,
     reserved_cpus,
@@ -92,6 +93,7 @@ class Accounting:
     devices: tuple[DeviceRecord, ...]
     crosscheck: CrossCheck | None = None
     dra: DraView | None = None
+    released_pods: frozenset[str] = frozenset()  # pods whose state-file entries were released as gone
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,13 +126,18 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
             state = without_gone_pods(state, crosscheck.kubelet_uids | api_uids)
         if not api_synced(state.pods):
             state = dataclasses.replace(state, pods=crosscheck.pods)
+    if state.gone_pods & entry_pods(state):  # shown gone by an earlier reading: a pod UID never comes back
+        state = without_gone_pods(state, entry_pods(state) - state.gone_pods)
     cpus = CpuTopology.from_topology(topology)
     reserved = reserved_cpus(topology, state.config, cpus)
     placement = device_numa_nodes(topology, state.devices)
     admission = admission_numa_nodes(topology, state.devices, crosscheck.reported_topology if crosscheck else None)
     dra = dra_view(topology, checkpoint=state.dra, health=state.dra_health, api=state.dra_api, pods=state.pods,
                    podresources=state.podresources)  # fmt: skip
-    accounts = resource_accounts(topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus, dra=dra)
+    accounts = resource_accounts(
+        topology, state, reserved=reserved.cpus, placement=admission, cpus=cpus, dra=dra,
+        allocatable_devices=allocatable_devices(state),
+    )  # fmt: skip
     accounted = numa_accounted_resources(state, accounts)
     if profiles is None:
         present = {a.resource for a in accounts if a.resource in accounted and a.capacity > 0}
@@ -154,7 +161,19 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
         devices=device_inventory(topology, state.devices, placement, dra),
         crosscheck=crosscheck,
         dra=dra,
+        released_pods=entry_pods(files) - entry_pods(state),
     )
+
+
+def allocatable_devices(state: KubeletState) -> dict[str, frozenset[str]] | None:
+    """The devices the kubelet can hand out now, per resource, from a podresources reading taken in this
+    refresh; None without one (every registered device then counts as allocatable)."""
+    if state.podresources is None or not state.podresources_current:
+        return None
+    devices: dict[str, frozenset[str]] = {}
+    for entry in state.podresources.allocatable_devices:
+        devices[entry.resource] = devices.get(entry.resource, frozenset()) | frozenset(entry.ids)
+    return devices
 
 
 def config_contradiction(state: KubeletState) -> str | None:
@@ -229,6 +248,7 @@ class SnapshotBuilder:
         self.disagreements_total: Counter[str] = Counter()
         self._disagreements_seen: set[Disagreement] = set()
         self._containers_logged: set[tuple[str, str, str]] = set()
+        self._gone_pods: frozenset[str] = frozenset()  # bounded: only UIDs the state files still hold
 
     def use_pods_reader(self, reader: Callable[[], tuple[PodRef, ...]]) -> None:
         """Where pods on this node come from (the API watch, when there is an API server)."""
@@ -278,6 +298,7 @@ class SnapshotBuilder:
         )
         if self._use_podresources and not self._statuses[PODRESOURCES].up:
             state = dataclasses.replace(state, podresources_current=False)
+        state = dataclasses.replace(state, gone_pods=self._gone_pods & entry_pods(state))
         contradiction = config_contradiction(state) if config.from_file else None
         if contradiction is not None:
             # Not what the kubelet runs with: nothing read from it is published as the kubelet's (no
@@ -285,6 +306,7 @@ class SnapshotBuilder:
             self._fail("kubelet_config", SourceContradicted("kubelet_config", contradiction))
             state = dataclasses.replace(state, config=dataclasses.replace(config, from_file=False))
         accounting = account(topology, state, profiles=self.profiles)
+        self._gone_pods = state.gone_pods | accounting.released_pods
         if accounting.crosscheck is not None:
             self._note_disagreements(accounting.crosscheck.disagreements)
         names = (

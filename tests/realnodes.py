@@ -322,9 +322,9 @@ def disagreements(account: KubeletAccount, obj: Mapping[str, Any]) -> list[str]:
     found = []
     for numa, allocatable in sorted(account.allocatable.items()):
         published = zones.get(numa, {})
-        for resource in sorted(set(allocatable) | {"cpu", MEMORY_BLOCK}):
+        for resource in sorted(set(allocatable) | set(published) | {"cpu", MEMORY_BLOCK}):
             want = (allocatable[resource], account.available(numa)[resource])
-            got = published.get(resource)
+            got = published.get(resource, (0, 0))
             if got != want:
                 found.append(f"node-{numa} {resource}: NRT (allocatable, available) {got}, kubelet {want}")
     return found

@@ -167,6 +167,7 @@ def test_the_node_deleted_and_registered_again(kube: ControlPlane, faulty: tuple
     old_uid = kube.ok("GET", f"/api/v1/nodes/{node.name}")["metadata"]["uid"]
     node.stop()
     kube.ok("DELETE", f"/api/v1/nodes/{node.name}")
+    kube.delete_nrt(node.name)  # what the garbage collector does with the Node's dependents (none runs here)
     start_real_node(kube, node, bin_dir)
     registered = time.monotonic()
     new_uid = kube.ok("GET", f"/api/v1/nodes/{node.name}")["metadata"]["uid"]

@@ -155,11 +155,23 @@ class Workload:
         wait_until(lambda: not self.kube.ok("GET", self.path)["items"], timeout=120, what=f"{self.namespace} empty")
 
 
-def log_stamp(line: str) -> str | None:
-    """A klog line's timestamp as "MMDD HH:MM:SS.ffffff" (comparable as text within a year)."""
-    if len(line) > 21 and line[0] in "IWEF" and line[5] == " ":
-        return line[1:21]
-    return None
+def scheduler_log_since(kube: ControlPlane, offset: int) -> tuple[list[str], int]:
+    """The scheduler's log lines written since byte `offset`, and the new offset (its log grows to tens of
+    MiB at --v=5: never read whole in a polling loop)."""
+    path = kube.root / "kube-scheduler-nrt.log"
+    try:
+        with path.open("rb") as log:
+            log.seek(offset)
+            data = log.read()
+    except FileNotFoundError:
+        return [], 0
+    complete = data.rfind(b"\n") + 1
+    return data[:complete].decode(errors="replace").splitlines(), offset + complete
+
+
+def log_size(kube: ControlPlane) -> int:
+    path = kube.root / "kube-scheduler-nrt.log"
+    return path.stat().st_size if path.exists() else 0
 
 
 def now_stamp() -> str:
@@ -181,17 +193,19 @@ def retry_pending(
     if not pending:
         return work.settle()
     if cache:
-        mark = now_stamp()
+        offset = log_size(kube)
+        clean_seen = False
 
         def clean() -> bool:
-            return any(
-                "no dirty nodes detected" in line and (log_stamp(line) or "") > mark
-                for line in kube.log("kube-scheduler-nrt").splitlines()
-            )
+            nonlocal offset, clean_seen
+            lines, offset = scheduler_log_since(kube, offset)
+            clean_seen = clean_seen or any("no dirty nodes detected" in line for line in lines)
+            return clean_seen
 
         # A cache that never resyncs (no fingerprint) stays dirty: the retry below still happens.
         with contextlib.suppress(AssertionError):
             wait_until(clean, timeout=cache_timeout, what="the scheduler's cache clean", interval=0.2)
+    retry_offset = log_size(kube)
     mark = now_stamp()
     for node in nodes:
         # An annotation of someone else's on each NRT object (the agent owns only its own): the update event
@@ -204,12 +218,14 @@ def retry_pending(
     pending = [p["metadata"]["name"] for p in work.pods() if not p["spec"].get("nodeName")]
     wanted = {f'pod="{work.namespace}/{name}"' for name in pending}
     outcomes = ("Unable to schedule pod", "Successfully bound pod", "is not making pod schedulable")
+    seen: set[str] = set()
 
     def retried() -> bool:
         """Each pending pod tried again, or found not helped by the events (the scheduler's queueing hints)."""
-        seen = set()
-        for line in kube.log("kube-scheduler-nrt").splitlines():
-            if (log_stamp(line) or "") > mark and any(outcome in line for outcome in outcomes):
+        nonlocal retry_offset
+        lines, retry_offset = scheduler_log_since(kube, retry_offset)
+        for line in lines:
+            if any(outcome in line for outcome in outcomes):
                 seen.update(pod for pod in wanted if pod in line)
         bound = {f'pod="{work.namespace}/{p["metadata"]["name"]}"' for p in work.pods() if p["spec"].get("nodeName")}
         return seen | bound >= wanted
@@ -217,7 +233,6 @@ def retry_pending(
     try:
         wait_until(retried, timeout=60, what="every pending pod tried again", interval=0.2)
     except AssertionError:
-        log = kube.log("kube-scheduler-nrt").splitlines()
-        missing = {pod: [line[:300] for line in log if pod in line][-3:] for pod in wanted}
-        raise AssertionError(f"not all tried again since {mark}: {missing}") from None
+        missing = sorted(wanted - seen)
+        raise AssertionError(f"not all tried again since {mark}: {missing[:10]}") from None
     return work.settle()

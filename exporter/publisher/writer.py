@@ -91,6 +91,10 @@ class NrtWriter:
         self._server = obj
         if self._snapshot is None:
             return
+        if obj is None and self._written is not None:
+            # Deleted: by the garbage collector when its Node went away (ownerReference), so the Node may have
+            # been registered again under a new UID. The owner is looked up again before it is recreated.
+            self._node_uid, self._node_lookup_due = None, True
         if obj is None or content(obj) != content(self.desired()):
             if self._written is not None:
                 self.repairs += 1
