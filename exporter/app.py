@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,22 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.errors import ConfigError, SourceMissing, SourceUnavailable
+from exporter.errors import (
+    ApiError,
+    ApiForbidden,
+    ConfigError,
+    SourceMissing,
+    SourcePermissionError,
+    SourceUnavailable,
+)
 from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
-from exporter.model import DraApiReading
+from exporter.model import DraApiReading, KubeletConfig
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
 from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
+from exporter.sources import kubelet_config
 from exporter.sources.dra_api import slice_devices
 from exporter.threads import in_daemon_thread
 from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
@@ -56,6 +65,7 @@ class ServeOptions:
     nrt_min_interval_seconds: float = 0.0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    kubelet_configz: bool = False  # the kubelet's configuration from its /configz (nodes/proxy), not its files
 
 
 def tls_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
@@ -284,6 +294,8 @@ def _start_publishing(
             claims.want(watcher.pods())
         trigger.fire("pods")
 
+    if options.kubelet_configz:
+        builder.use_config_reader(configz_reader(api, node_name=options.node_name))
     watcher = PodWatcher(api, node_name=options.node_name, on_change=pods_changed)
     fallback = builder.pods_reader
     builder.use_pods_reader(lambda: watcher.pods() if watcher.synced else fallback())
@@ -296,6 +308,36 @@ def _start_publishing(
         claims.start(loop)
         stoppable += [slices, claims]
     return stoppable
+
+
+CONFIGZ_TTL_SECONDS = 60.0  # the kubelet's configuration changes only when it restarts
+
+
+def configz_reader(
+    api: Any, *, node_name: str, ttl: float = CONFIGZ_TTL_SECONDS, clock: Callable[[], float] = time.monotonic
+) -> Callable[[], KubeletConfig]:
+    """The kubelet's effective configuration from its /configz through the API server, read at most once a
+    minute (one GET; a refresh in between reuses it). Refusals and failures are the source's errors."""
+    cached: list[tuple[float, KubeletConfig]] = []
+
+    def read() -> KubeletConfig:
+        if cached and clock() - cached[0][0] < ttl:
+            return cached[0][1]
+        try:
+            document = api.kubelet_configz(node_name)
+        except ApiForbidden as exc:
+            raise SourcePermissionError(
+                kubelet_config.SOURCE,
+                f"/configz through the API server refused ({exc}): grant get on nodes/proxy "
+                "(the chart: exporter.kubeletConfig.configz)",
+            ) from None
+        except ApiError as exc:
+            raise SourceUnavailable(kubelet_config.SOURCE, f"/configz through the API server: {exc}") from None
+        config = kubelet_config.from_configz(document)
+        cached[:] = [(clock(), config)]
+        return config
+
+    return read
 
 
 def dra_reading(slices: Any, claims: Any, *, node_name: str) -> DraApiReading:

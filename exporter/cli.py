@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which pods the nodeTopologyPodsFingerprint covers",
     )
     nrt.add_argument(
+        "--kubelet-configz",
+        action="store_true",
+        help="read the kubelet's effective configuration from its /configz through the API server instead of "
+        "its files (needs get on nodes/proxy, which reaches every kubelet API: off by default)",
+    )
+    nrt.add_argument(
         "--nrt-min-interval",
         type=_seconds(0, 3600),
         default=0.0,
@@ -291,6 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,
         nrt_min_interval_seconds=args.nrt_min_interval,
+        kubelet_configz=args.kubelet_configz,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
     )

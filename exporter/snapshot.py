@@ -238,6 +238,7 @@ class SnapshotBuilder:
             lambda: pod_logs.read_pods_from_logs(paths)
         )
         self.dra_reader = dra_reader
+        self.config_reader: Callable[[], KubeletConfig] | None = None
         self._slice_memory: dict[DraDeviceRef, SliceDevice] = {}
         self._clock = clock
         self._use_podresources = use_podresources
@@ -249,6 +250,10 @@ class SnapshotBuilder:
         self._disagreements_seen: set[Disagreement] = set()
         self._containers_logged: set[tuple[str, str, str]] = set()
         self._gone_pods: frozenset[str] = frozenset()  # bounded: only UIDs the state files still hold
+
+    def use_config_reader(self, reader: Callable[[], KubeletConfig]) -> None:
+        """Where the kubelet's configuration comes from instead of its files (its /configz, through the API)."""
+        self.config_reader = reader
 
     def use_pods_reader(self, reader: Callable[[], tuple[PodRef, ...]]) -> None:
         """Where pods on this node come from (the API watch, when there is an API server)."""
@@ -263,7 +268,9 @@ class SnapshotBuilder:
         started = time.perf_counter()
         topology = self._topology()
         config = self._read(
-            "kubelet_config", lambda: kubelet_config.read_kubelet_config(self.paths), needed=self._kubelet_node()
+            "kubelet_config",
+            self.config_reader or (lambda: kubelet_config.read_kubelet_config(self.paths)),
+            needed=self.config_reader is not None or self._kubelet_node(),
         )
         config = config or KubeletConfig()
         state = KubeletState(

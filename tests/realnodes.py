@@ -13,14 +13,16 @@ Also the kubelet's own account of a node, read straight from its podresources AP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -414,3 +416,43 @@ def kubelet_would_admit(node: RealNode, live: frozenset[str], resources: Mapping
                "state": live_state(node, live), "queries": [{"type": "admit_on", "pod": {"spec": spec}, "omitFinalState": True}]}  # fmt: skip
     result: dict[str, Any] = ask(request)["results"][0]
     return bool(result.get("admitted"))
+
+
+@contextlib.contextmanager
+def reachable_at_node_ip(kube: ControlPlane, node: RealNode) -> Iterator[str]:
+    """Make the kubelet (listening on 127.0.0.1 only, as start-node runs it) reachable on the Node's InternalIP
+    with a plain TCP relay, so that the API server's node proxy (/api/v1/nodes/NAME/proxy/...) reaches it: the
+    API server refuses loopback addresses. Yields the address."""
+    addresses = kube.ok("GET", f"/api/v1/nodes/{node.name}")["status"]["addresses"]
+    address = next(a["address"] for a in addresses if a["type"] == "InternalIP")
+    listener = socket.create_server((address, node.port))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", node.port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    thread = threading.Thread(target=serve, name="kubelet-relay", daemon=True)
+    thread.start()
+    try:
+        yield address
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -292,3 +292,25 @@ def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releas
     assert (numa1.number_of_assignments, numa1.cells) == (1, (0, 1))  # still assigned: its group stays
     assert [a.pod_uid for a in released.devices.allocations] == ["live"]
     assert without_gone_pods(KubeletState(cpu=cpu), frozenset({"live", "gone"})).cpu == cpu
+
+
+def test_devices_the_kubelet_cannot_hand_out_are_not_allocatable() -> None:
+    """A plugin gone (or a device unhealthy): the checkpoint still registers its devices, the kubelet's
+    podresources API no longer lists them, and its device manager admits nothing on them."""
+    from exporter.accounting import device_accounts
+    from exporter.model import DeviceAllocation, DeviceCheckpoint
+
+    checkpoint = DeviceCheckpoint(
+        version="v2",
+        allocations=(DeviceAllocation(pod_uid="p", container="c", resource="gpu", devices_by_numa={0: ("g0",)}),),
+        registered={"gpu": ("g0", "g1", "g2")},
+    )
+    placement = {"g0": frozenset({0}), "g1": frozenset({0}), "g2": frozenset({1})}
+    every = {
+        (a.numa_node, a.capacity, a.allocatable, a.available) for a in device_accounts(checkpoint, placement=placement)
+    }
+    assert every == {(0, 2, 2, 1), (1, 1, 1, 1)}
+    listed = device_accounts(checkpoint, placement=placement, allocatable={"gpu": frozenset({"g0", "g2"})})
+    assert {(a.numa_node, a.capacity, a.allocatable, a.available) for a in listed} == {(0, 2, 1, 0), (1, 1, 1, 1)}
+    gone = device_accounts(checkpoint, placement=placement, allocatable={})
+    assert {(a.numa_node, a.capacity, a.allocatable, a.available) for a in gone} == {(0, 2, 0, 0), (1, 1, 0, 0)}

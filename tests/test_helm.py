@@ -383,3 +383,17 @@ def test_the_notes_give_the_kubelet_config_flags_and_the_recommended_scheduler()
     )
     assert "cacheResyncPeriodSeconds: 1" in text
     assert "cacheResyncPeriodSeconds" not in notes({"nrt": {"enabled": False}})
+
+
+def test_configz_is_off_by_default_and_grants_nodes_proxy_only_when_on() -> None:
+    def rules(values: dict[str, Any]) -> list[dict[str, Any]]:
+        (role,) = by_kind(render(values), "ClusterRole")
+        return list(role["rules"])
+
+    assert not any("nodes/proxy" in rule["resources"] for rule in rules({}))
+    (container,) = daemonset({})["spec"]["template"]["spec"]["containers"]
+    assert not build_parser().parse_args(container["args"]).kubelet_configz
+    on = {"exporter": {"kubeletConfig": {"distribution": "kubeadm", "configz": True}}}
+    assert {"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]} in rules(on)
+    (container,) = daemonset(on)["spec"]["template"]["spec"]["containers"]
+    assert build_parser().parse_args(container["args"]).kubelet_configz

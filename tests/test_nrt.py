@@ -79,6 +79,13 @@ def test_nrt_content(machine, nvml_config: Path) -> None:  # type: ignore[no-unt
         [("team-a", "trainer-0"), ("team-b", "db-0"), ("kube-system", "dns")]
     )
     assert content(everything) != content(obj)
+    bare = build_nrt(snapshot, node_name="worker-1", node_uid=None, method="none")  # exporters without one
+    assert "annotations" not in bare["metadata"]
+    assert not {a["name"] for a in bare["attributes"]} & {
+        "nodeTopologyPodsFingerprint",
+        "nodeTopologyPodsFingerprintMethod",
+    }
+    assert bare["zones"] == everything["zones"]
 
 
 def test_unknown_availability_and_unknown_numa_are_left_out(machine) -> None:  # type: ignore[no-untyped-def]

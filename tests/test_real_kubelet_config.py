@@ -8,6 +8,7 @@ pointed at the right place, it publishes the policy the kubelet runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import urllib.request
@@ -23,6 +24,7 @@ from tests.realnodes import (
     DEFAULT_CONFIG,
     RealNode,
     agent,
+    reachable_at_node_ip,
     real_machine,
     require_real_nodes,
     start_real_node,
@@ -122,3 +124,45 @@ def test_the_agent_publishes_the_policy_the_kubelet_runs_and_never_a_guess(
         attributes = wait_until(published, timeout=30, what="the NRT with a policy")
         assert (attributes["topologyManagerPolicy"], attributes["topologyManagerScope"]) == ("best-effort", "pod")
         assert daemon.sample('numa_topology_source_up{source="kubelet_config"}') == 1
+
+
+def test_configz_through_the_api_server_needs_nodes_proxy(
+    kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """--kubelet-configz reads the kubelet's effective configuration through the real API server's node proxy
+    from the real kubelet (reached on its Node's InternalIP: tests/realnodes.py `reachable_at_node_ip`). With
+    the chart's default RBAC the API server refuses: the source is down, no policy published. With
+    exporter.kubeletConfig.configz the chart grants nodes/proxy, and the kubelet's own policy is published,
+    though no file is where the agent could read it."""
+    bin_dir = require_real_nodes()
+    root = tmp_path_factory.mktemp("configz")
+    node = RealNode("real-configz", root / "node", real_machine(root / "machine"), kube.kubeconfig("admin"),
+                    config={**DEFAULT_CONFIG, "topologyManagerPolicy": "restricted"},
+                    config_file=root / "somewhere" / "kubelet.yaml")  # fmt: skip
+    unmounted = RealNode(node.name, node.directory, node.machine, node.kubeconfig, port=node.port)
+    with contextlib.ExitStack() as stack:
+        stack.callback(kube.delete_nrt, node.name)
+        stack.callback(kube.request, "DELETE", f"/api/v1/nodes/{node.name}")
+        stack.callback(node.stop)
+        stack.callback(kube.apply_chart_rbac)
+        start_real_node(kube, node, bin_dir)
+        stack.enter_context(reachable_at_node_ip(kube, node))
+        configz = kube.ok("GET", f"/api/v1/nodes/{node.name}/proxy/configz")["kubeletconfig"]
+        assert configz["topologyManagerPolicy"] == "restricted"
+        with agent(kube, unmounted, user=AGENT_USER, extra=["--kubelet-configz"]) as daemon:
+            obj = wait_until(lambda: kube.nrt(node.name), timeout=30, what="the NRT")
+            assert "topologyManagerPolicy" not in {a["name"] for a in obj["attributes"]}
+            refused = 'numa_topology_source_errors_total{reason="permission",source="kubelet_config"}'
+            wait_until(lambda: daemon.sample(refused), timeout=30, what="the refusal counted")
+            assert daemon.sample('numa_topology_source_up{source="kubelet_config"}') == 0
+        kube.delete_nrt(node.name)
+        kube.apply_chart_rbac({"exporter": {"kubeletConfig": {"configz": True}}})
+        with agent(kube, unmounted, user=AGENT_USER, extra=["--kubelet-configz"]) as daemon:
+
+            def published() -> dict[str, str] | None:
+                obj = kube.nrt(node.name) or {}
+                attributes = {a["name"]: a["value"] for a in obj.get("attributes", [])}
+                return attributes if "topologyManagerPolicy" in attributes else None
+
+            assert wait_until(published, timeout=30, what="the policy")["topologyManagerPolicy"] == "restricted"
+            assert daemon.sample('numa_topology_source_up{source="kubelet_config"}') == 1

@@ -52,12 +52,7 @@ def real_cluster(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
             nodes.append(node)
             start_real_node(kube, node, bin_dir)
             cluster[name] = (node, agent(kube, node, user=AGENT_USER))
-        for name in cluster:
-            wait_until(lambda name=name: kube.nrt(name) is not None, timeout=30, what=f"the NRT of {name}")
-        # The overreserve cache ignores NRT objects created after the scheduler started (scheduler-plugins
-        # issue 967): a scheduler another module started is replaced now that these objects exist.
-        kube.stop_scheduler()
-        kube.start_scheduler()
+        kube.start_scheduler_after_nrts(cluster)
         yield cluster
     finally:
         for _, daemon in cluster.values():
@@ -158,7 +153,9 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
     for what, count in counts.items():
         COUNTS[f"{scheduler}: {what}"] = count
     print(f"REAL E2E {scheduler}", counts,
-          f"p50 {outcome.percentile(0.5):.2f} s p99 {outcome.percentile(0.99):.2f} s to Running")  # fmt: skip
+          f"p50 {outcome.percentile(0.5):.2f} s p99 {outcome.percentile(0.99):.2f} s to Running; bind to admission "
+          f"p50 {outcome.percentile(0.5, outcome.bind_to_admission):.2f} s "
+          f"p99 {outcome.percentile(0.99, outcome.bind_to_admission):.2f} s")  # fmt: skip
     assert outcome.rejected == [], outcome.rejected
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"

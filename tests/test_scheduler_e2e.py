@@ -149,13 +149,7 @@ def cluster(
             extra = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", name, "--resync-interval", "5",
                      "--debounce", "0.05", "--no-nvml", "--log-level", "warning"]  # fmt: skip
             nodes[name] = (player, Daemon(player.tree.paths, extra=extra))
-        for name in nodes:
-            wait_until(lambda name=name: kube.nrt(name) is not None, timeout=30, what=f"the NRT of {name}")
-        # Only now: the scheduler's overreserve cache (scheduler-plugins 903da7df) loads the NRT objects that
-        # exist when it starts and ignores ones created later ("modified non-existent NRT"): a scheduler
-        # another test started before these objects existed is replaced.
-        kube.stop_scheduler()
-        kube.start_scheduler()
+        kube.start_scheduler_after_nrts(nodes)
         yield nodes
     finally:
         for _, daemon in nodes.values():

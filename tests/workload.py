@@ -53,13 +53,16 @@ class Outcome:
     deleted: int = 0
     rejected: list[str] = field(default_factory=list)
     to_running: list[float] = field(default_factory=list)
+    # From first seen bound to first seen admitted (Running) or rejected (Failed), at the 0.1 s the workload
+    # polls: the window in which the scheduler must not trust zones that do not subtract the pod yet.
+    bind_to_admission: list[float] = field(default_factory=list)
     running: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
 
-    def percentile(self, q: float) -> float:
-        if not self.to_running:
+    def percentile(self, q: float, samples: list[float] | None = None) -> float:
+        ordered = sorted(self.to_running if samples is None else samples)
+        if not ordered:
             return float("nan")
-        ordered = sorted(self.to_running)
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
@@ -73,6 +76,8 @@ class Workload:
         self.outcome = Outcome()
         self._created_at: dict[str, float] = {}
         self._seen_running: set[str] = set()
+        self._bound_at: dict[str, float] = {}
+        self._decided: set[str] = set()
         self._rejected: set[str] = set()
         self._index = 0
         kube.ensure_namespace(namespace)
@@ -103,6 +108,11 @@ class Workload:
         now = time.monotonic()
         for pod in items:
             name, status = pod["metadata"]["name"], pod.get("status") or {}
+            if pod["spec"].get("nodeName") and name not in self._bound_at:
+                self._bound_at[name] = now
+            if status.get("phase") in ("Running", "Failed") and name not in self._decided and name in self._bound_at:
+                self._decided.add(name)
+                self.outcome.bind_to_admission.append(now - self._bound_at[name])
             if status.get("phase") == "Running" and name not in self._seen_running:
                 self._seen_running.add(name)
                 if name in self._created_at:

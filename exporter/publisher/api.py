@@ -182,6 +182,15 @@ class KubeApi:
     def _write_query() -> list[tuple[str, Any]]:
         return [("fieldManager", FIELD_MANAGER), ("fieldValidation", "Warn")]
 
+    def kubelet_configz(self, name: str) -> dict[str, Any]:
+        """The kubelet's effective configuration (`/configz`, through the API server's node proxy: needs
+        `get` on `nodes/proxy`)."""
+        answer = self._request("GET", f"/api/v1/nodes/{quote(name, safe='')}/proxy/configz")
+        document = answer.get("kubeletconfig") if isinstance(answer, dict) else None
+        if not isinstance(document, dict):
+            raise ApiInvalid("/configz answered without a kubeletconfig object")
+        return document
+
     def node_uid(self, name: str) -> str:
         node = self._request("GET", f"/api/v1/nodes/{quote(name, safe='')}")
         return str((node.get("metadata") or {}).get("uid", ""))

@@ -121,6 +121,12 @@ def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
     return _config(document, origin=tuple(origin))
 
 
+def from_configz(document: Mapping[str, Any]) -> KubeletConfig:
+    """The `kubeletconfig` object the kubelet's `/configz` serves: its effective configuration (file, drop-ins
+    and flags merged, defaults applied), in v1beta1 field names."""
+    return _config(document, origin=("/configz",))
+
+
 def dropin_files(directory: Path) -> list[Path]:
     """Every `*.conf` file under `directory` in Go's filepath.WalkDir order (each directory's entries sorted by
     name, a subdirectory walked where it sorts)."""
