@@ -4,9 +4,10 @@ PY          := $(VENV)/bin/python
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests use for real: the peers (hwloc, node_exporter), Prometheus/promtool,
 # the hwdb for device names (udev), gcc for the fake libnvidia-ml.so.1, bzip2 for the hwloc trees,
-# openssl for the TLS test certificate, util-linux for setpriv (the daemon run without capabilities),
+# openssl for the TLS test certificate, util-linux for setpriv (the daemon run without capabilities) and,
+# with mount, for the real kubelets' mount namespace (../shared/k8s/start-node),
 # mmdebstrap, umoci and skopeo to build the image without a Docker engine, runc to run it as the chart does.
-DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux \
+DEB_PACKAGES := prometheus prometheus-node-exporter hwloc udev bzip2 gcc libc6-dev python3-venv openssl util-linux mount \
                 mmdebstrap umoci skopeo runc
 LISTEN      ?= 127.0.0.1:9709
 

@@ -115,7 +115,7 @@ class ControlPlane:
         wait_until(self._ready, timeout=90, what="kube-apiserver /readyz", interval=0.25)
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = (self.root / f"{name}.log").open("wb")
+        log = (self.root / f"{name}.log").open("ab")  # a restarted scheduler appends: earlier runs stay readable
         self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def _ready(self) -> bool:

@@ -239,7 +239,7 @@ def start_real_node(kube: ControlPlane, node: RealNode, bin_dir: Path, *, gpus: 
 def agent(kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = ()) -> Daemon:
     """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs."""
     flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name, "--resync-interval", "5",
-             "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "warning", *extra]  # fmt: skip
+             "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "debug", *extra]  # fmt: skip
     if node.config_file is not None:
         flags += ["--kubelet-config", str(node.config_file)]
     if node.dropin_dir is not None:

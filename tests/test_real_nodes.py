@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -156,7 +159,10 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
           f"p50 {outcome.percentile(0.5):.2f} s p99 {outcome.percentile(0.99):.2f} s to Running; bind to admission "
           f"p50 {outcome.percentile(0.5, outcome.bind_to_admission):.2f} s "
           f"p99 {outcome.percentile(0.99, outcome.bind_to_admission):.2f} s")  # fmt: skip
-    assert outcome.rejected == [], outcome.rejected
+    if outcome.rejected:
+        raise AssertionError(
+            f"rejected after binding: {outcome.rejected}; evidence in {keep_evidence(kube, real_cluster)}"
+        )
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"
     in_sync = wait_until(
@@ -183,3 +189,15 @@ def scheduler_in_sync(kube: ControlPlane, cluster: RealCluster) -> dict[str, str
     if not last or any(expected != computed for expected, computed in last.values()):
         return None
     return {node: expected for node, (expected, _) in last.items()}
+
+
+def keep_evidence(kube: ControlPlane, cluster: RealCluster) -> Path:
+    """The scheduler's log (what its cache believed, per pod and node), each kubelet's (its hints and verdict)
+    and each agent's output, copied where the session's temporary directories do not rotate them away."""
+    target = Path(os.environ.get("REAL_EVIDENCE") or tempfile.mkdtemp(prefix="real-nodes-evidence-"))
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(kube.root / "kube-scheduler-nrt.log", target / "kube-scheduler-nrt.log")
+    for name, (node, daemon) in cluster.items():
+        shutil.copy(node.directory / "kubelet.log", target / f"{name}-kubelet.log")
+        (target / f"{name}-agent.log").write_text(daemon.text)
+    return target

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid, ApiNotFound
-from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
+from exporter.fingerprint import ATTRIBUTE, METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.metrics import NrtStats
 from exporter.nrt import build_nrt, content
 from exporter.publisher.api import KubeApi
@@ -237,6 +237,10 @@ class NrtWriter:
         self.stats.record(operation=operation, result="success", when=self._clock())
         self._confirmed(want)
         log.info("NodeResourceTopology %s: %s", self.node_name, operation)
+        if log.isEnabledFor(logging.DEBUG):
+            zones = {z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in body.get("zones", [])}
+            fingerprint = {a["name"]: a["value"] for a in body.get("attributes", [])}.get(ATTRIBUTE)
+            log.debug("NodeResourceTopology %s written: %s, available %s", self.node_name, fingerprint, zones)
 
     def _confirmed(self, want: dict[str, Any]) -> None:
         self._written = want
