@@ -381,7 +381,7 @@ def test_the_notes_give_the_kubelet_config_flags_and_the_recommended_scheduler()
         "/host/kubelet-config/config.json",
         "/host/kubelet-config.d",
     )
-    assert "cacheResyncPeriodSeconds: 1" in text
+    assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Shared}" in text
     assert "cacheResyncPeriodSeconds" not in notes({"nrt": {"enabled": False}})
 
 
