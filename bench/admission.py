@@ -48,7 +48,7 @@ from tests.realnodes import (
     require_real_nodes,
     start_real_node,
 )
-from tests.workload import Workload, retry_pending
+from tests.workload import Workload, retry_pending, scheduler_race
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class Result:
     pending: int
     pending_that_fit: int
     seconds: float
+    races: int = 0  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
 
 
 def start_agents(kube: ControlPlane, nodes: list[RealNode], flags: tuple[str, ...]) -> list[Daemon]:
@@ -152,7 +153,13 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, pod
             pending_that_fit=pending_that_fit(kube, nodes, pending), seconds=time.monotonic() - started,
         )  # fmt: skip
         for line in outcome.rejected:
-            print(f"  {name} seed {seed} rejected: {line[:200]}", flush=True)
+            pod, node = line.split(" ", 1)[0], line.split(" on ", 1)[1].split(":", 1)[0]
+            index = [n.name for n in nodes].index(node)
+            why = scheduler_race(work.namespace, pod, node, scheduler_log=kube.log("kube-scheduler-nrt").splitlines(),
+                                 kubelet_log=nodes[index].log(), agent_log=agents[index].text)  # fmt: skip
+            result.races += why is not None
+            print(f"  {name} seed {seed} rejected: {line[:160]}" + (f" [scheduler race: {why[:120]}]" if why else ""),
+                  flush=True)  # fmt: skip
         work.cleanup()
         quiet(kube, nodes)
         return result
@@ -195,7 +202,7 @@ def main() -> int:
         mine = [r for r in results if r.arm == name]
         rows.append((
             name,
-            " / ".join(str(r.rejected) for r in mine),
+            " / ".join(f"{r.rejected} ({r.races})" if r.rejected else "0" for r in mine),
             sum(r.rejected for r in mine),
             " / ".join(str(r.running) for r in mine),
             " / ".join(f"{r.p50:.1f}" for r in mine),
@@ -204,7 +211,7 @@ def main() -> int:
             " / ".join(str(r.pending) for r in mine),
             " / ".join(str(r.pending_that_fit) for r in mine),
         ))  # fmt: skip
-    print_table(("arm", "rejected after binding (per seed)", "total", "running at end", "p50 s to Running",
+    print_table(("arm", "rejected after binding (of which the scheduler cache's race), per seed", "total", "running at end", "p50 s to Running",
                  "p99 s", "bind to admission p50 / p99 s", "pending at end", "pending that would fit"), rows)  # fmt: skip
     blind = sum(r.rejected for r in results if r.arm == "blind")
     ours = sum(r.rejected for r in results if r.arm == "ours")

