@@ -3,9 +3,10 @@ objects our agents publish, one agent per node reading the kubelet's real state 
 
 Pods arrive in bursts (dozens bound before any is admitted) and leave in churn (Running pods deleted while
 the next burst arrives). The kubelets admit or reject them with their own Topology Manager; the measure of the
-product is that none is rejected after binding. After every burst and every churn step, each agent's per-NUMA
-allocatable and available equal what its kubelet's podresources API reports, and its fingerprint names
-exactly the pods the API has on that node, as the scheduler computes it.
+product is that none is rejected after binding because of what the agents published (the scheduler cache's
+own race, told from the logs, is counted and printed). After every burst and every churn step, each agent's
+per-NUMA allocatable and available equal what its kubelet's podresources API reports, and its fingerprint
+names exactly the pods the API has on that node, as the scheduler computes it.
 """
 
 from __future__ import annotations
