@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from exporter.cli import build_parser
+from exporter.sources.kubelet_config import DISTRIBUTIONS
 from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, notes, render
 
 
@@ -309,18 +310,7 @@ def test_the_notes_say_when_kube_prometheus_stack_would_not_select_the_monitors(
     assert hint not in notes({})
 
 
-@pytest.mark.parametrize(
-    ("distribution", "file", "dropins"),
-    [
-        ("kubeadm", None, None),
-        ("eks-al2", "/etc/kubernetes/kubelet/kubelet-config.json", None),
-        ("eks-al2023", "/etc/kubernetes/kubelet/config.json", "/etc/kubernetes/kubelet/config.json.d"),
-        ("gke", "/home/kubernetes/kubelet-config.yaml", None),
-        ("aks", "/etc/default/kubeletconfig.json", None),
-        ("k3s", None, "/var/lib/rancher/k3s/agent/etc/kubelet.conf.d"),
-        ("rke2", None, "/var/lib/rancher/rke2/agent/etc/kubelet.conf.d"),
-    ],
-)
+@pytest.mark.parametrize(("distribution", "file", "dropins"), DISTRIBUTIONS)
 def test_the_kubelet_config_is_mounted_read_only_where_the_distribution_keeps_it(
     distribution: str, file: str | None, dropins: str | None
 ) -> None:
