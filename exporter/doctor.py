@@ -53,7 +53,7 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     elif config_status is not None and config_status.reason == "contradicted":
         add("error", "kubelet-config", f"{config_status.message}. No topologyManagerPolicy is published until it is "
             "fixed; the checks below use the kubelet's defaults")  # fmt: skip
-    elif not config.from_file:
+    elif not config.known:
         where = config_status.message if config_status and config_status.message else "no kubelet configuration"
         places = "; ".join(
             f"{name}: {' + '.join(p for p in (file, directory) if p)}"

@@ -284,8 +284,8 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
         [
             snapshot.kubelet.cpu_policy,
             snapshot.kubelet.memory_policy,
-            config.topology_manager_policy if config.from_file else "unknown",
-            config.topology_manager_scope if config.from_file else "unknown",
+            config.topology_manager_policy if config.known else "unknown",
+            config.topology_manager_scope if config.known else "unknown",
             format_cpuset(accounting.reserved.cpus),
             accounting.reserved.source,
         ],

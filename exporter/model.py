@@ -239,7 +239,9 @@ class KubeletConfig:
     system_reserved_cgroup: str = ""
     kube_reserved_cgroup: str = ""
     unknown_fields: tuple[str, ...] = ()  # keys the kubelet's strict decoder rejects and then ignores
-    from_file: bool = False  # read from what the kubelet runs with, and not contradicted by its state files
+    known: bool = (
+        False  # read from what the kubelet runs with (its files or /configz), not contradicted by its state files
+    )
     origin: tuple[str, ...] = ()  # the file and drop-ins merged, in order
 
     def cpu_option(self, name: str) -> bool:

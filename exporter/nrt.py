@@ -152,7 +152,7 @@ def policy_attributes(config: KubeletConfig) -> list[dict[str, str]]:
     """The Topology Manager's policy, scope and NUMA limit, only where the configuration is the kubelet's own
     (read from where it runs with, not contradicted by its state files). Otherwise none: never a policy the
     kubelet may not run; the kubelet_config source is down and says what to mount or set."""
-    if not config.from_file:
+    if not config.known:
         return []
     return [
         {"name": "topologyManagerPolicy", "value": config.topology_manager_policy},

@@ -182,7 +182,7 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
         f"\nKubelet: cpuManagerPolicy={state.cpu_policy} memoryManagerPolicy={state.memory_policy} "
         + (
             f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
-            if config.from_file
+            if config.known
             else "topologyManagerPolicy=unknown (no configuration the kubelet runs with was read) "
         )
         + f"reserved CPUs={format_cpuset(accounting.reserved.cpus) or '-'} ({accounting.reserved.source})\n"

@@ -120,15 +120,14 @@ def account(topology: Topology, state: KubeletState, *, profiles: tuple[Profile,
     admission releases them, and only the devices it lists are allocatable (docs/product.md, "Two sources")."""
     crosscheck = None
     files = state
+    live = entry_pods(state)  # without a current reading, every entry is held but those shown gone before
     if state.podresources is not None:
         crosscheck = cross_check(state, state.podresources, api_synced=api_synced(state.pods))
         if state.podresources_current and crosscheck.kubelet_uids is not None:
-            api_uids = {pod.uid for pod in state.pods or () if pod.spec_known}
-            state = without_gone_pods(state, crosscheck.kubelet_uids | api_uids)
+            live = crosscheck.kubelet_uids | {pod.uid for pod in state.pods or () if pod.spec_known}
         if not api_synced(state.pods):
             state = dataclasses.replace(state, pods=crosscheck.pods)
-    if state.gone_pods & entry_pods(state):  # shown gone by an earlier reading: a pod UID never comes back
-        state = without_gone_pods(state, entry_pods(state) - state.gone_pods)
+    state = without_gone_pods(state, live - state.gone_pods)  # a pod UID shown gone never comes back
     cpus = CpuTopology.from_topology(topology)
     reserved = reserved_cpus(topology, state.config, cpus)
     placement = device_numa_nodes(topology, state.devices)
@@ -307,12 +306,12 @@ class SnapshotBuilder:
         if self._use_podresources and not self._statuses[PODRESOURCES].up:
             state = dataclasses.replace(state, podresources_current=False)
         state = dataclasses.replace(state, gone_pods=self._gone_pods & entry_pods(state))
-        contradiction = config_contradiction(state) if config.from_file else None
+        contradiction = config_contradiction(state) if config.known else None
         if contradiction is not None:
             # Not what the kubelet runs with: nothing read from it is published as the kubelet's (no
             # topologyManagerPolicy in the NRT object), the source is down and says why.
             self._fail("kubelet_config", SourceContradicted("kubelet_config", contradiction))
-            state = dataclasses.replace(state, config=dataclasses.replace(config, from_file=False))
+            state = dataclasses.replace(state, config=dataclasses.replace(config, known=False))
         accounting = account(topology, state, profiles=self.profiles)
         self._gone_pods = state.gone_pods | accounting.released_pods
         if accounting.crosscheck is not None:

@@ -131,7 +131,7 @@ def test_drop_ins_alone_and_nothing_at_all(tmp_path) -> None:  # type: ignore[no
     _dropin(dropins, "00-k3s-defaults.conf", "cpuManagerPolicy: static\ntopologyManagerPolicy: restricted\n")
     paths = HostPaths(kubelet_dir=tmp_path, kubelet_config_dir=dropins)
     config = read_kubelet_config(paths)
-    assert (config.cpu_manager_policy, config.topology_manager_policy, config.from_file) == (
+    assert (config.cpu_manager_policy, config.topology_manager_policy, config.known) == (
         "static",
         "restricted",
         True,

@@ -142,7 +142,7 @@ def test_a_config_its_state_files_contradict_is_not_the_kubelets(machine: HostTr
     assert status is not None
     assert (status.up, status.reason) == (False, "contradicted")
     assert "cpu_manager_state is written by the static policy" in (status.message or "")
-    assert not snapshot.kubelet.config.from_file
+    assert not snapshot.kubelet.config.known
     names = {a["name"] for a in build_nrt(snapshot, node_name="n", node_uid=None, method="all")["attributes"]}
     assert "topologyManagerPolicy" not in names
     install(machine, config=fixture_config(cpu="static", memory="None"))

@@ -219,7 +219,7 @@ def _config(document: Mapping[str, Any], *, origin: tuple[str, ...]) -> KubeletC
         system_reserved_cgroup=_string(document.get("systemReservedCgroup"), "systemReservedCgroup"),
         kube_reserved_cgroup=_string(document.get("kubeReservedCgroup"), "kubeReservedCgroup"),
         unknown_fields=tuple(sorted(str(key) for key in document if key not in FIELDS)),
-        from_file=True,
+        known=True,
         origin=origin,
     )
 

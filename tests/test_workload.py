@@ -1,0 +1,68 @@
+"""The real-node test's judge of a rejection (tests/workload.py `scheduler_race`), on log lines in the formats
+the scheduler, the kubelet and the agent write (taken from a real run, names shortened)."""
+
+from __future__ import annotations
+
+from tests.workload import scheduler_race
+
+NS = "real-x"
+
+
+def scheduler_log(*, q_bound: str, flush: str, p_reserved: str) -> list[str]:
+    return [
+        f'I1204 {q_bound}   21906 schedule_one.go:481] "Successfully bound pod to node" pod="{NS}/q" node="n-2" evaluatedNodes=3 feasibleNodes=1',
+        f'I1204 {flush}   21906 store.go:433] "podset fingerprint check" logger="nrtcache.resync" generation=20 node="n-2" expected="pfpA" computed="pfpA" onlyExclusiveResources=true',
+        f'I1204 {p_reserved}   21906 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/p" podUID="u" node="n-2" assumedResources="{NS}/p::[cpu=1];"',
+    ]
+
+
+def kubelet_log(*, q_allocated: str, q_removed: str | None = None) -> str:
+    lines = [
+        f'I1204 {q_allocated}   21621 policy_static.go:723] "AllocateCPUs" pod="{NS}/q" podUID="v" containerName="c0" result="5,21 aligned=<uncore:true>"'
+    ]
+    if q_removed:
+        lines.append(f'I1204 {q_removed}   21621 kubelet.go:2734] "SyncLoop REMOVE" source="api" pods=["{NS}/q"]')
+    return "\n".join(lines)
+
+
+AGENT = "2026-12-04 17:13:37,686 DEBUG exporter.publisher.writer: NodeResourceTopology n-2 written: pfpA, available {}"
+
+
+def test_a_reservation_dropped_for_a_pod_our_object_could_not_subtract_is_the_schedulers_race() -> None:
+    """Q bound at .310, admitted at .320 (after our write at 37.686), the cache resynced from that write at .359
+    and dropped Q's reservation: P's rejection is the scheduler's."""
+    why = scheduler_race(NS, "p", "n-2", agent_log=AGENT,
+                         scheduler_log=scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475"),
+                         kubelet_log=kubelet_log(q_allocated="17:13:38.320000"))  # fmt: skip
+    assert why is not None
+    assert why.startswith("q was bound to n-2")
+
+
+def test_a_pod_admitted_before_our_write_was_ours_to_subtract() -> None:
+    """Q admitted at 37.600, before our write at 37.686: our object subtracted it (or should have), so a
+    rejection after that resync is not the scheduler's race."""
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT,
+                          scheduler_log=scheduler_log(q_bound="17:13:37.590000", flush="17:13:38.359202", p_reserved="17:13:38.471475"),
+                          kubelet_log=kubelet_log(q_allocated="17:13:37.600000")) is None  # fmt: skip
+
+
+def test_a_pod_gone_before_the_resync_rightly_lost_its_reservation() -> None:
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT,
+                          scheduler_log=scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475"),
+                          kubelet_log=kubelet_log(q_allocated="17:13:38.320000", q_removed="17:13:38.340000")) is None  # fmt: skip
+
+
+def test_no_resync_before_the_reservation_explains_nothing() -> None:
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT,
+                          scheduler_log=scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.500000", p_reserved="17:13:38.471475"),
+                          kubelet_log=kubelet_log(q_allocated="17:13:38.320000")) is None  # fmt: skip
+
+
+def test_admitted_after_our_write_but_before_the_resync_is_the_race_too() -> None:
+    """Dedicated's case: Q admitted at 38.000, between our write (37.686) and the resync (38.359) that matched
+    that write: the object the cache took could not subtract Q. Told apart only by the agent's write time."""
+    logs = scheduler_log(q_bound="17:13:37.990000", flush="17:13:38.359202", p_reserved="17:13:38.471475")
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs,
+                          kubelet_log=kubelet_log(q_allocated="17:13:38.000000")) is not None  # fmt: skip
+    assert scheduler_race(NS, "p", "n-2", agent_log="", scheduler_log=logs,
+                          kubelet_log=kubelet_log(q_allocated="17:13:38.000000")) is None  # fmt: skip
