@@ -16,6 +16,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.daemon import Daemon
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import replace_atomically
 from tests.oracle import GIB, MachineSpec, ask
+from tests.workload import scheduler_race, time_of_day
 
 NODES = 3
 PODS = int(os.environ.get("E2E_PODS", "200"))
@@ -147,9 +149,9 @@ def cluster(
             kube.add_node(name, capacity=CAPACITY)
             player = KubeletPlayer(root, name)
             extra = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", name, "--resync-interval", "5",
-                     "--debounce", "0.05", "--no-nvml", "--log-level", "warning"]  # fmt: skip
+                     "--debounce", "0.05", "--no-nvml", "--log-level", "debug"]  # fmt: skip
             nodes[name] = (player, Daemon(player.tree.paths, extra=extra))
-        kube.start_scheduler_after_nrts(nodes)
+        kube.start_scheduler_after_nrts(nodes, informer_mode="Shared")  # the configuration README recommends
         yield nodes
     finally:
         for _, daemon in nodes.values():
@@ -161,7 +163,7 @@ def test_no_pod_is_bound_where_the_kubelet_rejects_it(
 ) -> None:
     rng = random.Random(20261202)
     bound: dict[str, str] = {}
-    mismatches: list[str] = []
+    mismatches: list[Mismatch] = []
     pending: list[dict[str, Any]] = []
     for index in range(PODS):
         resources = shape(rng)
@@ -215,17 +217,23 @@ def test_no_pod_is_bound_where_the_kubelet_rejects_it(
     fits_somewhere = [
         pod["metadata"]["name"] for pod in pending if any(player.would_admit(pod) for player, _ in cluster.values())
     ]
-    COUNTS.update(pods=PODS, bound=len(bound), pending=len(pending), mismatches=len(mismatches),
-                   pending_that_fit=len(fits_somewhere))  # fmt: skip
+    # Goal 0. A rejection is ours unless the logs show the scheduler cache's own race (tests/workload.py
+    # `scheduler_race`: a reservation dropped at a resync from an object written before the reserved pod was
+    # admitted, which nothing an agent publishes prevents); each is printed, and any other fails.
+    lines = kube.log("kube-scheduler-nrt").splitlines()
+    races, ours = [], []
+    for mismatch in mismatches:
+        why = scheduler_race(NAMESPACE, mismatch.pod, mismatch.node, scheduler_log=lines,
+                             agent_log=cluster[mismatch.node][1].text, admitted=ADMITTED)  # fmt: skip
+        (races if why else ours).append(f"{mismatch.text} ({why})" if why else mismatch.text)
+    COUNTS.update(pods=PODS, bound=len(bound), pending=len(pending), mismatches=len(ours),
+                  pending_that_fit=len(fits_somewhere), **{"rejections from the scheduler cache's race": len(races)})  # fmt: skip
     print("E2E COUNTS", COUNTS)
-    # Goal 0. The bind-to-admission race is fixed (the `#pending` fingerprint, BENCHMARKS.md); one run in
-    # four still showed one memory-manager UnexpectedAdmissionError, not yet explained. Each is printed.
-    for line in mismatches:
-        print("E2E MISMATCH", line)
-    if mismatches and os.environ.get("E2E_TRACE"):  # the scheduler's own account of each mismatched node
-        trace = Path(os.environ["E2E_TRACE"])
-        trace.write_text(kube.log("kube-scheduler-nrt"))
-    assert len(mismatches) <= 3, mismatches
+    for line in races:
+        print("E2E SCHEDULER RACE", line)
+    if ours and os.environ.get("E2E_TRACE"):  # the scheduler's own account of each mismatched node
+        Path(os.environ["E2E_TRACE"]).write_text(kube.log("kube-scheduler-nrt"))
+    assert not ours, ours
     assert len(bound) >= 20, COUNTS
     assert pending, "the nodes fill up: some shapes must stay Pending"
     reasons = {
@@ -247,25 +255,39 @@ def _bound_since(kube: ControlPlane, pending: list[dict[str, Any]]) -> list[dict
     return [pod for pod in items if pod["metadata"]["name"] in waiting and pod["spec"].get("nodeName")]
 
 
+@dataclass(frozen=True)
+class Mismatch:
+    """A pod bound where the played kubelet then rejected it."""
+
+    pod: str
+    node: str
+    text: str
+
+
+ADMITTED: dict[str, float] = {}  # pod name -> time of day the played kubelet admitted it (scheduler_race's input)
+
+
 def play(
     kube: ControlPlane,
     cluster: dict[str, tuple[KubeletPlayer, Daemon]],
     pod: dict[str, Any],
     bound: dict[str, str],
-    mismatches: list[str],
+    mismatches: list[Mismatch],
 ) -> None:
     """The kubelet's part for one bound pod: admission by the oracle, the status it reports, and then the
     wait until the agent has republished (its fingerprint names the pod)."""
     node, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
     admitted, why = cluster[node][0].admit(pod)
     if admitted:
+        ADMITTED[name] = time_of_day()
         bound[name] = node
         pod["status"] = {**pod.get("status", {}), "phase": "Running"}
     else:
         zones = {
             z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in (kube.nrt(node) or {})["zones"]
         }
-        mismatches.append(f"{name} {pod['spec']['containers'][0]['resources']['requests']} on {node}: {why}; {zones}")
+        requests = pod["spec"]["containers"][0]["resources"]["requests"]
+        mismatches.append(Mismatch(name, node, f"{name} {requests} on {node}: {why}; {zones}"))
         pod["status"] = {**pod.get("status", {}), "phase": "Failed", "reason": "TopologyAffinityError"}
     kube.ok("PUT", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/status", pod)
     if admitted:

@@ -66,3 +66,10 @@ def test_admitted_after_our_write_but_before_the_resync_is_the_race_too() -> Non
                           kubelet_log=kubelet_log(q_allocated="17:13:38.000000")) is not None  # fmt: skip
     assert scheduler_race(NS, "p", "n-2", agent_log="", scheduler_log=logs,
                           kubelet_log=kubelet_log(q_allocated="17:13:38.000000")) is None  # fmt: skip
+
+
+def test_admission_times_can_come_from_a_played_kubelet() -> None:
+    """The oracle-played end-to-end test has no kubelet log: it says when it admitted each pod."""
+    logs = scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475")
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62018.32}) is not None
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62017.60}) is None

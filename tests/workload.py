@@ -11,7 +11,7 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -255,6 +255,11 @@ def _seconds(stamp: str) -> float:
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
+def time_of_day() -> float:
+    """Now, in the seconds since midnight the klog and agent log times are compared in."""
+    return _seconds(datetime.now().strftime("%H:%M:%S.%f"))
+
+
 def _klog_time(line: str) -> float | None:
     parts = line.split()
     return _seconds(parts[1]) if len(parts) > 2 and len(parts[0]) == 5 and parts[0][0] in "IWEF" else None
@@ -265,13 +270,21 @@ WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+),")
 
 
 def scheduler_race(
-    namespace: str, pod: str, node: str, *, scheduler_log: list[str], kubelet_log: str, agent_log: str
+    namespace: str,
+    pod: str,
+    node: str,
+    *,
+    scheduler_log: list[str],
+    agent_log: str,
+    kubelet_log: str = "",
+    admitted: Mapping[str, float] | None = None,
 ) -> str | None:
     """Why the scheduler's cache placed `pod` where the kubelet rejected it, when the cause is the cache's own
     race and not our object: before the pod's reservation, the cache resynced `node` from an object of ours
     (fingerprints equal) written before another pod Q bound there had been admitted by the kubelet, so Q was
     named in neither fingerprint and its reservation was dropped, though our zones could not subtract it yet.
-    None where no such Q exists (then the rejection is ours to explain)."""
+    None where no such Q exists (then the rejection is ours to explain). When each pod was admitted comes from
+    the kubelet's log, or from `admitted` (pod name -> time of day in seconds) where a test plays the kubelet."""
     reserved = next((line for line in scheduler_log if '"post reserve"' in line and f'pod="{namespace}/{pod}"' in line
                      and f'node="{node}"' in line), None)  # fmt: skip
     if reserved is None or (reserved_at := _klog_time(reserved)) is None:
@@ -284,7 +297,7 @@ def scheduler_race(
     writes = [_seconds(m.group(1)) for line in agent_log.splitlines()
               if (m := WRITTEN.search(line)) and m.group(2) == node and m.group(3) == fingerprint]  # fmt: skip
     written_at = max((t for t in writes if t <= flushed_at), default=flushed_at)
-    allocated: dict[str, float] = {}
+    allocated: dict[str, float] = dict(admitted or {})
     removed: dict[str, float] = {}  # a pod gone before the resync rightly lost its reservation
     for line in kubelet_log.splitlines():
         if (t := _klog_time(line)) is None:
