@@ -221,7 +221,8 @@ def test_no_pod_is_bound_where_the_kubelet_rejects_it(
     # `scheduler_race`: a reservation dropped at a resync from an object written before the reserved pod was
     # admitted, which nothing an agent publishes prevents); each is printed, and any other fails.
     lines = kube.log("kube-scheduler-nrt").splitlines()
-    races, ours = [], []
+    races: list[str] = []
+    ours: list[str] = []
     for mismatch in mismatches:
         why = scheduler_race(NAMESPACE, mismatch.pod, mismatch.node, scheduler_log=lines,
                              agent_log=cluster[mismatch.node][1].text, admitted=ADMITTED)  # fmt: skip
