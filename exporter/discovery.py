@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from exporter import memory_kinds
 from exporter.errors import SourceError, SourceMissing, SourceUnavailable
 from exporter.model import UNKNOWN_NUMA_NODE, Gpu, NumaNode, PciDevice, SourceStatus, Topology
 from exporter.paths import HostPaths
@@ -57,7 +58,7 @@ def discover(
             statuses.append(_status_of(exc))
 
     return Topology(
-        numa_nodes=numa_reading.numa_nodes,
+        numa_nodes=memory_kinds.classify(paths, numa_reading.numa_nodes),
         cpus=cpus.read_cpus(paths, online=online),
         pci_devices=devices,
         gpus=gpus,

@@ -33,6 +33,12 @@ class NumaNode:
     hugepages: tuple[HugepagePool, ...]
     distances: Mapping[int, int]
     numastat: Mapping[str, int]
+    # What the memory is (memory_kinds.py): dram, hbm, nvm, spm, cxl or gpu-memory; for GPU memory, the
+    # owning GPU's PCI address. The kernel's memory tier where it has tiers. The hardware's view: the
+    # kubelet counts every NUMA node's memory alike.
+    memory_kind: str = "dram"
+    memory_owner: str = ""
+    memory_tier: int | None = None
 
     def hugepage_pool(self, size_bytes: int) -> HugepagePool | None:
         return next((pool for pool in self.hugepages if pool.size_bytes == size_bytes), None)
@@ -66,6 +72,9 @@ class PciDevice:
     vendor_name: str | None = None
     model_name: str | None = None
     pcie_root: str = ""  # `pci<domain>:<bus>` of the root complex above it
+    # The PCI bridges from the root complex down to the device (root port, then each switch's upstream and
+    # downstream ports), by address: what the path classes between two devices are read from (pcie.py).
+    pcie_bridges: tuple[str, ...] = ()
     # Where numa_node is -1 only: the CPUs the kernel calls local to it, and the one NUMA node holding all of
     # them (discovery.py; -1 when they span NUMA nodes or are unknown). The hardware's view, never admission's.
     local_cpus: CpuSet = frozenset()

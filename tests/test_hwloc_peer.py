@@ -23,6 +23,7 @@ import pytest
 from exporter.discovery import discover
 from exporter.model import Topology
 from exporter.paths import HostPaths
+from exporter.pcie import bridge_path_class, interesting, pairs
 from tests.conftest import HWLOC_NAMES
 
 LSTOPO = shutil.which("lstopo-no-graphics")
@@ -196,3 +197,92 @@ def test_device_locality_matches_hwloc(hwloc_trees: dict[str, Path], name: str) 
         gpus = {d.address: (d.numa_node, d.local_numa_node) for d in topology.pci_devices if d.category == "gpu"}
         assert gpus == {"0004:05:00.0": (-1, 0), "0004:06:00.0": (-1, 0), "0006:00:00.0": (-1, 0),
                         "0007:00:00.0": (-1, 8), "0035:04:00.0": (-1, 8), "0035:05:00.0": (-1, 8)}  # fmt: skip
+
+
+PCI_TREES = ["40intel64-2g2n4c+pci", "32em64t-2n8c+1mic", "32intel64-2p8co2t+8ve"]
+
+
+def hwloc_path_classes(fsroot: Path, name: str, addresses: set[str]) -> dict[tuple[str, str], str]:
+    """The path class of every two of these devices as hwloc's PCI tree gives it: the host bridge and PCI
+    bridges above each PCIDev, and the NUMA node of the object hwloc attaches the host bridge to. The same
+    rule as exporter/pcie.py, on hwloc's tree instead of ours."""
+    assert LSTOPO is not None
+    env = {**os.environ, "HWLOC_COMPONENTS": "linux,stop", "HWLOC_FSROOT": str(fsroot), "LC_ALL": "C",
+           "HWLOC_DONT_ADD_VERSION_INFO": "1"}  # fmt: skip
+    result = subprocess.run([LSTOPO, "--whole-system", "--whole-io", "--of", "xml", "-"], env=env,
+                            capture_output=True, check=True)  # fmt: skip
+    root = ET.fromstring(result.stdout)
+    parents = {child: parent for parent in root.iter("object") for child in parent if child.tag == "object"}
+    numa_cpus = {
+        int(o.get("os_index", "-1")): parse_bitmap(o.get("cpuset", "0x0"))
+        for o in root.iter("object")
+        if o.get("type") == "NUMANode"
+    }
+    place: dict[str, tuple[object, tuple[str, ...], int]] = {}
+    for obj in root.iter("object"):
+        if obj.get("type") != "PCIDev" or obj.get("pci_busid") not in addresses:
+            continue
+        bridges: list[str] = []
+        host: object = None
+        above = parents.get(obj)
+        while above is not None and above.get("type") == "Bridge":
+            if above.get("bridge_type", "").startswith("0-"):
+                host = above
+            else:
+                bridges.insert(0, above.get("pci_busid", ""))
+            above = parents.get(above)
+        cpus = parse_bitmap(above.get("cpuset", "0x0")) if above is not None else frozenset()
+        holding = [numa for numa, numa_set in numa_cpus.items() if numa_set and cpus and cpus <= numa_set]
+        place[obj.get("pci_busid", "")] = (host, tuple(bridges), holding[0] if len(holding) == 1 else -1)
+    classes = {}
+    ordered = sorted(place)
+    for index, a in enumerate(ordered):
+        for b in ordered[index + 1 :]:
+            (host_a, bridges_a, numa_a), (host_b, bridges_b, numa_b) = place[a], place[b]
+            if host_a is not None and host_a is host_b:
+                classes[(a, b)] = bridge_path_class(bridges_a, bridges_b)
+            else:
+                classes[(a, b)] = "NODE" if numa_a == numa_b != -1 else "SYS"
+    return classes
+
+
+@pytest.mark.parametrize("name", PCI_TREES)
+def test_pcie_path_classes_match_hwloc(hwloc_trees: dict[str, Path], name: str) -> None:
+    """Every two GPUs, NICs, VFs and accelerators: our path class (sysfs, exporter/pcie.py) equals the one
+    hwloc's own PCI tree gives, on real machines with root ports, switches and several root complexes."""
+    topology = ours(hwloc_trees[name])
+    devices = interesting(topology)
+    mine = {(p.a, p.b): p.path for p in pairs(devices)}
+    theirs = hwloc_path_classes(hwloc_trees[name], name, {d.address for d in devices})
+    assert len(theirs) >= 3, "hwloc placed too few of our devices for the comparison to mean anything"
+    assert {pair: mine[pair] for pair in theirs} == theirs
+    seen = {"40intel64-2g2n4c+pci": {"PIX", "PHB", "SYS"}, "32em64t-2n8c+1mic": {"PIX", "PHB", "SYS"},
+            "32intel64-2p8co2t+8ve": {"PIX", "NODE"}}  # fmt: skip
+    assert set(theirs.values()) == seen[name]  # PXB (switches under switches) is in none: tests/test_pcie.py
+
+
+HWLOC_SUBTYPES = {None: "dram", "DRAM": "dram", "HBM": "hbm", "GPUMemory": "gpu-memory", "NVM": "nvm", "SPM": "spm"}
+
+
+@pytest.mark.parametrize("name", HWLOC_NAMES)
+def test_memory_kinds_match_hwloc(hwloc_trees: dict[str, Path], name: str) -> None:
+    """Each NUMA node's memory kind (and a GPU memory node's GPU) is what hwloc's subtype says: GPU memory on
+    POWER9 + V100, HBM exposed as SPM and told by bandwidth, NVM from NVDIMM DAX devices; a node hwloc gives
+    no subtype is DRAM."""
+    env = {**os.environ, "HWLOC_COMPONENTS": "linux,stop", "HWLOC_FSROOT": str(hwloc_trees[name]), "LC_ALL": "C",
+           **HWLOC_ENV.get(name, {})}  # fmt: skip
+    assert LSTOPO is not None
+    result = subprocess.run([LSTOPO, "--whole-system", "--of", "xml", "-"], env=env, capture_output=True, check=True)
+    theirs = {}
+    for obj in ET.fromstring(result.stdout).iter("object"):
+        if obj.get("type") == "NUMANode":
+            infos = {i.get("name"): i.get("value") for i in obj.findall("info")}
+            kind = obj.get("subtype")
+            theirs[int(obj.get("os_index", "-1"))] = (HWLOC_SUBTYPES.get(kind, "cxl" if kind and kind.startswith("CXL") else "?"),
+                                                      infos.get("PCIBusID", ""))  # fmt: skip
+    mine = {numa.numa_node: (numa.memory_kind, numa.memory_owner) for numa in ours(hwloc_trees[name]).numa_nodes}
+    assert theirs
+    assert {numa: mine[numa] for numa in theirs} == theirs
+    expected = {"nvidiagpunumanodes": {"dram", "gpu-memory"}, "fakeheteromemtiers": {"dram", "hbm", "nvm"},
+                "fakememinitiators-1np2c+1npp+gi": {"dram", "nvm"}}  # fmt: skip
+    assert {kind for kind, _ in theirs.values()} == expected.get(name, {"dram"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from exporter.cpuset import CpuSet, parse_cpumask, parse_sysfs_cpulist
 from exporter.errors import InvalidText
@@ -88,7 +89,7 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
         sriov_totalvfs=totalvfs,
         sriov_numvfs=read_sysfs_int(f"{device_dir}/sriov_numvfs") if totalvfs is not None else None,
         vfs=tuple(name for name in (_link_name(f"{device_dir}/{vf}") for vf in vfs) if name),
-        pcie_root=pcie_root(device_dir),
+        **_pcie_place(device_dir),
     )
 
 
@@ -104,13 +105,22 @@ def _local_cpus(device_dir: str, entries: set[str]) -> CpuSet:
     return frozenset()
 
 
-def pcie_root(device_dir: str) -> str:
-    """The PCI root complex above a device, `pci<domain>:<bus>` as DRA's `resource.kubernetes.io/pcieRoot`
-    names it: the first such component of the device's real sysfs path ("" where there is none)."""
-    for part in os.path.realpath(device_dir).split("/"):
-        if PCIE_ROOT.match(part):
-            return part
-    return ""
+def _pcie_place(device_dir: str) -> dict[str, Any]:
+    """The root complex and the bridges below it, from the device's real sysfs path
+    (`/sys/devices/pci0000:00/0000:00:03.0/0000:05:00.0/0000:06:08.0/0000:07:00.0`: root pci0000:00, bridges
+    00:03.0 (root port), 05:00.0 and 06:08.0 (a switch's upstream and downstream ports)), as hwloc and NCCL
+    read the PCI tree. A device under no `pci<domain>:<bus>` (virtual, or a tree without links) has neither."""
+    parts = os.path.realpath(device_dir).split("/")
+    root = next((index for index, part in enumerate(parts) if PCIE_ROOT.match(part)), None)
+    if root is None:
+        return {"pcie_root": "", "pcie_bridges": ()}
+    below = parts[root + 1 : -1]
+    bridges = []
+    for part in below:
+        if not PCI_ADDRESS.match(part):
+            break  # a device under a non-PCI parent (a virtio bus, a platform device): the chain ends here
+        bridges.append(part)
+    return {"pcie_root": parts[root], "pcie_bridges": tuple(bridges)}
 
 
 def classify(*, class_code: int, has_net: bool, has_rdma: bool, vendor: str = "") -> str | None:
