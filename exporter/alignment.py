@@ -10,6 +10,9 @@ DRA-misaligned when one of its DRA devices sits on a NUMA node that holds none o
 memory or device-plugin devices, or, holding nothing else exclusive, when its DRA devices span several NUMA
 nodes. Devices whose NUMA node is unknown are judged by nothing. Claims known only from the kubelet's
 checkpoint name no container: they are audited as the pod's (`(pod)`), against all its containers.
+
+A container given GPUs and NICs (or VFs), by device plugins or DRA, also gets its closest GPU-NIC PCIe path
+(pcie.py) and whether NCCL would use GPUDirect RDMA over it (PIX or PXB, its default).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from exporter.accounting import KubeletState
-from exporter.devices import UNKNOWN
+from exporter.devices import REPLICA_SEPARATOR, UNKNOWN
 from exporter.dra import EMPTY, POD_SCOPE, DraView, held_numa_nodes, is_dra_resource
-from exporter.model import UNKNOWN_NUMA_NODE, Topology
+from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, Topology
+from exporter.pcie import GPUDIRECT_RDMA, is_nic, path_class, rank
 
 __all__ = ["POD_SCOPE", "ContainerAlignment", "container_alignment"]
 
@@ -33,6 +37,12 @@ class ContainerAlignment:
     container: str
     numa_nodes: Mapping[str, frozenset[int]]
     dra_misaligned: bool = False
+    gpu_nic: PciePath | None = None  # the closest GPU-NIC path of a container given both (a: GPU, b: NIC)
+
+    @property
+    def gpudirect_rdma(self) -> bool | None:
+        """Whether NCCL's default would use GPUDirect RDMA between its GPU and NIC; None without both."""
+        return None if self.gpu_nic is None else self.gpu_nic.path in GPUDIRECT_RDMA
 
     @property
     def aligned(self) -> bool:
@@ -58,8 +68,12 @@ def container_alignment(
 ) -> tuple[ContainerAlignment, ...]:
     spans: dict[tuple[str, str], dict[str, set[int]]] = {}
 
+    held: dict[tuple[str, str], set[str]] = {}  # (pod, container) -> PCI addresses of its devices
+
     def add(pod: str, container: str, resource: str, numas: frozenset[int] | set[int]) -> None:
         spans.setdefault((pod, container), {}).setdefault(resource, set()).update(numas)
+
+    pci_of = _pci_addresses(topology)
 
     if state.cpu is not None and state.cpu_policy == "static":
         cpu_numa = topology.numa_node_of_cpu()
@@ -79,11 +93,18 @@ def container_alignment(
             numas: set[int] = set()
             for device in allocation.device_ids:
                 numas.update(placement.get(device, UNKNOWN))
+                address = pci_of.get(device) or pci_of.get(device.partition(REPLICA_SEPARATOR)[0])
+                if address:
+                    held.setdefault((allocation.pod_uid, allocation.container), set()).add(address)
             if numas:
                 add(allocation.pod_uid, allocation.container, allocation.resource, numas)
     for (pod_uid, container), refs in dra.held.items():
         for resource, numas in held_numa_nodes(dra, refs).items():
             add(pod_uid, container, resource, numas)
+        for held_ref in refs:
+            dra_device = dra.device(held_ref)
+            if dra_device is not None and dra_device.pci_address:
+                held.setdefault((pod_uid, container), set()).add(dra_device.pci_address)
 
     def others(pod_uid: str, container: str) -> set[int]:
         keys = [key for key in spans if key[0] == pod_uid] if container == POD_SCOPE else [(pod_uid, container)]
@@ -101,6 +122,30 @@ def container_alignment(
                 container=container,
                 numa_nodes={resource: frozenset(numas) for resource, numas in sorted(resources.items())},
                 dra_misaligned=_dra_misaligned(resources, others(pod_uid, container)),
+                gpu_nic=closest_gpu_nic(topology, held.get((pod_uid, container), set())),
             )
         )
     return tuple(result)
+
+
+def _pci_addresses(topology: Topology) -> dict[str, str]:
+    """Device ID -> PCI address: PCI address IDs (SR-IOV VFs, NICs), GPU and MIG UUIDs."""
+    addresses = {device.address: device.address for device in topology.pci_devices}
+    for gpu in topology.gpus:
+        addresses[gpu.uuid] = gpu.pci_address
+        for mig in gpu.mig_devices:
+            addresses[mig.uuid] = gpu.pci_address
+    return addresses
+
+
+def closest_gpu_nic(topology: Topology, addresses: set[str]) -> PciePath | None:
+    """Of the GPUs and NICs (or VFs) at these addresses, the pair with the closest PCIe path."""
+    by_address = {device.address: device for device in topology.pci_devices}
+    held = [by_address[a] for a in sorted(addresses) if a in by_address]
+    gpus = [d for d in held if d.kind == "gpu"]
+    nics: list[PciDevice] = [d for d in held if is_nic(d)]
+    candidates = [(rank(path := path_class(g, n)), g.address, n.address, path) for g in gpus for n in nics]
+    if not candidates:
+        return None
+    _, gpu, nic, path = min(candidates)
+    return PciePath(a=gpu, b=nic, path=path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from exporter import memory_kinds
+from exporter import memory_kinds, pcie
 from exporter.errors import SourceError, SourceMissing, SourceUnavailable
 from exporter.model import UNKNOWN_NUMA_NODE, Gpu, NumaNode, PciDevice, SourceStatus, Topology
 from exporter.paths import HostPaths
@@ -57,7 +57,7 @@ def discover(
         except SourceError as exc:
             statuses.append(_status_of(exc))
 
-    return Topology(
+    topology = Topology(
         numa_nodes=memory_kinds.classify(paths, numa_reading.numa_nodes),
         cpus=cpus.read_cpus(paths, online=online),
         pci_devices=devices,
@@ -65,6 +65,7 @@ def discover(
         warnings=tuple(warnings),
         sources=tuple(statuses),
     )
+    return dataclasses.replace(topology, pcie_paths=pcie.pairs(pcie.interesting(topology)))
 
 
 def _local_numa_nodes(devices: tuple[PciDevice, ...], numa_nodes: tuple[NumaNode, ...]) -> tuple[PciDevice, ...]:

@@ -39,8 +39,12 @@ def classify(paths: HostPaths, numa_nodes: tuple[NumaNode, ...]) -> tuple[NumaNo
     tiers = source.read_memory_tiers(paths)
     kinds = kinds_of({numa.numa_node for numa in numa_nodes}, gpus=gpus, dax=dax, access=access)
     return tuple(
-        dataclasses.replace(numa, memory_kind=kinds[numa.numa_node], memory_owner=gpus.get(numa.numa_node, ""),
-                            memory_tier=tiers.get(numa.numa_node))  # fmt: skip
+        dataclasses.replace(
+            numa,
+            memory_kind=kinds[numa.numa_node],
+            memory_owner=gpus.get(numa.numa_node, ""),
+            memory_tier=tiers.get(numa.numa_node),
+        )
         for numa in numa_nodes
     )
 

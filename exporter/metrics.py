@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.cpuset import format_cpuset
 from exporter.errors import SourceError
+from exporter.pcie import nearest_nics
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name
@@ -184,7 +185,10 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     yield fit_node
 
     info = GaugeMetricFamily(
-        f"{PREFIX}numa_node_info", "One per NUMA node, with its online CPUs.", labels=["numa_node", "cpulist"]
+        f"{PREFIX}numa_node_info",
+        "One per NUMA node, with its online CPUs and what its memory is (memory_kind: dram, hbm, nvm, spm, cxl, "
+        "gpu-memory; memory_owner: the GPU's PCI address for gpu-memory). Join on numa_node to label other series.",
+        labels=["numa_node", "cpulist", "memory_kind", "memory_owner"],
     )
     distance = GaugeMetricFamily(
         f"{PREFIX}distance", "SLIT distance between two NUMA nodes (10 = local).", labels=["numa_node", "to_numa_node"]
@@ -199,7 +203,7 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     )
     for numa in topology.numa_nodes:
         node = str(numa.numa_node)
-        info.add_metric([node, format_cpuset(numa.cpus)], 1)
+        info.add_metric([node, format_cpuset(numa.cpus), numa.memory_kind, numa.memory_owner], 1)
         for other, value in sorted(numa.distances.items()):
             distance.add_metric([node, str(other)], value)
         for pool in numa.hugepages:
@@ -259,6 +263,7 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     yield spans
     yield aligned
     yield dra_misaligned
+    yield from _gpu_nic_metrics(snapshot)
 
     stale = GaugeMetricFamily(
         f"{PREFIX}stale_entries", "Kubelet state entries for pods no longer on the node.", labels=["source"]
@@ -323,6 +328,48 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     )
     if placement is not None:
         yield from placement_metrics(placement)
+
+
+def _gpu_nic_metrics(snapshot: Snapshot) -> Iterator[Metric]:
+    """GPU-NIC PCIe paths: each container's closest pair, and each GPU's nearest NIC on the node."""
+    path = GaugeMetricFamily(
+        f"{PREFIX}container_gpu_nic_path",
+        "For each container given GPUs and NICs (or VFs): 1, labelled with its closest GPU-NIC pair and the PCIe "
+        "path class between them (PIX, PXB, PHB, NODE, SYS as nvidia-smi topo -m).",
+        labels=["namespace", "pod", "pod_uid", "container", "gpu_pci_address", "nic_pci_address", "path"],
+    )
+    gdr = GaugeMetricFamily(
+        f"{PREFIX}container_gpudirect_rdma",
+        "For each container given GPUs and NICs: 1 when NCCL's default would use GPUDirect RDMA between them "
+        "(path PIX or PXB), 0 when its traffic crosses a host bridge or NUMA nodes.",
+        labels=["namespace", "pod", "pod_uid", "container"],
+    )
+    for container in snapshot.accounting.containers:
+        if container.gpu_nic is None:
+            continue
+        ident = [container.namespace, container.pod, container.pod_uid, container.container]
+        path.add_metric([*ident, container.gpu_nic.a, container.gpu_nic.b, container.gpu_nic.path], 1)
+        gdr.add_metric(ident, 1 if container.gpudirect_rdma else 0)
+    yield path
+    yield gdr
+    nearest = GaugeMetricFamily(
+        f"{PREFIX}gpu_nearest_nic",
+        'For each GPU: 1, labelled with the nearest NIC and the PCIe path class to it (nic "" and path '
+        '"none" on a node without NICs).',
+        labels=["gpu_pci_address", "nic_pci_address", "path"],
+    )
+    without = GaugeMetricFamily(
+        f"{PREFIX}gpus_without_local_nic",
+        "GPUs with no NIC under the same PCIe switch hierarchy (PIX or PXB): NCCL's default uses no GPUDirect "
+        "RDMA for them, their network traffic crosses the host bridge.",
+    )
+    lonely = 0
+    for gpu, nic, found in nearest_nics(snapshot.topology):
+        nearest.add_metric([gpu, nic, found], 1)
+        lonely += found not in ("PIX", "PXB")
+    without.add_metric([], lonely)
+    yield nearest
+    yield without
 
 
 def placement_metrics(view: PlacementView) -> Iterator[Metric]:

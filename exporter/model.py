@@ -116,6 +116,15 @@ class SourceStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PciePath:
+    """The PCIe path between two devices (pcie.py): `PIX`, `PXB`, `PHB`, `NODE` or `SYS`."""
+
+    a: str  # PCI addresses: a < b in Topology.pcie_paths; the GPU and the NIC in a container's audit
+    b: str
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Topology:
     """Everything discovery learned about the host's hardware."""
 
@@ -125,6 +134,8 @@ class Topology:
     gpus: tuple[Gpu, ...]
     warnings: tuple[str, ...] = ()
     sources: tuple[SourceStatus, ...] = ()
+    # Between every two GPUs, NICs, VFs and accelerators (pcie.py).
+    pcie_paths: tuple[PciePath, ...] = ()
 
     @property
     def numa_node_ids(self) -> tuple[int, ...]:

@@ -15,23 +15,11 @@ GPU whose nearest NIC is `PHB` or farther moves its network traffic through host
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, Topology
+from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, Topology
 
 PATH_CLASSES = ("PIX", "PXB", "PHB", "NODE", "SYS")
 GPUDIRECT_RDMA = frozenset({"PIX", "PXB"})  # NCCL's default NCCL_NET_GDR_LEVEL is PXB
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PciePath:
-    a: str  # PCI addresses, a < b
-    b: str
-    path: str
-
-    @property
-    def gpudirect_rdma(self) -> bool:
-        return self.path in GPUDIRECT_RDMA
 
 
 def path_class(a: PciDevice, b: PciDevice) -> str:
@@ -72,13 +60,19 @@ _ACCELERATORS = frozenset({"accelerator", "coprocessor"})
 
 
 def pairs(devices: Iterable[PciDevice]) -> tuple[PciePath, ...]:
-    """The path class of every two of these devices, each pair once, sorted by address."""
+    """The path class of every two of these devices, each pair once, sorted by address. A VF is paired with
+    GPUs and accelerators only: to a NIC or another VF its path is its PF's, and hosts carry hundreds."""
     ordered = sorted(devices, key=lambda d: d.address)
     return tuple(
         PciePath(a=left.address, b=right.address, path=path_class(left, right))
         for index, left in enumerate(ordered)
         for right in ordered[index + 1 :]
+        if not (_vf_or_nic(left) and _vf_or_nic(right) and "vf" in (left.kind, right.kind))
     )
+
+
+def _vf_or_nic(device: PciDevice) -> bool:
+    return device.kind in ("vf", "nic")
 
 
 def is_nic(device: PciDevice) -> bool:
@@ -90,3 +84,14 @@ def nearest(device: PciDevice, candidates: Iterable[PciDevice]) -> tuple[PciDevi
     best = min(((rank(path_class(device, other)), other.address, other) for other in candidates
                 if other.address != device.address), default=None)  # fmt: skip
     return (best[2], PATH_CLASSES[best[0]]) if best is not None else None
+
+
+def nearest_nics(topology: Topology) -> tuple[tuple[str, str, str], ...]:
+    """(GPU address, nearest NIC address, path class) per GPU; ("", "none") for the NIC where there is none.
+    NICs are physical functions: a VF's path is its PF's."""
+    nics = [device for device in topology.pci_devices if device.kind == "nic"]
+    result = []
+    for gpu in (device for device in topology.pci_devices if device.kind == "gpu"):
+        found = nearest(gpu, nics)
+        result.append((gpu.address, found[0].address, found[1]) if found else (gpu.address, "", "none"))
+    return tuple(result)

@@ -70,12 +70,15 @@ def render_topology(topology: Topology) -> str:
                 len(cores),
                 ",".join(str(s) for s in sorted({cpu.socket_id for cpu in members})) or "-",
                 human_bytes(numa.memory_total_bytes),
+                numa.memory_kind + (f" ({numa.memory_owner})" if numa.memory_owner else ""),
                 human_bytes(numa.memory_free_bytes),
                 hugepages or "-",
                 ", ".join(f"{kind} {count}" for kind, count in sorted(devices.items())) or "-",
             )
         )
-    out.append(table(("NUMA", "CPUS", "CORES", "SOCKETS", "MEMORY", "FREE", "HUGEPAGES free/total", "DEVICES"), rows))
+    out.append(
+        table(("NUMA", "CPUS", "CORES", "SOCKETS", "MEMORY", "KIND", "FREE", "HUGEPAGES free/total", "DEVICES"), rows)
+    )
     ids = topology.numa_node_ids
     if any(numa.distances for numa in topology.numa_nodes):
         out.append("\nDistances (SLIT)\n")
@@ -106,6 +109,7 @@ def render_topology(topology: Topology) -> str:
                 ),
             )
         )
+    out.append(_pcie_matrix(topology))
     if topology.gpus:
         out.append("\nGPUs (NVML)\n")
         out.append(
@@ -130,6 +134,32 @@ def render_topology(topology: Topology) -> str:
     for warning in topology.warnings:
         out.append(f"warning: {warning}\n")
     return "".join(out)
+
+
+def _pcie_matrix(topology: Topology) -> str:
+    """GPUs and NICs (not VFs) against each other, in `nvidia-smi topo -m`'s classes; "" without two."""
+    gpus = [d for d in topology.pci_devices if d.kind == "gpu"]
+    nics = [d for d in topology.pci_devices if d.kind == "nic"]
+    named = [(f"GPU{i}", d) for i, d in enumerate(gpus)] + [(f"NIC{i}", d) for i, d in enumerate(nics)]
+    if len(named) < 2:
+        return ""
+    paths = {(p.a, p.b): p.path for p in topology.pcie_paths}
+
+    def cell(left: PciDevice, right: PciDevice) -> str:
+        if left.address == right.address:
+            return "X"
+        return paths.get((min(left.address, right.address), max(left.address, right.address)), "-")
+
+    rows = [(name, *(cell(device, other) for _, other in named), _device_numa(device)) for name, device in named]
+    legend = "".join(
+        f"  {name}: {device.address}" + (f" ({','.join(device.net_interfaces + device.rdma_devices)})"
+                                         if device.net_interfaces or device.rdma_devices else "") + "\n"
+        for name, device in named
+    )  # fmt: skip
+    return (
+        "\nPCIe paths (as nvidia-smi topo -m: PIX one switch, PXB several, PHB host bridge, NODE same NUMA "
+        "node, SYS across NUMA nodes)\n" + table(("", *(name for name, _ in named), "NUMA"), rows) + legend
+    )
 
 
 def _count(number: int, noun: str) -> str:

@@ -118,8 +118,18 @@ class HostTree:
         totalvfs: int | None = None,
         physfn: str | None = None,
         local_cpulist: str | None = None,
+        root: str = "pci0000:00",
+        bridges: Iterable[str] = (),
     ) -> Path:
-        directory = self.pci_root / address
+        """A PCI function under root complex `root`, below `bridges` (root port first; a VF goes where its PF
+        is), as `/sys/devices/<root>/<bridge>/.../<address>` linked from bus/pci/devices."""
+        if physfn is not None:
+            directory = (self.pci_links / physfn).resolve().parent / address
+        else:
+            directory = self.sys / "devices" / root
+            for bridge in bridges:
+                directory /= bridge
+            directory /= address
         directory.mkdir(parents=True, exist_ok=True)
         if local_cpulist is not None:
             (directory / "local_cpulist").write_text(f"{local_cpulist}\n")
@@ -140,7 +150,7 @@ class HostTree:
             (directory / "sriov_totalvfs").write_text(f"{totalvfs}\n")
             (directory / "sriov_numvfs").write_text("0\n")
         if physfn is not None:
-            parent = self.pci_root / physfn
+            parent = (self.pci_links / physfn).resolve()
             _symlink(directory / "physfn", parent)
             index = len([name for name in os.listdir(parent) if name.startswith("virtfn")])
             _symlink(parent / f"virtfn{index}", directory)
@@ -210,10 +220,21 @@ def fixture_machine(root: Path, *, hugepages: bool = True) -> HostTree:
             hugepages={1048576: (4, 4), 2048: (512, 512)} if hugepages else {},
             distances=[10, 21] if numa == 0 else [21, 10],
         )
-    for address, numa in (("0000:1a:00.0", 0), ("0000:1b:00.0", 0), ("0000:8a:00.0", 1), ("0000:8b:00.0", 1)):
-        tree.pci_device(address, class_code=0x030200, numa_node=numa, vendor="0x10de", device="0x2330", driver="nvidia")
-    for pf, numa in (("0000:3b:00.0", 0), ("0000:af:00.0", 1)):
-        tree.pci_device(pf, class_code=0x020000, numa_node=numa, driver="i40e", net=[f"ens{numa}f0"], totalvfs=64)
+    switch = ("0000:17:00.0", "0000:18:00.0")
+    for address, numa, complex_, bridges in (
+        ("0000:1a:00.0", 0, "pci0000:17", (*switch, "0000:19:00.0")),
+        ("0000:1b:00.0", 0, "pci0000:17", (*switch, "0000:19:01.0")),
+        ("0000:8a:00.0", 1, "pci0000:85", ("0000:85:00.0",)),
+        ("0000:8b:00.0", 1, "pci0000:85", ("0000:85:01.0",)),
+    ):
+        tree.pci_device(address, class_code=0x030200, numa_node=numa, vendor="0x10de", device="0x2330",
+                        driver="nvidia", root=complex_, bridges=bridges)  # fmt: skip
+    for pf, numa, complex_, bridges in (
+        ("0000:3b:00.0", 0, "pci0000:17", (*switch, "0000:19:02.0")),
+        ("0000:af:00.0", 1, "pci0000:ae", ("0000:ae:00.0",)),
+    ):
+        tree.pci_device(pf, class_code=0x020000, numa_node=numa, driver="i40e", net=[f"ens{numa}f0"], totalvfs=64,
+                        root=complex_, bridges=bridges)  # fmt: skip
         bus = pf[:8]
         for function in range(4):
             tree.pci_device(

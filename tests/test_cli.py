@@ -22,6 +22,16 @@ def test_snapshot_json_is_machine_readable(machine: HostTree, capsys: pytest.Cap
     kinds = [device["kind"] for device in data["pci_devices"]]
     assert kinds.count("gpu") == 4
     assert kinds.count("vf") == 8
+    assert [numa["memory_kind"] for numa in data["numa_nodes"]] == ["dram", "dram"]
+    gpu = next(device for device in data["pci_devices"] if device["address"] == "0000:1a:00.0")
+    assert (gpu["pcie_root"], gpu["pcie_bridges"]) == ("pci0000:17", ["0000:17:00.0", "0000:18:00.0", "0000:19:00.0"])
+    paths = {(p["a"], p["b"]): p["path"] for p in data["pcie_paths"]}
+    assert paths[("0000:1a:00.0", "0000:1b:00.0")] == "PIX"  # two ports of one switch
+    assert paths[("0000:1a:00.0", "0000:3b:02.1")] == "PIX"  # a VF sits where its PF is
+    assert paths[("0000:8a:00.0", "0000:8b:00.0")] == "PHB"  # two root ports of one root complex
+    assert paths[("0000:8a:00.0", "0000:af:00.0")] == "NODE"  # root complexes of one NUMA node
+    assert paths[("0000:1a:00.0", "0000:8a:00.0")] == "SYS"
+    assert ("0000:3b:02.0", "0000:3b:02.1") not in paths  # VF to VF: its PF's path, left out
 
 
 def test_snapshot_table_reads_at_a_glance(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,6 +46,7 @@ def test_snapshot_table_reads_at_a_glance(machine: HostTree, capsys: pytest.Capt
         "0",
         "64.0",
         "GiB",
+        "dram",
         "32.0",
         "GiB",
         "2Mi:512/512",
@@ -49,6 +60,10 @@ def test_snapshot_table_reads_at_a_glance(machine: HostTree, capsys: pytest.Capt
     ] in rows
     assert ["FROM\\TO", "0", "1"] in rows
     assert ["1", "21", "10"] in rows
+    # GPUs and NICs against each other, as nvidia-smi topo -m: one switch on NUMA 0, root ports on NUMA 1.
+    assert ["GPU0", "X", "PIX", "SYS", "SYS", "PIX", "SYS", "0"] in rows
+    assert ["GPU2", "SYS", "SYS", "X", "PHB", "SYS", "NODE", "1"] in rows
+    assert ["NIC1:", "0000:af:00.0", "(ens1f0)"] in rows
 
 
 def test_missing_sysfs_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]

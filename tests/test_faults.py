@@ -138,7 +138,7 @@ def test_sysfs_devices_vanishing(running: tuple[Daemon, HostTree, str]) -> None:
         return any(line.startswith(vf) for line in daemon.metrics().splitlines())
 
     assert has_vf()
-    target = machine.pci_root / "0000:af:02.3"
+    target = (machine.pci_links / "0000:af:02.3").resolve()
     for child in sorted(target.rglob("*"), reverse=True):
         child.unlink() if child.is_file() or child.is_symlink() else child.rmdir()
     target.rmdir()  # the bus/pci/devices link now dangles: listed, then gone when read

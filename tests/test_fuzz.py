@@ -177,8 +177,8 @@ SYSFS_FILES = [
     "sys/devices/system/node/node1/cpulist", "sys/devices/system/node/node0/numastat",
     "sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages", "sys/devices/system/cpu/online",
     "sys/devices/system/cpu/cpu3/topology/thread_siblings_list", "sys/devices/system/cpu/cpu3/topology/core_id",
-    "sys/devices/pci0000:00/0000:3b:02.1/class", "sys/devices/pci0000:00/0000:8a:00.0/numa_node",
-    "sys/devices/pci0000:00/0000:3b:00.0/sriov_totalvfs",
+    "sys/bus/pci/devices/0000:3b:02.1/class", "sys/bus/pci/devices/0000:8a:00.0/numa_node",
+    "sys/bus/pci/devices/0000:3b:00.0/sriov_totalvfs",
 ]  # fmt: skip
 _TREE: list[Path] = []
 

@@ -38,7 +38,7 @@ def read_gpu_memory_nodes(paths: HostPaths) -> dict[int, str]:
 def read_dax_nodes(paths: HostPaths) -> dict[int, str]:
     """NUMA node -> "nvm", "cxl" or "spm", for every DAX device onlined as system memory (its target node)."""
     base = os.fspath(paths.sysfs / "bus" / "dax" / "devices")
-    nodes = {}
+    nodes: dict[int, str] = {}
     for name in sorted(list_dir(base)):
         target = read_sysfs_int(f"{base}/{name}/target_node")
         if target is None or target < 0:
@@ -75,7 +75,7 @@ def read_local_access(paths: HostPaths, numa_node: int) -> tuple[int, int]:
 def read_memory_tiers(paths: HostPaths) -> dict[int, int]:
     """NUMA node -> the kernel's memory tier id (`memory_tier4` holds DRAM by default; higher is slower)."""
     base = paths.sysfs / "devices" / "virtual" / "memory_tiering"
-    tiers = {}
+    tiers: dict[int, int] = {}
     for tier in list_prefixed_ids(base, "memory_tier"):
         text = read_sysfs_text(base / f"memory_tier{tier}" / "nodelist")
         try:
