@@ -22,9 +22,11 @@ def discover(
     *,
     use_nvml: bool = True,
     nvml_library: nvml.NvmlLibrary | None = None,
+    nvml_session: nvml.NvmlSession | None = None,
     use_udev: bool | None = None,
 ) -> Topology:
-    """Read the host. Raises SourceMissing when `paths.sysfs` holds no CPU or NUMA information at all."""
+    """Read the host. Raises SourceMissing when `paths.sysfs` holds no CPU or NUMA information at all.
+    `nvml_session`: the process's NVML session (serve keeps one); without it, NVML is opened for this read."""
     if not paths.cpus_dir.is_dir() and not paths.numa_nodes_dir.is_dir():
         raise SourceMissing(SYSFS, f"{paths.sysfs} has no devices/system/cpu or devices/system/node")
     online = cpus.read_online_cpus(paths)
@@ -38,11 +40,13 @@ def discover(
     gpus: tuple[Gpu, ...] = ()
     if use_nvml:
         try:
-            gpus = nvml.read_gpus(nvml_library)
+            gpus = nvml_session.read_gpus() if nvml_session is not None else nvml.read_gpus(nvml_library)
             statuses.append(SourceStatus(source=nvml.SOURCE, up=True))
         except SourceError as exc:
             statuses.append(_status_of(exc))
         gpus = _place_gpus(gpus, devices)
+        devices, affinity_warnings = _nvml_affinity(gpus, devices, numa_reading.numa_nodes)
+        warnings += affinity_warnings
 
     if use_udev if use_udev is not None else paths.is_real_sysfs:
         try:
@@ -77,6 +81,36 @@ def _local_numa_nodes(devices: tuple[PciDevice, ...], numa_nodes: tuple[NumaNode
         local = holding[0] if device.numa_node == UNKNOWN_NUMA_NODE and len(holding) == 1 else UNKNOWN_NUMA_NODE
         placed.append(dataclasses.replace(device, local_numa_node=local) if local != UNKNOWN_NUMA_NODE else device)
     return tuple(placed)
+
+
+def _nvml_affinity(
+    gpus: tuple[Gpu, ...], devices: tuple[PciDevice, ...], numa_nodes: tuple[NumaNode, ...]
+) -> tuple[tuple[PciDevice, ...], list[str]]:
+    """Where sysfs gives a GPU no numa_node, NVML's own affinity is a second witness: its memory affinity (one
+    NUMA node) places a GPU its local CPUs could not place, and a disagreement with the local CPUs is warned
+    about (the hardware view keeps sysfs's answer, as hwloc and nvidia-smi's CPU affinity do)."""
+    by_address = {gpu.pci_address: gpu for gpu in gpus}
+    warnings = []
+    placed = []
+    for device in devices:
+        gpu = by_address.get(device.address)
+        if gpu is None or device.numa_node != UNKNOWN_NUMA_NODE or len(gpu.nvml_numa_nodes) != 1:
+            placed.append(device)
+            continue
+        (nvml_numa,) = gpu.nvml_numa_nodes
+        if nvml_numa not in {numa.numa_node for numa in numa_nodes}:
+            placed.append(device)
+            continue
+        if device.local_numa_node == UNKNOWN_NUMA_NODE:
+            placed.append(dataclasses.replace(device, local_numa_node=nvml_numa))
+            continue
+        if device.local_numa_node != nvml_numa:
+            warnings.append(
+                f"GPU {device.address}: its local CPUs put it on NUMA node {device.local_numa_node}, NVML's memory "
+                f"affinity on {nvml_numa} (sysfs numa_node is -1): the hardware view keeps {device.local_numa_node}"
+            )
+        placed.append(device)
+    return tuple(placed), warnings
 
 
 def _place_gpus(gpus: tuple[Gpu, ...], devices: tuple[PciDevice, ...]) -> tuple[Gpu, ...]:

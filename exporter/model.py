@@ -102,6 +102,14 @@ class Gpu:
     numa_node: int
     mig_enabled: bool
     mig_devices: tuple[MigDevice, ...] = ()
+    # NVML's own placement (nvmlDeviceGetCpuAffinity, nvmlDeviceGetMemoryAffinity at node scope): what
+    # discovery checks sysfs against where the firmware gives the GPU no numa_node. Empty: not supported.
+    nvml_cpus: CpuSet = frozenset()
+    nvml_numa_nodes: frozenset[int] = frozenset()
+    # NVLink and fabric facts, None where NVML does not support them (a PCIe GPU, a VM, an older driver).
+    nvlinks_active: int | None = None
+    fabric_cluster_uuid: str | None = None
+    fabric_clique: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

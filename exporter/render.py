@@ -10,7 +10,8 @@ from typing import Any
 
 from exporter.cpuset import format_cpuset
 from exporter.dra import DraView, is_dra_resource
-from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, SourceStatus, Topology
+from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, SourceStatus, Topology
+from exporter.pcie import GPUDIRECT_RDMA
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
@@ -134,6 +135,13 @@ def render_topology(topology: Topology) -> str:
     for warning in topology.warnings:
         out.append(f"warning: {warning}\n")
     return "".join(out)
+
+
+def _gpu_nic(path: PciePath | None) -> str:
+    if path is None:
+        return "-"
+    rdma = "GPUDirect RDMA" if path.path in GPUDIRECT_RDMA else "no GPUDirect RDMA"
+    return f"{path.path} ({path.a} - {path.b}, {rdma})"
 
 
 def _pcie_matrix(topology: Topology) -> str:
@@ -264,7 +272,7 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
         )
         out.append(
             table(
-                ("POD", "CONTAINER", "NUMA NODES PER RESOURCE", "ALIGNED", "DRA"),
+                ("POD", "CONTAINER", "NUMA NODES PER RESOURCE", "ALIGNED", "DRA", "GPU-NIC PATH"),
                 (
                     (
                         f"{c.namespace}/{c.pod}" if c.pod else c.pod_uid,
@@ -272,6 +280,7 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
                         " ".join(f"{r}={format_cpuset(n) if min(n) >= 0 else '-1'}" for r, n in c.numa_nodes.items()),
                         "yes" if c.aligned else "NO",
                         ("MISALIGNED" if c.dra_misaligned else "aligned") if c.holds_dra else "-",
+                        _gpu_nic(c.gpu_nic),
                     )
                     for c in accounting.containers
                 ),

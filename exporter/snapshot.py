@@ -233,7 +233,7 @@ class SnapshotBuilder:
         self.profiles = profiles
         self._use_nvml = use_nvml
         self._use_udev = use_udev
-        self._nvml_library = nvml_library
+        self._nvml = nvml.NvmlSession(nvml_library)  # one NVML session for the builder's life
         self.pods_reader: Callable[[], tuple[PodRef, ...]] = pods_reader or (
             lambda: pod_logs.read_pods_from_logs(paths)
         )
@@ -372,6 +372,7 @@ class SnapshotBuilder:
     def close(self) -> None:
         if self._podresources_client is not None:
             self._podresources_client.close()
+        self._nvml.close()
 
     def _note_disagreements(self, disagreements: tuple[Disagreement, ...]) -> None:
         """Each distinct disagreement counted once, and logged once per container and resource."""
@@ -393,7 +394,7 @@ class SnapshotBuilder:
     def _topology(self) -> Topology:
         try:
             topology = discover(
-                self.paths, use_nvml=self._use_nvml, nvml_library=self._nvml_library, use_udev=self._use_udev
+                self.paths, use_nvml=self._use_nvml, nvml_session=self._nvml, use_udev=self._use_udev
             )
         except SourceError as exc:
             self._count(exc)

@@ -3,8 +3,9 @@ it by hand (`Cpus_allowed_list`, `Mems_allowed_list`, `numastat -p`, the NUMA no
 gives one verdict a person can act on, with the likely cause from the seeds' troubleshooting list.
 
 Aligned: the CPUs the process may run on, the NUMA nodes it may allocate from, the GPUs it sees (NVML) and
-its network interfaces' devices all sit on one NUMA node, and at most `REMOTE_LIMIT` of its resident memory
-is on other NUMA nodes. A machine with one NUMA node is aligned by construction. Devices of unknown NUMA node
+its network interfaces' devices all sit on one NUMA node, at most `REMOTE_LIMIT` of its resident memory is on
+other NUMA nodes, and where it sees both GPUs and NICs, the closest pair is near enough for GPUDirect RDMA
+(PIX or PXB: NCCL's default). A machine with one NUMA node is aligned by construction. Devices of unknown NUMA node
 (-1) are listed but judge nothing.
 """
 
@@ -13,10 +14,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from exporter.alignment import closest_gpu_nic
 from exporter.cpuset import format_cpuset
 from exporter.discovery import discover
 from exporter.model import UNKNOWN_NUMA_NODE, Topology
 from exporter.paths import HostPaths
+from exporter.pcie import GPUDIRECT_RDMA
 from exporter.sources.process import ProcessPlacement, read_process
 
 REMOTE_LIMIT = 0.10
@@ -33,6 +36,9 @@ class Verdict:
     remote_memory_ratio: float
     gpus: list[dict[str, object]] = field(default_factory=list)
     interfaces: list[dict[str, object]] = field(default_factory=list)
+    # The closest PCIe path between a GPU and a network interface it sees, as nvidia-smi topo -m names it,
+    # and whether NCCL's default would use GPUDirect RDMA over it (PIX, PXB); None without both.
+    gpu_nic_path: dict[str, object] | None = None
     cgroups: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # what spans which NUMA nodes, and the likely cause
 
@@ -47,6 +53,10 @@ class Verdict:
             lines.append("  this machine has one NUMA node: every placement is local")
         lines += [f"  GPU {g['uuid']} {g['pci_address']} on NUMA {g['numa_node']}" for g in self.gpus]
         lines += [f"  interface {i['name']} {i['pci_address']} on NUMA {i['numa_node']}" for i in self.interfaces]
+        if self.gpu_nic_path is not None:
+            path = self.gpu_nic_path
+            rdma = "GPUDirect RDMA" if path["gpudirect_rdma"] else "no GPUDirect RDMA under NCCL's default"
+            lines.append(f"  GPU {path['gpu_pci_address']} - NIC {path['nic_pci_address']}: {path['path']} ({rdma})")
         lines += [f"- {problem}" for problem in self.problems]
         return "\n".join(lines) + "\n"
 
@@ -81,6 +91,18 @@ def judge(topology: Topology, process: ProcessPlacement, *, interfaces: list[str
     problems = []
     if len(topology.numa_nodes) > 1:
         problems = _problems(cpu_numa=cpu_numa, mems=sorted(process.mems), ratio=ratio, gpus=gpus, nics=nics)
+    closest = closest_gpu_nic(topology, {g.pci_address for g in topology.gpus} | {str(n["pci_address"]) for n in nics})
+    gpu_nic = None
+    if closest is not None:
+        gpu_nic = {"gpu_pci_address": closest.a, "nic_pci_address": closest.b, "path": closest.path,
+                   "gpudirect_rdma": closest.path in GPUDIRECT_RDMA}  # fmt: skip
+        if closest.path not in GPUDIRECT_RDMA:
+            problems.append(
+                f"the closest GPU and NIC ({closest.a}, {closest.b}) are {closest.path} apart: NCCL uses no "
+                "GPUDirect RDMA beyond PXB by default, so network traffic goes through host memory; ask for a NIC "
+                "or VF under the GPU's PCIe switch (the SR-IOV device plugin does not look at PCIe topology: a DRA "
+                "driver's resource.kubernetes.io/pcieRoot attribute can be matched in the claim)"
+            )
     return Verdict(
         aligned=not problems,
         numa_nodes=len(topology.numa_nodes),
@@ -91,6 +113,7 @@ def judge(topology: Topology, process: ProcessPlacement, *, interfaces: list[str
         remote_memory_ratio=ratio,
         gpus=gpus,
         interfaces=nics,
+        gpu_nic_path=gpu_nic,
         cgroups=list(process.cgroups),
         problems=problems,
     )

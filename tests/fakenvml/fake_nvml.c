@@ -6,6 +6,15 @@
  *   gpu <uuid> <name> <memory-bytes> <bus-id> <mig-mode 0|1> [<mig-uuid> ...]
  *   delay_ms <n> <marker-path>                       nvmlInitWithFlags creates the marker file, then takes n ms
  *                                                    (a driver without persistence mode initialising)
+ *   init_log <path>                                  each nvmlInitWithFlags appends a line to it
+ *   lost_once <marker-path>                          while the marker exists, nvmlDeviceGetCount removes it and
+ *                                                    fails with GPU_IS_LOST (15) once
+ *   affinity <bus-id> <cpu-mask-hex> <node-mask-hex> nvmlDeviceGetCpuAffinity / GetMemoryAffinity (first 64
+ *                                                    bits; without the line both answer NotSupported)
+ *   nvlink <bus-id> <links> <active>                 nvmlDeviceGetNvLinkState: the first <active> of <links>
+ *                                                    links up, InvalidArgument beyond (NotSupported without)
+ *   fabric <bus-id> <clique> <cluster-uuid-32-hex>   nvmlDeviceGetGpuFabricInfo, state completed (else
+ *                                                    NotSupported)
  * Without $FAKE_NVML_CONFIG the library behaves as a host whose driver is not loaded.
  */
 #include <stdio.h>
@@ -22,6 +31,7 @@
 #define NVML_ERROR_NOT_FOUND 6
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
+#define NVML_ERROR_GPU_IS_LOST 15
 
 typedef struct {
     char uuid[96];
@@ -32,7 +42,20 @@ typedef struct {
     int mig_count;
     char mig_uuid[MAX_MIG][96];
     int parent; /* -1 for a full GPU, else index of the parent */
+    int has_affinity;
+    unsigned long long cpu_mask, node_mask;
+    int links, active_links; /* links 0: NVLink not supported */
+    int has_fabric;
+    unsigned int clique;
+    unsigned char cluster[16];
 } device_t;
+
+typedef struct {
+    unsigned char clusterUuid[16];
+    int status;
+    unsigned int cliqueId;
+    unsigned char state;
+} nvmlGpuFabricInfo_t;
 
 typedef struct {
     char busIdLegacy[16];
@@ -50,11 +73,21 @@ static int gpu_count = 0;
 static int initialised = 0;
 static long delay_ms = 0;
 static char delay_marker[1024];
+static char init_log[1024];
+static char lost_marker[1024];
+
+static device_t *by_bus(const char *bus_id) {
+    for (int i = 0; i < gpu_count; i++)
+        if (bus_id != NULL && strcmp(gpus[i].bus_id, bus_id) == 0) return &gpus[i];
+    return NULL;
+}
 
 static int load_config(void) {
     const char *path = getenv("FAKE_NVML_CONFIG");
     gpu_count = 0;
     delay_ms = 0;
+    init_log[0] = '\0';
+    lost_marker[0] = '\0';
     if (path == NULL || *path == '\0') return NVML_ERROR_DRIVER_NOT_LOADED;
     FILE *file = fopen(path, "r");
     if (file == NULL) return NVML_ERROR_DRIVER_NOT_LOADED;
@@ -69,6 +102,39 @@ static int load_config(void) {
             delay_ms = atol(strtok(NULL, " \t\n"));
             char *marker = strtok(NULL, " \t\n");
             snprintf(delay_marker, sizeof delay_marker, "%s", marker ? marker : "");
+        } else if (strcmp(word, "init_log") == 0) {
+            char *log = strtok(NULL, " \t\n");
+            snprintf(init_log, sizeof init_log, "%s", log ? log : "");
+        } else if (strcmp(word, "lost_once") == 0) {
+            char *marker = strtok(NULL, " \t\n");
+            snprintf(lost_marker, sizeof lost_marker, "%s", marker ? marker : "");
+        } else if (strcmp(word, "affinity") == 0) {
+            device_t *gpu = by_bus(strtok(NULL, " \t\n"));
+            char *cpus = strtok(NULL, " \t\n"), *nodes = strtok(NULL, " \t\n");
+            if (gpu != NULL && cpus != NULL && nodes != NULL) {
+                gpu->has_affinity = 1;
+                gpu->cpu_mask = strtoull(cpus, NULL, 16);
+                gpu->node_mask = strtoull(nodes, NULL, 16);
+            }
+        } else if (strcmp(word, "nvlink") == 0) {
+            device_t *gpu = by_bus(strtok(NULL, " \t\n"));
+            char *links = strtok(NULL, " \t\n"), *active = strtok(NULL, " \t\n");
+            if (gpu != NULL && links != NULL && active != NULL) {
+                gpu->links = atoi(links);
+                gpu->active_links = atoi(active);
+            }
+        } else if (strcmp(word, "fabric") == 0) {
+            device_t *gpu = by_bus(strtok(NULL, " \t\n"));
+            char *clique = strtok(NULL, " \t\n"), *cluster = strtok(NULL, " \t\n");
+            if (gpu != NULL && clique != NULL && cluster != NULL && strlen(cluster) == 32) {
+                gpu->has_fabric = 1;
+                gpu->clique = (unsigned int)atoi(clique);
+                for (int i = 0; i < 16; i++) {
+                    unsigned int byte = 0;
+                    sscanf(cluster + 2 * i, "%2x", &byte);
+                    gpu->cluster[i] = (unsigned char)byte;
+                }
+            }
         } else if (strcmp(word, "gpu") == 0 && gpu_count < MAX_GPUS) {
             device_t *gpu = &gpus[gpu_count];
             memset(gpu, 0, sizeof *gpu);
@@ -106,6 +172,10 @@ int nvmlInitWithFlags(unsigned int flags) {
         nanosleep(&pause, NULL);
     }
     initialised = result == NVML_SUCCESS;
+    if (initialised && init_log[0] != '\0') {
+        FILE *log = fopen(init_log, "a");
+        if (log != NULL) { fputs("init\n", log); fclose(log); }
+    }
     return result;
 }
 int nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
@@ -118,6 +188,7 @@ const char *nvmlErrorString(int result) {
     case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
     case NVML_ERROR_NOT_FOUND: return "Not Found";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
     default: return "Unknown Error";
     }
 }
@@ -129,6 +200,7 @@ int nvmlSystemGetDriverVersion(char *version, unsigned int length) {
 
 int nvmlDeviceGetCount_v2(unsigned int *count) {
     if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (lost_marker[0] != '\0' && remove(lost_marker) == 0) return NVML_ERROR_GPU_IS_LOST;
     *count = (unsigned int)gpu_count;
     return NVML_SUCCESS;
 }
@@ -185,5 +257,33 @@ int nvmlDeviceGetMigDeviceHandleByIndex(device_t *device, unsigned int index, de
     int parent = (int)(device - gpus);
     if (index >= MAX_MIG || (int)index >= device->mig_count) return NVML_ERROR_NOT_FOUND;
     *mig = &migs[parent * MAX_MIG + index];
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetCpuAffinity(device_t *device, unsigned int size, unsigned long long *set) {
+    if (!device->has_affinity) return NVML_ERROR_NOT_SUPPORTED;
+    for (unsigned int i = 0; i < size; i++) set[i] = i == 0 ? device->cpu_mask : 0;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetMemoryAffinity(device_t *device, unsigned int size, unsigned long long *set, unsigned int scope) {
+    if (!device->has_affinity || scope != 0) return NVML_ERROR_NOT_SUPPORTED;
+    for (unsigned int i = 0; i < size; i++) set[i] = i == 0 ? device->node_mask : 0;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetNvLinkState(device_t *device, unsigned int link, unsigned int *active) {
+    if (device->links == 0) return NVML_ERROR_NOT_SUPPORTED;
+    if ((int)link >= device->links) return NVML_ERROR_INVALID_ARGUMENT;
+    *active = (int)link < device->active_links;
+    return NVML_SUCCESS;
+}
+
+int nvmlDeviceGetGpuFabricInfo(device_t *device, nvmlGpuFabricInfo_t *info) {
+    if (!device->has_fabric) return NVML_ERROR_NOT_SUPPORTED;
+    memcpy(info->clusterUuid, device->cluster, 16);
+    info->status = NVML_SUCCESS;
+    info->cliqueId = device->clique;
+    info->state = 3;
     return NVML_SUCCESS;
 }
