@@ -12,6 +12,8 @@ from typing import Literal
 
 from exporter.cpuset import format_cpuset
 from exporter.kubelet_start import REMOVED_GATES, startup_refusals, state_refusals
+from exporter.model import NumaNode
+from exporter.pcie import GPUDIRECT_RDMA, nearest_nics
 from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.sources import kubelet_config
@@ -121,12 +123,15 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     if numa_count > 8 and config.topology_manager_policy != "none":
         limit = config.topology_manager_policy_options.get("max-allowable-numa-nodes")
         if limit is None or config.max_allowable_numa_nodes < numa_count:
+            special = [n for n in snapshot.topology.numa_nodes if n.memory_kind != "dram"]
             add(
                 "error",
                 "topology-manager",
                 f"{numa_count} NUMA nodes but the Topology Manager allows "
                 f"{config.max_allowable_numa_nodes}: the kubelet refuses to start. Set topologyManagerPolicyOptions: "
-                f'{{max-allowable-numa-nodes: "{numa_count}"}}',
+                f'{{max-allowable-numa-nodes: "{numa_count}"}}'
+                + (f" ({len(special)} of them are not host DRAM ({_kinds(special)}), but the kubelet counts every "
+                   "NUMA node)" if special else ""),
                 blocks_start=True,
             )
     if config.topology_manager_scope == "pod" and config.topology_manager_policy == "single-numa-node":
@@ -200,9 +205,38 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     return tuple(findings)
 
 
+def _kinds(nodes: list[NumaNode]) -> str:
+    by_kind: dict[str, list[int]] = {}
+    for numa in nodes:
+        by_kind.setdefault(numa.memory_kind, []).append(numa.numa_node)
+    return ", ".join(f"{kind} on NUMA {format_cpuset(frozenset(ids))}" for kind, ids in sorted(by_kind.items()))
+
+
+def _hardware_findings(snapshot: Snapshot) -> list[Finding]:
+    """NUMA nodes that are not host memory, and GPUs too far from every NIC for GPUDirect RDMA."""
+    found: list[Finding] = []
+    topology = snapshot.topology
+    special = [numa for numa in topology.numa_nodes if numa.memory_kind != "dram"]
+    if special:
+        owners = sorted({numa.memory_owner for numa in special if numa.memory_owner})
+        found.append(Finding(severity="info", check="memory-kinds", message=(
+            f"NUMA nodes that are not host DRAM: {_kinds(special)}"
+            + (f" (the memory of GPUs {', '.join(owners)})" if owners else "")
+            + ". The kubelet counts them like any NUMA node (Memory Manager, Topology Manager hints, the NUMA "
+            "node limit); numa_topology_numa_node_info's memory_kind tells them apart")))  # fmt: skip
+    if any(device.kind == "nic" for device in topology.pci_devices):
+        for gpu, nic, path in nearest_nics(topology):
+            if path not in GPUDIRECT_RDMA:
+                found.append(Finding(severity="info", check="gpu-nic", message=(
+                    f"GPU {gpu} has no NIC under its PCIe switch: the nearest, {nic}, is {path} away, so NCCL's "
+                    "default uses no GPUDirect RDMA for it (traffic through host memory). Pods on it that need "
+                    "RDMA want another GPU, or NCCL_NET_GDR_LEVEL raised knowingly")))  # fmt: skip
+    return found
+
+
 def _host_findings(snapshot: Snapshot) -> list[Finding]:
     """The configuration against this host: where the reserved CPUs fall, and pods too big for a NUMA node."""
-    found: list[Finding] = []
+    found: list[Finding] = _hardware_findings(snapshot)
     topology, config, accounting = snapshot.topology, snapshot.kubelet.config, snapshot.accounting
     reserved = accounting.reserved.cpus
     if config.cpu_manager_policy == "static" and reserved and len(topology.numa_nodes) > 1:

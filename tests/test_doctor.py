@@ -11,7 +11,7 @@ from tests.kubelet_files import fixture_config, install
 
 def run_doctor(host: HostTree, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     code = main(["doctor", "--no-nvml", "--path.sysfs", str(host.sys), "--path.kubelet", str(host.kubelet),
-                 "--path.pod-logs", str(host.root / "pods")])  # fmt: skip
+                 "--path.pod-logs", str(host.root / "pods"), "--path.procfs", str(host.paths.procfs)])  # fmt: skip
     return code, capsys.readouterr().out
 
 
@@ -124,3 +124,31 @@ def test_the_configuration_against_the_host(machine: HostTree, tmp_path: Path,
     assert "profile big asks 17 cpu, more than any NUMA node has for pods" in out
     assert "profile small" not in out
     assert "INFO    pod-size: the largest pod single-numa-node admits on an empty node: " in out
+
+
+def test_gpu_memory_nodes_count_toward_the_numa_node_limit(host: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two CPU NUMA nodes and eight GPUs whose memory the driver onlined as NUMA nodes 2-9 (Grace Hopper,
+    POWER9 + V100): ten NUMA nodes for the kubelet, which then refuses to start a Topology Manager policy
+    without max-allowable-numa-nodes; doctor says which of them are GPU memory."""
+    host.cpus(present=range(4))
+    host.numa_node(0, cpus=[0, 1], memory_kb=1 << 20)
+    host.numa_node(1, cpus=[2, 3], memory_kb=1 << 20)
+    for index, numa in enumerate(range(2, 10)):
+        host.numa_node(numa, cpus=[], memory_kb=1 << 20)
+        host.write(f"proc/driver/nvidia/gpus/0000:0{index}:00.0/numa_status", f"Node:      {numa}\nStatus:    online\n")
+    install(host, config='kind: KubeletConfiguration\ntopologyManagerPolicy: restricted\ncpuManagerPolicy: static\n'
+            'reservedSystemCPUs: "0"\n')  # fmt: skip
+    code, out = run_doctor(host, capsys)
+    assert code == 1
+    assert 'max-allowable-numa-nodes: "10"} (8 of them are not host DRAM (gpu-memory on NUMA 2-9)' in out
+    assert "INFO    memory-kinds: NUMA nodes that are not host DRAM: gpu-memory on NUMA 2-9 (the memory of GPUs 0000:00:00.0," in out
+
+
+def test_gpus_without_a_nic_under_their_switch(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:
+    """The fixture machine: NUMA 0's GPUs share a switch with its NIC, NUMA 1's reach theirs through the host
+    bridges (NODE)."""
+    install(machine, config=fixture_config())
+    _, out = run_doctor(machine, capsys)
+    lines = [line for line in out.splitlines() if "gpu-nic:" in line]
+    assert [line.split()[3] for line in lines] == ["0000:8a:00.0", "0000:8b:00.0"], lines
+    assert "the nearest, 0000:af:00.0, is NODE away" in lines[0]

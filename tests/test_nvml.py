@@ -129,10 +129,12 @@ def test_one_nvml_session_for_the_builders_life_reopened_after_an_error(tmp_path
         assert inits.read_text().count("init") == 1
         lost.write_text("")
         failed = builder.build()
-        assert not failed.source("nvml").up and "GPU is lost" in (failed.source("nvml").message or "")
+        assert not failed.source("nvml").up
+        assert "GPU is lost" in (failed.source("nvml").message or "")
         assert failed.topology.numa_nodes, "the rest of the snapshot is kept"
         again = builder.build()
-        assert again.source("nvml").up and len(again.topology.gpus) == 1
+        assert again.source("nvml").up
+        assert len(again.topology.gpus) == 1
         assert inits.read_text().count("init") == 2
     finally:
         builder.close()
@@ -154,7 +156,7 @@ def test_nvml_affinity_places_a_gpu_sysfs_cannot_and_is_checked_against_local_cp
         "affinity 00000000:1A:00.0 c 2\naffinity 00000000:9C:00.0 c 2\n"
     )
     topology = discover(host.paths, use_udev=False)
-    first, second = topology.gpus
+    first, _ = topology.gpus
     assert (first.nvml_cpus, first.nvml_numa_nodes) == (frozenset({2, 3}), frozenset({1}))
     devices = {d.address: d for d in topology.pci_devices}
     assert (devices["0000:1a:00.0"].numa_node, devices["0000:1a:00.0"].hardware_numa_node) == (-1, 1)

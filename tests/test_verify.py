@@ -92,3 +92,29 @@ def test_cannot_verify_is_exit_2(tmp_path: Path, machine: HostTree, capsys: pyte
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "cannot verify" in err
+
+
+@pytest.mark.parametrize(
+    ("gpu", "interface", "cpus", "path"),
+    [("00000000:1A:00.0", "ens0f0", "2-3", "PIX"), ("00000000:8A:00.0", "ens1f0", "10-11", "NODE")],
+)
+def test_the_gpu_nic_path_a_container_sees(  # noqa: PLR0913 - the parameters and the fixtures
+    machine: HostTree, tmp_path: Path, fake_nvml_library: Path, gpu: str, interface: str, cpus: str, path: str
+) -> None:
+    """Inside a pod that sees one GPU (NVML lists only it) and one NIC: the path between them, and a problem
+    when NCCL's default would use no GPUDirect RDMA over it, though everything sits on one NUMA node."""
+    numa = "0" if path == "PIX" else "1"
+    container_view(machine, cpus=cpus, mems=numa, maps=f"7f00 default anon=10 N{numa}=10 kernelpagesize_kB=4\n",
+                   interfaces=(interface,))  # fmt: skip
+    config = tmp_path / "nvml.conf"
+    config.write_text(f"gpu GPU-visible NVIDIA_H100_80GB_HBM3 85899345920 {gpu} 0\n")
+    env = {**os.environ, "LD_LIBRARY_PATH": str(fake_nvml_library.parent), "FAKE_NVML_CONFIG": str(config)}
+    argv = ["verify", "--format", "json", "--path.sysfs", str(machine.sys), "--path.procfs", str(machine.paths.procfs)]
+    result = subprocess.run([sys.executable, "-m", "exporter", *argv], capture_output=True, text=True, check=False,
+                            env=env)  # fmt: skip
+    verdict = json.loads(result.stdout)
+    assert verdict["gpu_nic_path"]["path"] == path
+    assert verdict["gpu_nic_path"]["gpudirect_rdma"] is (path == "PIX")
+    problems = "\n".join(verdict["problems"])
+    assert ("NCCL uses no GPUDirect RDMA" in problems) is (path != "PIX")
+    assert result.returncode == (0 if path == "PIX" else 1), problems
