@@ -94,16 +94,12 @@ def test_cannot_verify_is_exit_2(tmp_path: Path, machine: HostTree, capsys: pyte
     assert "cannot verify" in err
 
 
-@pytest.mark.parametrize(
-    ("gpu", "interface", "cpus", "path"),
-    [("00000000:1A:00.0", "ens0f0", "2-3", "PIX"), ("00000000:8A:00.0", "ens1f0", "10-11", "NODE")],
-)
-def test_the_gpu_nic_path_a_container_sees(  # noqa: PLR0913 - the parameters and the fixtures
-    machine: HostTree, tmp_path: Path, fake_nvml_library: Path, gpu: str, interface: str, cpus: str, path: str
-) -> None:
+@pytest.mark.parametrize("path", ["PIX", "NODE"])
+def test_the_gpu_nic_path_a_container_sees(machine: HostTree, tmp_path: Path, fake_nvml_library: Path, path: str) -> None:
     """Inside a pod that sees one GPU (NVML lists only it) and one NIC: the path between them, and a problem
     when NCCL's default would use no GPUDirect RDMA over it, though everything sits on one NUMA node."""
-    numa = "0" if path == "PIX" else "1"
+    gpu, interface, cpus, numa = {"PIX": ("00000000:1A:00.0", "ens0f0", "2-3", "0"),
+                                  "NODE": ("00000000:8A:00.0", "ens1f0", "10-11", "1")}[path]  # fmt: skip
     container_view(machine, cpus=cpus, mems=numa, maps=f"7f00 default anon=10 N{numa}=10 kernelpagesize_kB=4\n",
                    interfaces=(interface,))  # fmt: skip
     config = tmp_path / "nvml.conf"
