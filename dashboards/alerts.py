@@ -59,6 +59,20 @@ def rules(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
                         },
                     },
                     {
+                        "alert": "NumaContainerGpuNicFar",
+                        "expr": f'numa_topology_container_gpu_nic_path{{{SEL}, path=~"PHB|NODE|SYS"}}',
+                        "for": config["gpu_nic_for"],
+                        "labels": {"severity": "warning"},
+                        "annotations": {
+                            "summary": "A GPU container's NIC is across a PCIe host bridge or NUMA nodes",
+                            "description": "{{ $labels.namespace }}/{{ $labels.pod }} container {{ $labels.container }} on "
+                            f"{{{{ $labels.{node} }}}}: its closest GPU ({{{{ $labels.gpu_pci_address }}}}) and NIC "
+                            "({{ $labels.nic_pci_address }}) are {{ $labels.path }} apart, so NCCL's default uses no "
+                            "GPUDirect RDMA between them. Give it a NIC or VF under its GPU's PCIe switch (PIX or PXB).",
+                            "dashboard": f"/d/{UIDS['node']}",
+                        },
+                    },
+                    {
                         "alert": "NumaContainerRemoteMemory",
                         # Containers the audit lists hold pinned CPUs, Static memory or devices: Guaranteed pods.
                         "expr": f"numa_topology_container_remote_memory_ratio{{{SEL}}} > {config['remote_memory_ratio']} "

@@ -17,6 +17,7 @@ CONFIG: dict[str, Any] = {
     "stranded_gpu_for": "30m",
     "misaligned_for": "5m",
     "dra_misaligned_for": "15m",
+    "gpu_nic_for": "15m",
     "remote_memory_ratio": 0.5,
     "remote_memory_for": "15m",
     "drift_for": "15m",

@@ -151,6 +151,16 @@ def node_dashboard(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
                           "devices, so the kubelet admits these without error: see numa_topology_container_numa_nodes "
                           "for where each resource is.",
               transformations=_merge()),
+        panel(grid, "table", "GPU-NIC PCIe path per container", q["gpu_nic"], width=12,
+              description="For each container given GPUs and NICs (or VFs): its closest GPU-NIC pair and the PCIe path "
+                          "class between them, as nvidia-smi topo -m names it (PIX one switch, PXB several, PHB host "
+                          "bridge, NODE same NUMA node, SYS across NUMA nodes). GPUDirect RDMA = 1 where NCCL's default "
+                          "(NCCL_NET_GDR_LEVEL=PXB) would use it.",
+              transformations=[{"id": "joinByLabels", "options": {"value": "__name__", "join": ["namespace", "pod", "pod_uid", "container"]}}]),
+        panel(grid, "table", "Nearest NIC of each GPU", q["gpu_nearest_nic"], width=12,
+              description="Each GPU's nearest NIC (physical function) and the path class to it; GPUs without a NIC "
+                          "under their PCIe switch get no GPUDirect RDMA under NCCL's default.",
+              transformations=_merge()),
         panel(grid, "table", "DRA devices: NUMA node, pool, health, withdrawn slices", q["dra_devices"], width=24,
               description="Devices this node's ResourceSlices publish (resource dra:<driver>), their NUMA node from the "
                           "slice's attributes or the hardware (-1: unknown), the health the kubelet last heard, and "

@@ -60,6 +60,14 @@ def node_queries(config: Mapping[str, Any] = CONFIG) -> dict[str, list[Query]]:
         "dra_misaligned": [
             Query(f"numa_topology_container_dra_misaligned{{{NODE}}} == 1", instant=True, expect_data=False),
         ],
+        "gpu_nic": [
+            Query(f"numa_topology_container_gpu_nic_path{{{NODE}}}", instant=True),
+            Query(f"numa_topology_container_gpudirect_rdma{{{NODE}}}", instant=True),
+        ],
+        "gpu_nearest_nic": [
+            Query(f"numa_topology_gpu_nearest_nic{{{NODE}}}", instant=True),
+            Query(f"numa_topology_gpus_without_local_nic{{{NODE}}}", instant=True),
+        ],
         "dra_devices": [
             Query(f'numa_topology_device_info{{{NODE}, resource=~"dra:.*"}}', instant=True, expect_data=False),
             Query(f"numa_topology_dra_device_health{{{NODE}}}", instant=True, expect_data=False),

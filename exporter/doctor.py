@@ -130,8 +130,12 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
                 f"{numa_count} NUMA nodes but the Topology Manager allows "
                 f"{config.max_allowable_numa_nodes}: the kubelet refuses to start. Set topologyManagerPolicyOptions: "
                 f'{{max-allowable-numa-nodes: "{numa_count}"}}'
-                + (f" ({len(special)} of them are not host DRAM ({_kinds(special)}), but the kubelet counts every "
-                   "NUMA node)" if special else ""),
+                + (
+                    f" ({len(special)} of them are not host DRAM ({_kinds(special)}), but the kubelet counts every "
+                    "NUMA node)"
+                    if special
+                    else ""
+                ),
                 blocks_start=True,
             )
     if config.topology_manager_scope == "pod" and config.topology_manager_policy == "single-numa-node":

@@ -393,9 +393,7 @@ class SnapshotBuilder:
 
     def _topology(self) -> Topology:
         try:
-            topology = discover(
-                self.paths, use_nvml=self._use_nvml, nvml_session=self._nvml, use_udev=self._use_udev
-            )
+            topology = discover(self.paths, use_nvml=self._use_nvml, nvml_session=self._nvml, use_udev=self._use_udev)
         except SourceError as exc:
             self._count(exc)
             previous: Topology | None = self._last.get("sysfs")

@@ -49,7 +49,8 @@ def _v1_legacy(root: Path) -> HostTree:
 
 def _gpu_stranded(root: Path) -> HostTree:
     """Every CPU of NUMA 1 pinned (pod db), so the free GPU there is stranded; and trainer's container holds
-    CPUs on NUMA 0 with a GPU on NUMA 1: misaligned."""
+    CPUs on NUMA 0 with a GPU and a VF on NUMA 1: misaligned, and its GPU and NIC are NODE apart (the NIC on
+    its own root complex): no GPUDirect RDMA."""
     host = fixture_machine(root)
     numa0_free = [0, 1, *range(4, 8), 16, 17, *range(20, 24)]
     gpus = [f"GPU-1b7c9a2e-0000-0000-0000-00000000000{i}" for i in range(4)]
@@ -58,7 +59,13 @@ def _gpu_stranded(root: Path) -> HostTree:
         cpu=cpu_state(
             default=numa0_free, entries={POD_A: {"app": [2, 3, 18, 19]}, POD_B: {"db": [*range(8, 16), *range(24, 32)]}}
         ),
-        devices=device_state([device_entry(POD_A, "app", "nvidia.com/gpu", {1: [gpus[2]]})], {"nvidia.com/gpu": gpus}),
+        devices=device_state(
+            [
+                device_entry(POD_A, "app", "nvidia.com/gpu", {1: [gpus[2]]}),
+                device_entry(POD_A, "app", "intel.com/sriov_netdevice", {1: ["0000:af:02.0"]}),
+            ],
+            {"nvidia.com/gpu": gpus, "intel.com/sriov_netdevice": ["0000:af:02.0", "0000:af:02.1"]},
+        ),  # fmt: skip
         config=fixture_config(memory="None"),
     )
     pod_logs(host, [("team-a", "trainer-0", POD_A), ("team-b", "db-0", POD_B)])

@@ -234,8 +234,13 @@ def test_every_panel_and_alert_answers_against_a_real_prometheus(
             assert [(r["metric"][label], r["metric"]["numa_node"]) for r in stranded] == [(stranded_node, "1")]
             misaligned = prometheus.query(alerts[1]["expr"])
             assert [(r["metric"][label], r["metric"]["container"]) for r in misaligned] == [(stranded_node, "app")]
+            far = next(rule for rule in alerts if rule["alert"] == "NumaContainerGpuNicFar")
+            assert sorted((r["metric"][label], r["metric"]["container"], r["metric"]["path"])
+                          for r in prometheus.query(far["expr"])) == sorted(
+                [(stranded_node, "app", "NODE"), (nodes[1], "db", "NODE")])  # fmt: skip
             for rule in alerts[2:]:
-                assert prometheus.query(rule["expr"]) == [], rule["alert"]
+                if rule is not far:
+                    assert prometheus.query(rule["expr"]) == [], rule["alert"]
     finally:
         for daemon in daemons:
             daemon.stop()

@@ -141,7 +141,10 @@ def test_gpu_memory_nodes_count_toward_the_numa_node_limit(host: HostTree, capsy
     code, out = run_doctor(host, capsys)
     assert code == 1
     assert 'max-allowable-numa-nodes: "10"} (8 of them are not host DRAM (gpu-memory on NUMA 2-9)' in out
-    assert "INFO    memory-kinds: NUMA nodes that are not host DRAM: gpu-memory on NUMA 2-9 (the memory of GPUs 0000:00:00.0," in out
+    assert (
+        "INFO    memory-kinds: NUMA nodes that are not host DRAM: gpu-memory on NUMA 2-9 (the memory of GPUs 0000:00:00.0,"
+        in out
+    )
 
 
 def test_gpus_without_a_nic_under_their_switch(machine: HostTree, capsys: pytest.CaptureFixture[str]) -> None:

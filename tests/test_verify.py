@@ -95,7 +95,9 @@ def test_cannot_verify_is_exit_2(tmp_path: Path, machine: HostTree, capsys: pyte
 
 
 @pytest.mark.parametrize("path", ["PIX", "NODE"])
-def test_the_gpu_nic_path_a_container_sees(machine: HostTree, tmp_path: Path, fake_nvml_library: Path, path: str) -> None:
+def test_the_gpu_nic_path_a_container_sees(
+    machine: HostTree, tmp_path: Path, fake_nvml_library: Path, path: str
+) -> None:
     """Inside a pod that sees one GPU (NVML lists only it) and one NIC: the path between them, and a problem
     when NCCL's default would use no GPUDirect RDMA over it, though everything sits on one NUMA node."""
     gpu, interface, cpus, numa = {"PIX": ("00000000:1A:00.0", "ens0f0", "2-3", "0"),
