@@ -65,7 +65,7 @@ def _gpu_stranded(root: Path) -> HostTree:
                 device_entry(POD_A, "app", "intel.com/sriov_netdevice", {1: ["0000:af:02.0"]}),
             ],
             {"nvidia.com/gpu": gpus, "intel.com/sriov_netdevice": ["0000:af:02.0", "0000:af:02.1"]},
-        ),  # fmt: skip
+        ),
         config=fixture_config(memory="None"),
     )
     pod_logs(host, [("team-a", "trainer-0", POD_A), ("team-b", "db-0", POD_B)])
