@@ -74,6 +74,7 @@ soak: system-deps install
 bench: system-deps install
 	$(PY) bench/discovery.py
 	$(PY) bench/kubelet_state.py
+	$(PY) bench/gpu_host.py --fake-init-ms 11
 	$(PY) bench/daemon.py latency --changes 200
 	$(PY) bench/daemon.py scrape --seconds 10
 	$(PY) bench/daemon.py idle --seconds 60

@@ -160,8 +160,12 @@ static int load_config(void) {
     return result;
 }
 
+/* Reference counted, as NVML's own: nvmlShutdown releases only the last nvmlInit. */
+static int references = 0;
+
 int nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
+    if (references > 0) { references++; return NVML_SUCCESS; }
     int result = load_config();
     if (delay_ms > 0) {
         if (delay_marker[0] != '\0') {
@@ -172,6 +176,7 @@ int nvmlInitWithFlags(unsigned int flags) {
         nanosleep(&pause, NULL);
     }
     initialised = result == NVML_SUCCESS;
+    if (initialised) references = 1;
     if (initialised && init_log[0] != '\0') {
         FILE *log = fopen(init_log, "a");
         if (log != NULL) { fputs("init\n", log); fclose(log); }
@@ -179,7 +184,11 @@ int nvmlInitWithFlags(unsigned int flags) {
     return result;
 }
 int nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
-int nvmlShutdown(void) { initialised = 0; return NVML_SUCCESS; }
+int nvmlShutdown(void) {
+    if (references == 0) return NVML_ERROR_UNINITIALIZED;
+    if (--references == 0) initialised = 0;
+    return NVML_SUCCESS;
+}
 
 const char *nvmlErrorString(int result) {
     switch (result) {
