@@ -81,6 +81,11 @@ def nvml_config(fake_nvml_library: Path, tmp_path: Path, monkeypatch: pytest.Mon
     config = tmp_path / "nvml.conf"
     config.write_text("")
     monkeypatch.setenv("FAKE_NVML_CONFIG", str(config))
+    # NVML counts its inits: a session an earlier test's builder kept open would keep this process's NVML
+    # initialised. Each test starts from none, as a fresh agent does.
+    library = ctypes.CDLL(str(fake_nvml_library))
+    while library.nvmlShutdown() == 0:
+        pass
     return config
 
 

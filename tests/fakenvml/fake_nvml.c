@@ -165,7 +165,12 @@ static int references = 0;
 
 int nvmlInitWithFlags(unsigned int flags) {
     (void)flags;
-    if (references > 0) { references++; return NVML_SUCCESS; }
+    if (references > 0) {
+        /* Already initialised: counted, no delay and no log, but the configuration read again, so a test
+         * process whose earlier builder kept a session still sees the configuration it wrote. */
+        if (load_config() == NVML_SUCCESS) references++;
+        return NVML_SUCCESS;
+    }
     int result = load_config();
     if (delay_ms > 0) {
         if (delay_marker[0] != '\0') {
