@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from exporter.accounting import KubeletState
 from exporter.devices import REPLICA_SEPARATOR, UNKNOWN
 from exporter.dra import EMPTY, POD_SCOPE, DraView, held_numa_nodes, is_dra_resource
-from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, Topology
-from exporter.pcie import GPUDIRECT_RDMA, is_nic, path_class, rank
+from exporter.model import UNKNOWN_NUMA_NODE, PciePath, Topology
+from exporter.pcie import GPUDIRECT_RDMA, closest_gpu_nic
 
 __all__ = ["POD_SCOPE", "ContainerAlignment", "container_alignment"]
 
@@ -74,6 +74,7 @@ def container_alignment(
         spans.setdefault((pod, container), {}).setdefault(resource, set()).update(numas)
 
     pci_of = _pci_addresses(topology)
+    by_address = {device.address: device for device in topology.pci_devices}
 
     if state.cpu is not None and state.cpu_policy == "static":
         cpu_numa = topology.numa_node_of_cpu()
@@ -122,7 +123,7 @@ def container_alignment(
                 container=container,
                 numa_nodes={resource: frozenset(numas) for resource, numas in sorted(resources.items())},
                 dra_misaligned=_dra_misaligned(resources, others(pod_uid, container)),
-                gpu_nic=closest_gpu_nic(topology, held.get((pod_uid, container), set())),
+                gpu_nic=closest_gpu_nic(by_address[a] for a in held.get((pod_uid, container), ()) if a in by_address),
             )
         )
     return tuple(result)
@@ -137,15 +138,3 @@ def _pci_addresses(topology: Topology) -> dict[str, str]:
             addresses[mig.uuid] = gpu.pci_address
     return addresses
 
-
-def closest_gpu_nic(topology: Topology, addresses: set[str]) -> PciePath | None:
-    """Of the GPUs and NICs (or VFs) at these addresses, the pair with the closest PCIe path."""
-    by_address = {device.address: device for device in topology.pci_devices}
-    held = [by_address[a] for a in sorted(addresses) if a in by_address]
-    gpus = [d for d in held if d.kind == "gpu"]
-    nics: list[PciDevice] = [d for d in held if is_nic(d)]
-    candidates = [(rank(path := path_class(g, n)), g.address, n.address, path) for g in gpus for n in nics]
-    if not candidates:
-        return None
-    _, gpu, nic, path = min(candidates)
-    return PciePath(a=gpu, b=nic, path=path)

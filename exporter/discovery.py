@@ -90,6 +90,7 @@ def _nvml_affinity(
     NUMA node) places a GPU its local CPUs could not place, and a disagreement with the local CPUs is warned
     about (the hardware view keeps sysfs's answer, as hwloc and nvidia-smi's CPU affinity do)."""
     by_address = {gpu.pci_address: gpu for gpu in gpus}
+    known = {numa.numa_node for numa in numa_nodes}
     warnings = []
     placed = []
     for device in devices:
@@ -98,7 +99,7 @@ def _nvml_affinity(
             placed.append(device)
             continue
         (nvml_numa,) = gpu.nvml_numa_nodes
-        if nvml_numa not in {numa.numa_node for numa in numa_nodes}:
+        if nvml_numa not in known:
             placed.append(device)
             continue
         if device.local_numa_node == UNKNOWN_NUMA_NODE:

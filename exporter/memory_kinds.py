@@ -17,7 +17,6 @@ from exporter.model import NumaNode
 from exporter.paths import HostPaths
 from exporter.sources import memory_kinds as source
 
-MEMORY_KINDS = ("dram", "hbm", "nvm", "spm", "cxl", "gpu-memory")
 _UNKNOWN = ""
 _ORDER = {_UNKNOWN: 0, "hbm": 1, "gpu-memory": 2, "spm": 3, "nvm": 4, "cxl": 5}  # hwloc's kind bits' order
 THRESHOLD = 0.1  # HWLOC_MEMTIERS_BANDWIDTH_THRESHOLD and _LATENCY_THRESHOLD defaults

@@ -20,6 +20,7 @@ from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, Topology
 
 PATH_CLASSES = ("PIX", "PXB", "PHB", "NODE", "SYS")
 GPUDIRECT_RDMA = frozenset({"PIX", "PXB"})  # NCCL's default NCCL_NET_GDR_LEVEL is PXB
+_ACCELERATORS = frozenset({"accelerator", "coprocessor"})
 
 
 def path_class(a: PciDevice, b: PciDevice) -> str:
@@ -54,9 +55,6 @@ def rank(path: str) -> int:
 def interesting(topology: Topology) -> tuple[PciDevice, ...]:
     """The devices paths are listed for: GPUs, NICs and their VFs, accelerators."""
     return tuple(d for d in topology.pci_devices if d.kind in ("gpu", "nic", "vf") or d.category in _ACCELERATORS)
-
-
-_ACCELERATORS = frozenset({"accelerator", "coprocessor"})
 
 
 def pairs(devices: Iterable[PciDevice]) -> tuple[PciePath, ...]:
@@ -95,3 +93,13 @@ def nearest_nics(topology: Topology) -> tuple[tuple[str, str, str], ...]:
         found = nearest(gpu, nics)
         result.append((gpu.address, found[0].address, found[1]) if found else (gpu.address, "", "none"))
     return tuple(result)
+
+
+def closest_gpu_nic(devices: Iterable[PciDevice]) -> PciePath | None:
+    """Of the GPUs and NICs (or VFs) among these devices, the closest pair (a: the GPU, b: the NIC), ties by
+    address; None without both."""
+    held = sorted(devices, key=lambda d: d.address)
+    nics = [device for device in held if is_nic(device)]
+    best = min(((rank(found[1]), gpu.address, found[0].address, found[1]) for gpu in held
+                if gpu.kind == "gpu" and (found := nearest(gpu, nics)) is not None), default=None)  # fmt: skip
+    return PciePath(a=best[1], b=best[2], path=best[3]) if best is not None else None

@@ -14,12 +14,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from exporter.alignment import closest_gpu_nic
 from exporter.cpuset import format_cpuset
 from exporter.discovery import discover
 from exporter.model import UNKNOWN_NUMA_NODE, Topology
 from exporter.paths import HostPaths
-from exporter.pcie import GPUDIRECT_RDMA
+from exporter.pcie import GPUDIRECT_RDMA, closest_gpu_nic
 from exporter.sources.process import ProcessPlacement, read_process
 
 REMOTE_LIMIT = 0.10
@@ -91,7 +90,8 @@ def judge(topology: Topology, process: ProcessPlacement, *, interfaces: list[str
     problems = []
     if len(topology.numa_nodes) > 1:
         problems = _problems(cpu_numa=cpu_numa, mems=sorted(process.mems), ratio=ratio, gpus=gpus, nics=nics)
-    closest = closest_gpu_nic(topology, {g.pci_address for g in topology.gpus} | {str(n["pci_address"]) for n in nics})
+    seen = {gpu.pci_address for gpu in topology.gpus} | {str(nic["pci_address"]) for nic in nics}
+    closest = closest_gpu_nic(device for device in topology.pci_devices if device.address in seen)
     gpu_nic = None
     if closest is not None:
         gpu_nic = {"gpu_pci_address": closest.a, "nic_pci_address": closest.b, "path": closest.path,

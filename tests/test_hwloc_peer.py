@@ -58,7 +58,8 @@ def parse_bitmap(text: str) -> frozenset[int]:
     return frozenset(bit for bit in range(value.bit_length()) if value >> bit & 1)
 
 
-def run_lstopo(fsroot: Path, name: str) -> HwlocView:
+def lstopo_xml(fsroot: Path, name: str) -> ET.Element:
+    """hwloc's XML of a capture: the whole system and every I/O device, with the capture's environment."""
     assert LSTOPO is not None
     env = {
         **os.environ,
@@ -71,7 +72,11 @@ def run_lstopo(fsroot: Path, name: str) -> HwlocView:
     result = subprocess.run(
         [LSTOPO, "--whole-system", "--whole-io", "--of", "xml", "-"], env=env, capture_output=True, check=True
     )
-    root = ET.fromstring(result.stdout)
+    return ET.fromstring(result.stdout)
+
+
+def run_lstopo(fsroot: Path, name: str) -> HwlocView:
+    root = lstopo_xml(fsroot, name)
     nodes = {}
     for obj in root.iter("object"):
         if obj.get("type") != "NUMANode":
@@ -206,12 +211,7 @@ def hwloc_path_classes(fsroot: Path, name: str, addresses: set[str]) -> dict[tup
     """The path class of every two of these devices as hwloc's PCI tree gives it: the host bridge and PCI
     bridges above each PCIDev, and the NUMA node of the object hwloc attaches the host bridge to. The same
     rule as exporter/pcie.py, on hwloc's tree instead of ours."""
-    assert LSTOPO is not None
-    env = {**os.environ, "HWLOC_COMPONENTS": "linux,stop", "HWLOC_FSROOT": str(fsroot), "LC_ALL": "C",
-           "HWLOC_DONT_ADD_VERSION_INFO": "1"}  # fmt: skip
-    result = subprocess.run([LSTOPO, "--whole-system", "--whole-io", "--of", "xml", "-"], env=env,
-                            capture_output=True, check=True)  # fmt: skip
-    root = ET.fromstring(result.stdout)
+    root = lstopo_xml(fsroot, name)
     parents = {child: parent for parent in root.iter("object") for child in parent if child.tag == "object"}
     numa_cpus = {
         int(o.get("os_index", "-1")): parse_bitmap(o.get("cpuset", "0x0"))
@@ -258,7 +258,7 @@ def test_pcie_path_classes_match_hwloc(hwloc_trees: dict[str, Path], name: str) 
     assert {pair: mine[pair] for pair in theirs} == theirs
     seen = {"40intel64-2g2n4c+pci": {"PIX", "PHB", "SYS"}, "32em64t-2n8c+1mic": {"PIX", "PHB", "SYS"},
             "32intel64-2p8co2t+8ve": {"PIX", "NODE"}}  # fmt: skip
-    assert set(theirs.values()) == seen[name]  # PXB (switches under switches) is in none: tests/test_pcie.py
+    assert set(theirs.values()) == seen[name]  # PXB (switches under switches) is in none: tests/test_pcie.py has it
 
 
 HWLOC_SUBTYPES = {None: "dram", "DRAM": "dram", "HBM": "hbm", "GPUMemory": "gpu-memory", "NVM": "nvm", "SPM": "spm"}
@@ -269,12 +269,8 @@ def test_memory_kinds_match_hwloc(hwloc_trees: dict[str, Path], name: str) -> No
     """Each NUMA node's memory kind (and a GPU memory node's GPU) is what hwloc's subtype says: GPU memory on
     POWER9 + V100, HBM exposed as SPM and told by bandwidth, NVM from NVDIMM DAX devices; a node hwloc gives
     no subtype is DRAM."""
-    env = {**os.environ, "HWLOC_COMPONENTS": "linux,stop", "HWLOC_FSROOT": str(hwloc_trees[name]), "LC_ALL": "C",
-           **HWLOC_ENV.get(name, {})}  # fmt: skip
-    assert LSTOPO is not None
-    result = subprocess.run([LSTOPO, "--whole-system", "--of", "xml", "-"], env=env, capture_output=True, check=True)
     theirs = {}
-    for obj in ET.fromstring(result.stdout).iter("object"):
+    for obj in lstopo_xml(hwloc_trees[name], name).iter("object"):
         if obj.get("type") == "NUMANode":
             infos = {i.get("name"): i.get("value") for i in obj.findall("info")}
             kind = obj.get("subtype")

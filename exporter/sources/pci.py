@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
 
 from exporter.cpuset import CpuSet, parse_cpumask, parse_sysfs_cpulist
 from exporter.errors import InvalidText
@@ -70,6 +69,7 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
     if numa_node is None or numa_node < 0:
         numa_node = UNKNOWN_NUMA_NODE
     unknown = numa_node == UNKNOWN_NUMA_NODE
+    root, bridges = _pcie_place(device_dir)
     vfs = sorted(
         (name for name in entries if name.startswith("virtfn") and name[6:].isdigit()), key=lambda n: int(n[6:])
     )
@@ -89,7 +89,8 @@ def read_pci_device(device_dir: str, *, address: str) -> PciDevice | None:
         sriov_totalvfs=totalvfs,
         sriov_numvfs=read_sysfs_int(f"{device_dir}/sriov_numvfs") if totalvfs is not None else None,
         vfs=tuple(name for name in (_link_name(f"{device_dir}/{vf}") for vf in vfs) if name),
-        **_pcie_place(device_dir),
+        pcie_root=root,
+        pcie_bridges=bridges,
     )
 
 
@@ -105,7 +106,7 @@ def _local_cpus(device_dir: str, entries: set[str]) -> CpuSet:
     return frozenset()
 
 
-def _pcie_place(device_dir: str) -> dict[str, Any]:
+def _pcie_place(device_dir: str) -> tuple[str, tuple[str, ...]]:
     """The root complex and the bridges below it, from the device's real sysfs path
     (`/sys/devices/pci0000:00/0000:00:03.0/0000:05:00.0/0000:06:08.0/0000:07:00.0`: root pci0000:00, bridges
     00:03.0 (root port), 05:00.0 and 06:08.0 (a switch's upstream and downstream ports)), as hwloc and NCCL
@@ -113,14 +114,14 @@ def _pcie_place(device_dir: str) -> dict[str, Any]:
     parts = os.path.realpath(device_dir).split("/")
     root = next((index for index, part in enumerate(parts) if PCIE_ROOT.match(part)), None)
     if root is None:
-        return {"pcie_root": "", "pcie_bridges": ()}
+        return "", ()
     below = parts[root + 1 : -1]
     bridges = []
     for part in below:
         if not PCI_ADDRESS.match(part):
             break  # a device under a non-PCI parent (a virtio bus, a platform device): the chain ends here
         bridges.append(part)
-    return {"pcie_root": parts[root], "pcie_bridges": tuple(bridges)}
+    return parts[root], tuple(bridges)
 
 
 def classify(*, class_code: int, has_net: bool, has_rdma: bool, vendor: str = "") -> str | None:
