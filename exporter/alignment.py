@@ -137,4 +137,3 @@ def _pci_addresses(topology: Topology) -> dict[str, str]:
         for mig in gpu.mig_devices:
             addresses[mig.uuid] = gpu.pci_address
     return addresses
-
