@@ -9,6 +9,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -63,6 +64,31 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--path.procfs", dest="procfs", type=Path, default=DEFAULT_PROCFS, help="procfs mount point")
     verify.add_argument("--no-nvml", dest="nvml", action="store_false", help="do not query NVIDIA GPUs through NVML")
     verify.add_argument("--log-level", default="error", choices=("debug", "info", "warning", "error"))
+    fit = commands.add_parser(
+        "fit",
+        help="cluster: which nodes take a pod of this shape, on which NUMA node, and why not",
+        description="Decided from the NodeResourceTopology objects and Nodes as the NUMA-aware scheduler's "
+        "NodeResourceTopologyMatch filter decides. Exit status: 0 it fits somewhere, 1 nowhere, 2 usage error.",
+    )
+    fit.add_argument("shape", nargs="*", help="one per container: cpu=8,memory=16Gi,nvidia.com/gpu=2 (Guaranteed)")
+    fit.add_argument("--pod", type=Path, default=None, help="a Pod (or workload) manifest instead of a shape")
+    fit.add_argument(
+        "--summary",
+        action="store_true",
+        help="fleet plan: how many more pods of each shape or profile fit aligned, stranded capacity, what to free",
+    )
+    fit.add_argument("--profiles", type=Path, default=None, help="YAML profiles file for --summary")
+    fit.add_argument("-l", "--selector", default=None, help="only nodes matching this label selector")
+    fit.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    _add_cluster(fit)
+    explain = commands.add_parser(
+        "explain",
+        help="cluster: why a pod is Pending or was rejected (TopologyAffinityError), and where it fits now",
+    )
+    explain.add_argument("pod", metavar="NAMESPACE/POD", help="the pod (NAMESPACE/POD, or POD with -n)")
+    explain.add_argument("-n", "--namespace", default="default", help="namespace when POD has none")
+    explain.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    _add_cluster(explain)
     serve = commands.add_parser("serve", help="run the agent: metrics on HTTP, refreshed on every change")
     serve.add_argument(
         "--web.listen-address",
@@ -129,6 +155,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(serve)
     return parser
+
+
+def _add_cluster(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cluster access (as kubectl)")
+    group.add_argument(
+        "--kubeconfig", type=Path, default=None, help="kubeconfig (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
+    group.add_argument("--context", default=None, help="the kubeconfig context to use")
+    group.add_argument(
+        "--numa-scheduler",
+        dest="numa_schedulers",
+        action="append",
+        default=None,
+        help="a schedulerName whose profile runs NodeResourceTopologyMatch (repeatable; default topo-aware-scheduler)",
+    )
+    group.add_argument("--log-level", default="error", choices=("debug", "info", "warning", "error"))
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
@@ -240,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _verify(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "fit":
+            return _fit(args)
+        if args.command == "explain":
+            return _explain(args)
     except ExporterError as exc:
         print(f"numa-topology-exporter: {exc}", file=sys.stderr)
         return 1
@@ -314,6 +360,73 @@ def _verify(args: argparse.Namespace) -> int:
         return 2
     sys.stdout.write(render_json(verdict) if args.format == "json" else verdict.text())
     return 0 if verdict.aligned else 1
+
+
+def _fit(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from exporter import cluster  # noqa: PLC0415 - see _snapshot
+    from exporter.nrtmatch import pod_shape  # noqa: PLC0415
+
+    if args.pod is not None and args.shape:
+        print("numa-topology-exporter fit: give a shape or --pod, not both", file=sys.stderr)
+        return 2
+    shapes: dict[str, Any] = {}
+    if args.pod is not None:
+        shapes[args.pod.name] = cluster.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
+    elif args.shape:
+        shapes[" ".join(args.shape)] = cluster.parse_shape(args.shape)
+    if args.summary and args.profiles is not None:
+        for profile in load_profiles(args.profiles):
+            resources = ",".join(f"{name}={amount}" for name, amount in profile.requests.items())
+            shapes[profile.name] = cluster.parse_shape([resources])
+    if not shapes:
+        print(
+            "numa-topology-exporter fit: give a shape (cpu=8,memory=16Gi,...), --pod FILE or --profiles",
+            file=sys.stderr,
+        )
+        return 2
+    api = cluster.connect(args.kubeconfig, args.context)
+    views = cluster.load(api, selector=args.selector)
+    pods = {name: pod_shape(pod) for name, pod in shapes.items()}
+    if args.summary:
+        plans = cluster.plan(views, pods)
+        out = (
+            json.dumps([p.as_json() for p in plans], indent=2) + "\n"
+            if args.format == "json"
+            else cluster.plan_table(plans)
+        )
+        sys.stdout.write(out)
+        return 0
+    fits = cluster.fit(views, next(iter(pods.values())))
+    if args.format == "json":
+        sys.stdout.write(json.dumps([f.as_json() for f in fits], indent=2) + "\n")
+    else:
+        sys.stdout.write(cluster.fit_table(fits))
+    return 0 if any(f.fits for f in fits) else 1
+
+
+def _explain(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+
+    from exporter import cluster  # noqa: PLC0415 - see _snapshot
+
+    namespace, _, name = args.pod.rpartition("/")
+    api = cluster.connect(args.kubeconfig, args.context)
+    result = cluster.explain(
+        api, namespace or args.namespace, name, numa_schedulers=args.numa_schedulers or cluster.DEFAULT_NUMA_SCHEDULERS
+    )
+    sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n" if args.format == "json" else result.text())
+    return 0
+
+
+def _yaml_file(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def _doctor(args: argparse.Namespace) -> int:

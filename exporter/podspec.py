@@ -92,7 +92,11 @@ def qos_class(pod: Mapping[str, Any]) -> str:
                 value = _quantity(quantity)
                 if name in QOS_RESOURCES and value is not None and value > 0:
                     into[name] = into.get(name, Fraction(0)) + value
-        found = {name for name, quantity in (resources.get("limits") or {}).items() if name in QOS_RESOURCES}
+        found = {  # ComputePodQOS counts a limit only when it is above zero
+            name
+            for name, quantity in (resources.get("limits") or {}).items()
+            if name in QOS_RESOURCES and (_quantity(quantity) or 0) > 0
+        }
         if not {"cpu", "memory"} <= found:
             guaranteed = False
     if not requests and not limits:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,6 +114,32 @@ def client_from(kubeconfig: Path | None) -> Any:
     return kubernetes.client.ApiClient(configuration)
 
 
+def user_client(kubeconfig: Path | None, context: str | None) -> Any:
+    """An API client the way kubectl finds one: `--kubeconfig`, else `$KUBECONFIG` (a list of files, merged),
+    else ~/.kube/config, else the in-cluster service account; `--context` picks a context of the file."""
+    configuration = kubernetes.client.Configuration()
+    default = os.environ.get("KUBECONFIG") or "~/.kube/config"  # the client splits and merges a list itself
+    have_file = kubeconfig is not None or any(Path(p).expanduser().exists() for p in default.split(":") if p)
+    try:
+        if have_file:
+            kubernetes.config.load_kube_config(
+                config_file=str(kubeconfig) if kubeconfig is not None else default,
+                context=context,
+                client_configuration=configuration,
+            )
+        elif context is not None:
+            raise ConfigError(f"--context {context}: no kubeconfig found ($KUBECONFIG, ~/.kube/config)")
+        else:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException as exc:
+        where = kubeconfig or default
+        raise ConfigError(f"no usable kubeconfig ({where}) and not in a cluster: {exc}") from None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig or default}: {exc}") from None
+    configuration.retries = False
+    return kubernetes.client.ApiClient(configuration)
+
+
 FIELD_MANAGER = "numa-topology-exporter"
 USER_AGENT = f"numa-topology-exporter/{__version__}"
 NRT_COLLECTION = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
@@ -195,9 +222,13 @@ class KubeApi:
         node = self._request("GET", f"/api/v1/nodes/{quote(name, safe='')}")
         return str((node.get("metadata") or {}).get("uid", ""))
 
-    def list(self, path: str, selector: str) -> tuple[list[Any], str]:
-        """The items of a collection matching a field selector, and the list's resourceVersion."""
-        listed = self._request("GET", path, query=[("fieldSelector", selector)])
+    def list(self, path: str, selector: str, *, labels: str | None = None) -> tuple[list[Any], str]:
+        """The items of a collection matching a field selector (and a label selector), and the list's
+        resourceVersion."""
+        query: list[tuple[str, Any]] = [("fieldSelector", selector)]
+        if labels:
+            query.append(("labelSelector", labels))
+        listed = self._request("GET", path, query=query)
         return list(listed.get("items") or []), str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
     def watch(
