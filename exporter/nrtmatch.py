@@ -364,6 +364,11 @@ def _any_numa(
                 shortfalls.append(short)
         if not listed:
             shortfalls.append(Shortfall(numa_node=None, resource=resource, requested=quantity, available=None))
+        shortfalls.extend(
+            Shortfall(numa_node=zone.numa_node, resource=resource, requested=quantity, available=None)
+            for zone in zones
+            if listed and resource not in zone.available
+        )
         candidates &= suitable
     if not candidates:
         return None, tuple(shortfalls)
