@@ -372,14 +372,18 @@ def _fit(args: argparse.Namespace) -> int:
         print("numa-topology-exporter fit: give a shape or --pod, not both", file=sys.stderr)
         return 2
     shapes: dict[str, Any] = {}
-    if args.pod is not None:
-        shapes[args.pod.name] = cluster.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
-    elif args.shape:
-        shapes[" ".join(args.shape)] = cluster.parse_shape(args.shape)
-    if args.summary and args.profiles is not None:
-        for profile in load_profiles(args.profiles):
-            resources = ",".join(f"{name}={amount}" for name, amount in profile.requests.items())
-            shapes[profile.name] = cluster.parse_shape([resources])
+    try:
+        if args.pod is not None:
+            shapes[args.pod.name] = cluster.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
+        elif args.shape:
+            shapes[" ".join(args.shape)] = cluster.parse_shape(args.shape)
+        if args.summary and args.profiles is not None:
+            for profile in load_profiles(args.profiles):
+                resources = ",".join(f"{name}={amount}" for name, amount in profile.requests.items())
+                shapes[profile.name] = cluster.parse_shape([resources])
+    except ConfigError as exc:
+        print(f"numa-topology-exporter fit: {exc}", file=sys.stderr)
+        return 2
     if not shapes:
         print(
             "numa-topology-exporter fit: give a shape (cpu=8,memory=16Gi,...), --pod FILE or --profiles",

@@ -398,7 +398,7 @@ def explain(
     pod = api.get(f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}")
     if pod is None:
         raise ApiNotFound(f"pod {namespace}/{name} not found")
-    views = load(api)
+    loaded = load(api)
     shape = pod_shape(pod)
     spec, status = pod.get("spec") or {}, pod.get("status") or {}
     node = spec.get("nodeName") or None
@@ -435,21 +435,16 @@ def explain(
             if isinstance(e, dict) and e.get("type") == "Warning"
         ][-5:],
     )
+    # Every node judged without the pod itself: what it holds where it is bound is what it asks for.
+    views = [
+        NodeView(name=v.name, node=v.node, nrt=v.nrt, pods=tuple(p for p in v.pods if _uid(p) != uid)) for v in loaded
+    ]
     fits = fit(views, shape)
     result.fits_on = [f.node for f in fits if f.fits]
     view = next((v for v in views if v.name == node), None)
     if view is not None:
-        if view.nrt is None:
-            result.nrt = "missing"
-        else:
-            result.nrt = staleness(view)
-            others = NodeView(
-                name=view.name,
-                node=view.node,
-                nrt=view.nrt,
-                pods=tuple(p for p in view.pods if p is not pod and _uid(p) != uid),
-            )
-            result.node_fit = fit_node(others, shape)
+        result.nrt = "missing" if view.nrt is None else staleness(next(v for v in loaded if v.name == node))
+        result.node_fit = next(f for f in fits if f.node == view.name)
     result.causes = causes(result, shape, views, fits)
     return result
 
@@ -507,7 +502,7 @@ def causes(result: Explanation, shape: PodShape, views: Sequence[NodeView], fits
                     f"larger than any NUMA node: {container.name} wants {resource} {format_quantity(resource, value)}, "
                     f"the largest NUMA node holds {format_quantity(resource, largest[resource])}"
                 )
-    stranded = _stranded(views, shape, fits)
+    stranded = _stranded(views, shape, sorted(fits, key=lambda f: f.node != result.node))
     if stranded:
         found.append(f"stranded: {stranded}")
     if result.node and result.nrt == "missing":

@@ -330,7 +330,9 @@ def test_fit_agrees_with_the_real_scheduler_on_random_states_and_shapes(
             response = kube.request("POST", f"/api/v1/namespaces/{namespace}/pods", manifest)
             assert response.status == 201, f"{pod_name}: {response.status} {response.body}"
             created[pod_name] = response.body
-        settled = wait_until(lambda: _settled(kube, namespace, len(created)), timeout=60, what="every pod scheduled or refused")
+        settled = wait_until(
+            lambda: _settled(kube, namespace, len(created)), timeout=60, what="every pod scheduled or refused"
+        )
         verdicts = filter_verdicts(scheduler_log_since(kube, offset)[0])
         for pod_name, manifest in manifests.items():
             shape = pod_shape(created[pod_name])
@@ -383,3 +385,266 @@ def _settled(kube: ControlPlane, namespace: str, count: int) -> dict[str, dict[s
         if item["spec"].get("nodeName") or (scheduled and scheduled["status"] == "False"):
             done[item["metadata"]["name"]] = item
     return done if len(done) == count else None
+
+
+# --- the commands, as an operator runs them -----------------------------------------------------------
+
+
+def _zone(
+    numa: int, cpu: tuple[str, str], memory: tuple[str, str], gpu: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    resources = [{"name": "cpu", "capacity": cpu[0], "allocatable": cpu[0], "available": cpu[1]},
+                 {"name": "memory", "capacity": memory[0], "allocatable": memory[0], "available": memory[1]}]  # fmt: skip
+    if gpu:
+        resources.append({"name": GPU, "capacity": gpu[0], "allocatable": gpu[0], "available": gpu[1]})
+    return {"name": f"node-{numa}", "type": "Node", "resources": resources}
+
+
+def _pod(name: str, cpu: str, *, node: str | None = None, scheduler: str = "default-scheduler",
+         guaranteed: bool = True) -> dict[str, Any]:  # fmt: skip
+    amounts = {"cpu": cpu, "memory": "1Gi"}
+    resources = {"requests": amounts, "limits": amounts} if guaranteed else {"requests": amounts}
+    spec: dict[str, Any] = {
+        "schedulerName": scheduler,
+        "containers": [{"name": "c", "image": "pause", "resources": resources}],
+    }
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture
+def published(kube: ControlPlane) -> Iterator[dict[str, str]]:
+    """Three nodes as agents publish them: `a` (container scope, room on node-0), `b` (pod scope, 3 + 3 CPUs
+    free: a 4-CPU pod is stranded there; one 2-CPU pod running), `c` (no NRT); pods in every state explain
+    meets (the kubelet's verdicts written into pod status as the kubelet writes them)."""
+    label = f"v{time.monotonic_ns() % 10**8}"
+    names = {key: f"view-{label}-{key}" for key in ("a", "b", "c")}
+    namespace = f"view-{label}"
+    kube.ensure_namespace(namespace)
+    for name in names.values():
+        kube.add_node(
+            name, labels={"nte-view": label}, capacity={"cpu": "64", "memory": "256Gi", "pods": "110", GPU: "4"}
+        )
+    kube.ok("POST", NRT_PATH, {**nrt([_zone(0, ("8", "6"), ("16Gi", "12Gi"), ("2", "1")),
+                                      _zone(1, ("8", "2"), ("16Gi", "14Gi"), ("2", "1"))], **SINGLE),
+                               "metadata": {"name": names["a"]}})  # fmt: skip
+    held = f"{namespace}/held"
+    pods_path = f"/api/v1/namespaces/{namespace}/pods"
+    from exporter.fingerprint import fingerprint
+
+    kube.ok("POST", NRT_PATH, {**nrt([_zone(0, ("5", "3"), ("8Gi", "6Gi")), _zone(1, ("5", "3"), ("8Gi", "6Gi"))],
+                                     topologyManagerPolicy="single-numa-node", topologyManagerScope="pod",
+                                     nodeTopologyPodsFingerprint=fingerprint([tuple(held.split("/"))]),
+                                     nodeTopologyPodsFingerprintMethod="with-exclusive-resources"),
+                               "metadata": {"name": names["b"]}})  # fmt: skip
+
+    def status(name: str, **fields: Any) -> None:
+        current = kube.ok("GET", f"{pods_path}/{name}")
+        current["status"].update(fields)
+        kube.ok("PUT", f"{pods_path}/{name}/status", current)
+
+    kube.ok("POST", pods_path, _pod("held", "2", node=names["b"]))
+    status("held", phase="Running")
+    kube.ok("POST", pods_path, _pod("rejected", "4", node=names["b"]))
+    status("rejected", phase="Failed", reason="TopologyAffinityError",
+           message="Pod was rejected: Resources cannot be allocated with Topology locality")  # fmt: skip
+    kube.ok("POST", pods_path, _pod("blind", "2", node=names["c"]))
+    status("blind", phase="Running")
+    kube.ok("POST", pods_path, _pod("burstable", "3", scheduler="topo-aware-scheduler", guaranteed=False))
+    kube.ok("POST", pods_path, _pod("pending", "7", scheduler="topo-aware-scheduler"))
+    status("pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                   "message": "0/3 nodes are available: 2 cannot align pod."}])  # fmt: skip
+    try:
+        yield {**names, "label": label, "namespace": namespace}
+    finally:
+        kube.request("DELETE", f"{pods_path}?gracePeriodSeconds=0")
+        for name in names.values():
+            kube.request("DELETE", f"/api/v1/nodes/{name}")
+            kube.delete_nrt(name)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from exporter.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_fit_tells_where_a_shape_fits_and_why_not(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    access = ("--kubeconfig", str(kube.kubeconfig("admin")), "-l", f"nte-view={published['label']}")
+    code, out, err = run_cli(capsys, "fit", "cpu=4,memory=1Gi", "--format", "json", *access)
+    assert code == 0, err
+    found = {row["node"]: row for row in json.loads(out)}
+    a, b, c = found[published["a"]], found[published["b"]], found[published["c"]]
+    assert (a["fits"], a["numa_nodes"], a["reason"]) == (True, [0], None)
+    assert b["fits"] is False and b["nrt_filter"] == "reject"
+    assert "cannot align pod" in b["reason"] and "node-0: cpu 4 wanted, 3 free" in b["reason"]
+    assert c["fits"] is None and c["policy"] is None and "no NodeResourceTopology" in c["notes"][0]
+
+    code, out, _ = run_cli(capsys, "fit", "cpu=7,memory=1Gi", *access)
+    assert code == 1, "fits nowhere: exit 1"
+    assert "fits on 0 of 3 nodes (1 without an NRT: unknown)" in out
+    assert re.search(rf"{published['a']}\s+no\s+-\s+single-numa-node/container\s+cannot align container c0", out), out
+
+    two = ("cpu=4,memory=1Gi", "cpu=2,memory=1Gi,nvidia.com/gpu=1")
+    code, out, _ = run_cli(capsys, "fit", *two, "--format", "json", *access)
+    placements = {row["node"]: row["placements"] for row in json.loads(out)}
+    assert placements[published["a"]] == [["c0", 0], ["c1", 0]], "2 CPUs left on node-0 after c0, and its GPU"
+
+
+def test_fit_reads_a_workload_manifest(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                  "spec": {"template": {"metadata": {"labels": {"app": "d"}},
+                                        "spec": {"containers": [{"name": "main", "image": "x", "resources": {
+                                            "limits": {"cpu": "6", "memory": "2Gi", GPU: "1"}}}]}}}}  # fmt: skip
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text(yaml.safe_dump(deployment))
+    access = ("--kubeconfig", str(kube.kubeconfig("admin")), "-l", f"nte-view={published['label']}")
+    code, out, _ = run_cli(capsys, "fit", "--pod", str(manifest), "--format", "json", *access)
+    found = {row["node"]: row for row in json.loads(out)}
+    assert code == 0 and found[published["a"]]["placements"] == [["main", 0]], "limits only: a Guaranteed pod"
+    manifest.write_text("kind: Pod\nspec: {}\n")
+    code, _, err = run_cli(capsys, "fit", "--pod", str(manifest), *access)
+    assert code == 2 and err.count("\n") == 1 and "no pod spec with containers" in err
+    code, _, err = run_cli(capsys, "fit", "cpu=lots", *access)
+    assert code == 2 and err.strip() == "numa-topology-exporter fit: shape 'cpu=lots': 'lots' is not a quantity"
+
+
+def test_the_summary_counts_aligned_pods_fragmentation_stranded_and_what_to_free(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    access = ("--kubeconfig", str(kube.kubeconfig("admin")), "-l", f"nte-view={published['label']}")
+    code, out, _ = run_cli(capsys, "fit", "--summary", "cpu=2,memory=1Gi", "--format", "json", *access)
+    assert code == 0
+    (plan,) = json.loads(out)
+    # a: 6/2 + 2/2 = 4 aligned; b (pod scope): 3/2 + 3/2 = 2; together 6. NUMA aside: a 8/2 = 4, b 6/2 = 3.
+    assert plan["per_node"] == {published["a"]: 4, published["b"]: 2}
+    assert (plan["more_pods_aligned"], plan["more_pods_if_numa_did_not_matter"], plan["lost_to_fragmentation"]) == (
+        6,
+        7,
+        1,
+    )
+    assert plan["available"]["cpu"] == 14 and plan["stranded"]["cpu"] == 2, "one CPU left on each NUMA node of b"
+    (freeing,) = plan["freeing_one_pod"]
+    assert freeing == {"node": published["b"], "pod": f"{published['namespace']}/held", "more_pods_at_least": 1,
+                       "more_pods_at_most": 1, "numa_node_known": False}  # fmt: skip
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("profiles:\n  gpu-small: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 1}\n")
+    code, out, _ = run_cli(capsys, "fit", "--summary", "--profiles", str(profiles), "--format", "json", *access)
+    # a: one GPU on each NUMA node; b lists no GPU in its zones: host-level for the filter, so its 4 GPUs
+    # (node allocatable) are taken without alignment, as the scheduler takes them.
+    (gpu,) = json.loads(out)
+    assert code == 0 and gpu["per_node"] == {published["a"]: 2, published["b"]: 4}, gpu
+    assert gpu["available"]["nvidia.com/gpu"] == 2 and gpu["stranded"]["nvidia.com/gpu"] == 0
+
+
+def test_explain_names_the_causes(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    access = ("--kubeconfig", str(kube.kubeconfig("admin")))
+    namespace = published["namespace"]
+    code, out, _ = run_cli(capsys, "explain", f"{namespace}/rejected", "--format", "json", *access)
+    assert code == 0
+    rejected = json.loads(out)
+    assert rejected["kubelet_rejection"].startswith("TopologyAffinityError: Pod was rejected")
+    assert rejected["node"] == published["b"] and rejected["nrt"].startswith("current"), rejected["nrt"]
+    causes = rejected["likely_causes"]
+    assert any(
+        c.startswith(
+            f"stranded: {published['b']} has enough in all but not on one NUMA node (cpu 6 free in all, at most 3"
+        )
+        for c in causes
+    ), causes
+    assert any(c.startswith("scheduler not NUMA-aware: default-scheduler") for c in causes), causes
+    assert not any(c.startswith("larger than any NUMA node") for c in causes)
+    assert published["a"] in rejected["fits_now_on"]
+
+    code, out, _ = run_cli(capsys, "explain", "blind", "-n", namespace, *access)
+    assert (
+        f"no NodeResourceTopology for {published['c']}" in out
+        and f"NodeResourceTopology of {published['c']}: missing" in out
+    )
+    code, out, _ = run_cli(capsys, "explain", f"{namespace}/burstable", "--format", "json", *access)
+    burstable = json.loads(out)
+    assert burstable["node"] is None and burstable["likely_causes"][0].startswith("not Guaranteed (QoS Burstable)")
+    code, out, _ = run_cli(capsys, "explain", f"{namespace}/pending", "--format", "json", *access)
+    pending = json.loads(out)
+    assert pending["scheduling"] == "0/3 nodes are available: 2 cannot align pod."
+    assert pending["numa_aware_scheduler"] and not any("NUMA-aware" in c for c in pending["likely_causes"])
+    code, _, err = run_cli(capsys, "explain", f"{namespace}/nope", *access)
+    assert code == 1 and err == f"numa-topology-exporter: pod {namespace}/nope not found\n"
+
+
+def test_kubeconfig_and_context_as_kubectl_finds_them(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    good = yaml.safe_load(kube.kubeconfig("admin").read_text())
+    closed = {"name": "gone", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}
+    good["clusters"].append(closed)
+    good["contexts"].append({"name": "gone", "context": {"cluster": "gone", "user": "u"}})
+    good["current-context"] = "gone"
+    config = tmp_path / "config"
+    config.write_text(yaml.safe_dump(good))
+    monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'absent'}:{config}")
+    selector = ("-l", f"nte-view={published['label']}")
+    code, _, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", *selector)
+    assert code == 1 and err.startswith("numa-topology-exporter: cannot reach the API server") and err.count("\n") == 1
+    code, out, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--context", "c", *selector)
+    assert code == 0 and "fits on 2 of 3 nodes" in out, err
+    code, _, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--context", "nonesuch", *selector)
+    assert code == 1 and "nonesuch" in err and err.count("\n") == 1
+
+
+def test_the_viewer_role_is_exactly_what_fit_and_explain_read(
+    kube: ControlPlane, published: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.chart import by_kind, render
+
+    (viewer,) = [
+        r
+        for r in by_kind(render({"rbac": {"viewer": {"create": True}}}), "ClusterRole")
+        if r["metadata"]["name"].endswith("-viewer")
+    ]
+    roles = "/apis/rbac.authorization.k8s.io/v1/clusterroles"
+    bindings = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": "nte-viewer-test"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": viewer["metadata"]["name"]},
+               "subjects": [{"kind": "User", "name": LIMITED_USER}]}  # fmt: skip
+    limited = ("--kubeconfig", str(kube.kubeconfig(LIMITED_USER)))
+    fit_args = ("fit", "cpu=1,memory=1Gi", "-l", f"nte-view={published['label']}", *limited)
+    explain_args = ("explain", f"{published['namespace']}/rejected", *limited)
+
+    def both_work() -> bool:
+        return run_cli(capsys, *fit_args)[0] == 0 and run_cli(capsys, *explain_args)[0] == 0
+
+    try:
+        code, _, err = run_cli(capsys, *fit_args)
+        assert code == 1 and err.count("\n") == 1 and "forbidden" in err, err
+        kube.put(bindings, binding)
+        for index, rule in enumerate(viewer["rules"]):  # each rule taken away breaks a command
+            fewer = {**viewer, "rules": [r for i, r in enumerate(viewer["rules"]) if i != index]}
+            kube.put(roles, fewer)
+            wait_until(lambda: not both_work(), timeout=30, what=f"a command to fail without {rule}")
+        kube.put(roles, viewer)
+        wait_until(both_work, timeout=30, what="fit and explain to work with the viewer role")
+    finally:
+        kube.request("DELETE", f"{bindings}/nte-viewer-test")
+        kube.request("DELETE", f"{roles}/{viewer['metadata']['name']}")
+
+
+def test_python_m_exporter_fit_runs_as_a_command(kube: ControlPlane, published: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "fit", "cpu=4,memory=1Gi", "-l", f"nte-view={published['label']}"],
+        cwd=ROOT, env={**os.environ, "KUBECONFIG": str(kube.kubeconfig("admin"))}, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "fits on 1 of 3 nodes (1 without an NRT: unknown)" in result.stdout
