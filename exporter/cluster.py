@@ -440,7 +440,9 @@ def explain(
         NodeView(name=v.name, node=v.node, nrt=v.nrt, pods=tuple(p for p in v.pods if _uid(p) != uid)) for v in loaded
     ]
     fits = fit(views, shape)
-    result.fits_on = [f.node for f in fits if f.fits]
+    selector = spec.get("nodeSelector") or {}
+    labels = {v.name: (v.node.get("metadata") or {}).get("labels") or {} for v in views}
+    result.fits_on = [f.node for f in fits if f.fits and all(labels[f.node].get(k) == v for k, v in selector.items())]
     view = next((v for v in views if v.name == node), None)
     if view is not None:
         result.nrt = "missing" if view.nrt is None else staleness(next(v for v in loaded if v.name == node))
@@ -502,7 +504,7 @@ def causes(result: Explanation, shape: PodShape, views: Sequence[NodeView], fits
                     f"larger than any NUMA node: {container.name} wants {resource} {format_quantity(resource, value)}, "
                     f"the largest NUMA node holds {format_quantity(resource, largest[resource])}"
                 )
-    stranded = _stranded(views, shape, sorted(fits, key=lambda f: f.node != result.node))
+    stranded = None if any(c.startswith("larger than") for c in found) else _stranded(views, shape, fits, result.node)
     if stranded:
         found.append(f"stranded: {stranded}")
     if result.node and result.nrt == "missing":
@@ -513,6 +515,12 @@ def causes(result: Explanation, shape: PodShape, views: Sequence[NodeView], fits
         found.append(
             f"scheduler not NUMA-aware: {result.scheduler} does not read NodeResourceTopology (set schedulerName to "
             "the NUMA-aware profile, e.g. topo-aware-scheduler)"
+        )
+    if result.scheduled and "invalid node topology data" in result.scheduled:
+        found.append(
+            'the NUMA-aware scheduler\'s cache holds a node as stale ("invalid node topology data"): the pods it '
+            "knows there and the NRT's fingerprint disagree until the agent's object names the same pods; its "
+            "Dedicated informer also counts Failed (rejected) pods there: delete them"
         )
     if result.nrt and result.nrt.startswith("stale"):
         found.append(f"the NRT of {result.node} was stale: {result.nrt}")
@@ -533,11 +541,12 @@ def _largest_zone(views: Sequence[NodeView]) -> dict[str, Fraction]:
     return largest
 
 
-def _stranded(views: Sequence[NodeView], shape: PodShape, fits: Sequence[NodeFit]) -> str | None:
-    """A node that has enough of every resource in all, but not on one NUMA node."""
+def _stranded(views: Sequence[NodeView], shape: PodShape, fits: Sequence[NodeFit], first: str | None) -> str | None:
+    """A node (`first` looked at first) that has enough of every resource in all, but not on one NUMA node;
+    the resources named are those no single NUMA node has enough of."""
     by_name = {v.name: v for v in views}
     request = shape.effective_request()
-    for node_fit in fits:
+    for node_fit in sorted(fits, key=lambda f: f.node != first):
         view = by_name.get(node_fit.node)
         if view is None or view.nrt is None or node_fit.fits or node_fit.node_shortfalls:
             continue
@@ -552,8 +561,10 @@ def _stranded(views: Sequence[NodeView], shape: PodShape, fits: Sequence[NodeFit
                 f"{r} {format_quantity(r, totals[r])} free in all, at most "
                 f"{format_quantity(r, max(z.available.get(r, Fraction(0)) for z in zones))} on one NUMA node"
                 for r in sorted(totals)
-                if request[r] > 0
+                if request[r] > max(z.available.get(r, Fraction(0)) for z in zones)
             )
+            if not parts:
+                return f"{view.name} has each resource on some NUMA node, but no NUMA node has all of them"
             return f"{view.name} has enough in all but not on one NUMA node ({parts})"
     return None
 

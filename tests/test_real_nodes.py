@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ from tests.realnodes import (
     require_real_nodes,
     start_real_node,
 )
-from tests.workload import Workload, log_size, retry_pending, scheduler_log_since, scheduler_race
+from tests.workload import Workload, log_size, pod_body, retry_pending, scheduler_log_since, scheduler_race
 
 NODES = int(os.environ.get("REAL_NODES", "3"))
 STEPS = int(os.environ.get("REAL_STEPS", "3"))
@@ -233,3 +234,84 @@ def keep_evidence(kube: ControlPlane, cluster: RealCluster) -> Path:
         shutil.copy(node.directory / "kubelet.log", target / f"{name}-kubelet.log")
         (target / f"{name}-agent.log").write_text(daemon.text)
     return target
+
+
+def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, real_cluster: RealCluster) -> None:
+    """Pods bound blind (spec.nodeName, as a default scheduler binds) to a real kubelet running
+    single-numa-node: one 6-CPU and one 10-CPU pod take 6 on NUMA node 0 (14 allocatable) and 10 on node 1
+    (16): 8 + 6 CPUs are left. A 12-CPU pod is then stranded and a 17-CPU one larger than any NUMA node; the
+    real kubelet rejects both with TopologyAffinityError, and `explain` must say which is which. A 12-CPU pod
+    for the NUMA-aware scheduler stays Pending, and `explain` says why from the scheduler's condition."""
+    from exporter import cluster
+
+    node = "real-0"
+    work = Workload(kube, "explain-real", scheduler="default-scheduler", seed=SEED)
+    api = cluster.connect(kube.kubeconfig("admin"), None)
+    kube.start_scheduler()  # running already when the module's other tests ran first
+
+    def create(name: str, cpu: str, *, scheduler: str = "default-scheduler") -> None:
+        body = pod_body(name, scheduler, {"cpu": cpu, "memory": "1Gi"})
+        if scheduler == "default-scheduler":
+            body["spec"]["nodeName"] = node
+        else:
+            body["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        kube.ok("POST", work.path, body)
+
+    def phase(name: str, want: str) -> dict[str, Any] | None:
+        pod = kube.ok("GET", f"{work.path}/{name}")
+        return pod if pod["status"].get("phase") == want else None
+
+    try:
+        for name, cpu in (("six", "6"), ("ten", "10")):
+            create(name, cpu)
+            wait_until(lambda name=name: phase(name, "Running"), timeout=60, what=f"{name} running")
+        for name, cpu in (("stranded", "12"), ("too-big", "17")):
+            create(name, cpu)
+            failed = wait_until(lambda name=name: phase(name, "Failed"), timeout=60, what=f"{name} rejected")
+            assert failed["status"]["reason"] == "TopologyAffinityError", failed["status"]
+        create("early", "12", scheduler="topo-aware-scheduler")
+        wait_until(
+            lambda: cluster.explain(api, work.namespace, "stranded").nrt.startswith("current"),  # type: ignore[union-attr]
+            timeout=30, what="the agent's NRT to show the two running pods",
+        )  # fmt: skip
+        stranded = cluster.explain(api, work.namespace, "stranded")
+        assert (stranded.rejection or "").startswith("TopologyAffinityError"), stranded.rejection
+        assert any(
+            c.startswith(f"stranded: {node} has enough in all but not on one NUMA node (cpu 14 free in all, at most 8")
+            for c in stranded.causes
+        ), stranded.causes
+        assert any(c.startswith("scheduler not NUMA-aware: default-scheduler") for c in stranded.causes)
+        assert not any(c.startswith("larger than any NUMA node") for c in stranded.causes), stranded.causes
+        too_big = cluster.explain(api, work.namespace, "too-big")
+        assert any(
+            c.startswith("larger than any NUMA node: c0 wants cpu 17, the largest NUMA node holds 16")
+            for c in too_big.causes
+        ), too_big.causes
+        assert too_big.fits_on == [], "17 CPUs fit on no NUMA node of any real node"
+        early = wait_until(
+            lambda: (e := cluster.explain(api, work.namespace, "early")).scheduled and e, timeout=60,
+            what="the NUMA-aware scheduler's verdict on a 12-CPU pod",
+        )  # fmt: skip
+        if "invalid node topology data" in (early.scheduled or ""):  # its cache counts the Failed pods (Dedicated)
+            assert any("holds a node as stale" in c for c in early.causes), early.causes
+            COUNTS["explain: the scheduler's cache held the node stale while Failed pods existed"] = 1
+        for name in ("stranded", "too-big", "early"):  # as their owner would, once looked at
+            kube.request("DELETE", f"{work.path}/{name}")
+        wait_until(lambda: work.gone(["stranded", "too-big", "early"]), timeout=60, what="the pods deleted")
+        wait_until(
+            lambda: scheduler_in_sync(kube, {node: real_cluster[node]}), timeout=30, interval=0.5,
+            what="the scheduler's cache to take the node's NRT again",
+        )  # fmt: skip
+        create("waiting", "12", scheduler="topo-aware-scheduler")
+        waiting = wait_until(
+            lambda: (e := cluster.explain(api, work.namespace, "waiting")).scheduled and e, timeout=60,
+            what="the NUMA-aware scheduler's verdict on the waiting pod",
+        )  # fmt: skip
+        assert "cannot align" in (waiting.scheduled or ""), waiting.scheduled
+        assert waiting.node is None
+        assert waiting.numa_aware_scheduler
+        assert node not in waiting.fits_on
+        assert any(c.startswith(f"stranded: {node}") for c in waiting.causes), waiting.causes
+        print("EXPLAIN REAL", stranded.text(), too_big.text(), waiting.text(), sep="\n")
+    finally:
+        work.cleanup()
