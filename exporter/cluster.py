@@ -10,12 +10,15 @@ list on nodes, pods, events and noderesourcetopologies (docs/product.md, "Cluste
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+import urllib3
 
 from exporter.errors import ApiNotFound, ConfigError
 from exporter.fingerprint import ATTRIBUTE, ATTRIBUTE_METHOD, METHOD_ALL, fingerprint
@@ -432,7 +435,7 @@ def explain(
         events=[
             f"{e.get('reason')}: {e.get('message')}"
             for e in sorted(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-            if isinstance(e, dict) and e.get("type") == "Warning"
+            if isinstance(e, dict) and e.get("type") == "Warning" and e.get("message") != scheduled
         ][-5:],
     )
     # Every node judged without the pod itself: what it holds where it is bound is what it asks for.
@@ -623,4 +626,6 @@ def plan_table(plans: Sequence[ProfilePlan]) -> str:
 
 
 def connect(kubeconfig: Path | None, context: str | None) -> KubeApi:
+    """A client as kubectl's: a kubeconfig that skips TLS verification does so without a warning per request."""
+    warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return KubeApi(user_client(kubeconfig, context))

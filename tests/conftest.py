@@ -140,10 +140,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         ("tests.test_doctor_oracle", "kubelet configurations judged"),
         ("tests.test_scheduler_e2e", "real scheduler, kubelet played by the oracle"),
         ("tests.test_real_nodes", "real scheduler, real kubelets"),
+        ("tests.test_cluster_view", "fit against the real scheduler's NodeResourceTopologyMatch filter"),
     ):
         counts = getattr(sys.modules.get(module), "COUNTS", None)
         if counts:
-            terminalreporter.write_sep("-", f"kubelet-oracle: {title}")
+            terminalreporter.write_sep("-", title if "fit" in title else f"kubelet-oracle: {title}")
             for what, count in sorted(counts.items()):
                 terminalreporter.write_line(f"{count:8d}  {what}")
     fuzz = sys.modules.get("tests.test_fuzz")
