@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import urllib3
 
-from exporter.errors import ApiNotFound, ConfigError
+from exporter.errors import ApiCrdMissing, ApiError, ApiNotFound, ConfigError
 from exporter.fingerprint import ATTRIBUTE, ATTRIBUTE_METHOD, METHOD_ALL, fingerprint
 from exporter.nrtmatch import (
     PodShape,
@@ -64,9 +64,9 @@ class NodeView:
 
 def load(api: KubeApi, *, selector: str | None = None) -> list[NodeView]:
     """Every node (matching the label selector), its NRT object where one exists, and its pods."""
-    nodes, _ = api.list("/api/v1/nodes", "", labels=selector)
-    nrts, _ = api.list(NRT_COLLECTION, "")
-    pods, _ = api.list("/api/v1/pods", ",".join(f"status.phase!={phase}" for phase in TERMINAL_PHASES))
+    nodes = _listed(api, "nodes", "/api/v1/nodes", "", labels=selector)
+    nrts = _listed(api, "noderesourcetopologies", NRT_COLLECTION, "")
+    pods = _listed(api, "pods", "/api/v1/pods", ",".join(f"status.phase!={phase}" for phase in TERMINAL_PHASES))
     nrt_of = {str((nrt.get("metadata") or {}).get("name")): nrt for nrt in nrts if isinstance(nrt, dict)}
     pods_on: dict[str, list[Mapping[str, Any]]] = {}
     for pod in pods:
@@ -77,6 +77,16 @@ def load(api: KubeApi, *, selector: str | None = None) -> list[NodeView]:
         name = str((node.get("metadata") or {}).get("name") or "")
         views.append(NodeView(name=name, node=node, nrt=nrt_of.get(name), pods=tuple(pods_on.get(name, ()))))
     return sorted(views, key=lambda view: view.name)
+
+
+def _listed(api: KubeApi, what: str, path: str, selector: str, *, labels: str | None = None) -> list[Any]:
+    """The items, or the API's error saying what could not be listed (the CRD's own message says it all)."""
+    try:
+        return api.list(path, selector, labels=labels)[0]
+    except ApiCrdMissing:
+        raise
+    except ApiError as exc:
+        raise type(exc)(f"cannot list {what}: {exc}", status=exc.status) from None
 
 
 # --- fit ----------------------------------------------------------------------------------------------

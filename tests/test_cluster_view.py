@@ -675,3 +675,29 @@ def test_python_m_exporter_fit_runs_as_a_command(kube: ControlPlane, published: 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "fits on 1 of 3 nodes (1 without an NRT: unknown)" in result.stdout
+
+
+def test_api_failures_are_one_line_errors(
+    kube: ControlPlane, published: dict[str, str], proxy: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = str(kube.kubeconfig("admin", server=proxy.url))
+    proxy.fail(503, when=lambda method, path: "noderesourcetopologies" in path)
+    code, out, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--kubeconfig", kubeconfig)
+    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert err == "numa-topology-exporter: cannot list noderesourcetopologies: injected 503\n"
+    proxy.heal()
+    proxy.fail(404, when=lambda method, path: "noderesourcetopologies" in path)
+    code, _, err = run_cli(capsys, "explain", f"{published['namespace']}/held", "--kubeconfig", kubeconfig)
+    assert code == 1
+    assert "install the NodeResourceTopology CRD" in err, err
+    proxy.heal()
+    code, out, _ = run_cli(capsys, "explain", f"{published['namespace']}/held", "--kubeconfig", kubeconfig)
+    assert code == 0
+    assert "current (its fingerprint names the 1 pods running there)" in out, out
+
+
+def test_a_zero_limit_is_no_limit_for_the_qos_class() -> None:
+    zero = {"spec": {"containers": [{"name": "c", "resources": {
+        "requests": {"cpu": "0", "memory": "1Gi"}, "limits": {"cpu": "0", "memory": "1Gi"}}}]}}  # fmt: skip
+    assert pod_shape(zero).qos == "Burstable", "ComputePodQOS counts a limit only above zero"
+    assert pod_shape(pod({"cpu": "1", "memory": "1Gi"})).qos == "Guaranteed"
