@@ -370,6 +370,9 @@ class Explanation:
     rejection: str | None  # "TopologyAffinityError: ..." from the kubelet
     events: list[str] = field(default_factory=list)
     nrt: str | None = None  # "missing", "stale (...)", "current"
+    nrt_written: str | None = None  # the object's last write (managedFields), as the API server stamped it
+    rejected_at: str | None = None  # the kubelet's rejection event, where the API still has it
+    numa_state: list[str] = field(default_factory=list)  # per NUMA node of its node, from the NRT
     node_fit: NodeFit | None = None
     fits_on: list[str] = field(default_factory=list)
     causes: list[str] = field(default_factory=list)
@@ -379,7 +382,9 @@ class Explanation:
             "pod": self.pod, "qos": self.qos, "scheduler": self.scheduler,
             "numa_aware_scheduler": self.numa_aware_scheduler, "node": self.node, "phase": self.phase,
             "scheduling": self.scheduled, "kubelet_rejection": self.rejection, "events": self.events,
-            "nrt": self.nrt, "fit_on_its_node": None if self.node_fit is None else self.node_fit.as_json(),
+            "nrt": self.nrt, "nrt_written": self.nrt_written, "rejected_at": self.rejected_at,
+            "numa_state": self.numa_state,
+            "fit_on_its_node": None if self.node_fit is None else self.node_fit.as_json(),
             "fits_now_on": self.fits_on, "likely_causes": self.causes,
         }  # fmt: skip
 
@@ -396,6 +401,17 @@ class Explanation:
         lines.extend(f"  event: {event}" for event in self.events)
         if self.node:
             lines.append(f"  NodeResourceTopology of {self.node}: {self.nrt}")
+            if self.nrt_written:
+                when = f"  written {self.nrt_written}"
+                if self.rejected_at:
+                    changed = self.nrt_written >= self.rejected_at  # RFC 3339 in UTC, to the second
+                    when += f", the rejection at {self.rejected_at}: " + (
+                        "written since (the state shown is now's, maybe not that moment's)"
+                        if changed
+                        else "unchanged since (the state shown is the one the kubelet judged against)"
+                    )
+                lines.append(when)
+            lines.extend(f"    {state}" for state in self.numa_state)
         if self.node_fit is not None and self.node_fit.verdict is not None:
             verdict = "fits" if self.node_fit.fits else f"does not fit ({self.node_fit.reason})"
             lines.append(f"  on {self.node} now, as the NRT shows it: {verdict}")
@@ -459,6 +475,17 @@ def explain(
     view = next((v for v in views if v.name == node), None)
     if view is not None:
         result.nrt = "missing" if view.nrt is None else staleness(next(v for v in loaded if v.name == node))
+        if view.nrt is not None:
+            result.nrt_written = _last_write(view.nrt)
+            result.numa_state = numa_state(view.nrt)
+        result.rejected_at = max(
+            (
+                str(e.get("lastTimestamp") or e.get("eventTime") or "")
+                for e in events
+                if isinstance(e, dict) and e.get("reason") in KUBELET_REJECTIONS
+            ),
+            default=None,
+        )
         result.node_fit = next(f for f in fits if f.node == view.name)
     result.causes = causes(result, shape, views, fits)
     return result
@@ -466,6 +493,25 @@ def explain(
 
 def _uid(pod: Mapping[str, Any]) -> str:
     return str((pod.get("metadata") or {}).get("uid") or "")
+
+
+def _last_write(nrt: Mapping[str, Any]) -> str | None:
+    stamps = [str(m.get("time")) for m in (nrt.get("metadata") or {}).get("managedFields") or [] if m.get("time")]
+    return max(stamps, default=None)
+
+
+def numa_state(nrt: Mapping[str, Any]) -> list[str]:
+    """`node-0: cpu 8 of 14 free, memory 62Gi of 63Gi free, nvidia.com/gpu 2 of 2 free` per NUMA node."""
+    lines = []
+    for zone in numa_zones(nrt):
+        parts = [
+            f"{r} {format_quantity(r, zone.available[r])}"
+            + (f" of {format_quantity(r, zone.allocatable[r])}" if r in zone.allocatable else "")
+            + " free"
+            for r in sorted(zone.available)
+        ]
+        lines.append(f"node-{zone.numa_node}: " + ", ".join(parts))
+    return lines
 
 
 def staleness(view: NodeView) -> str:
