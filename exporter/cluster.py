@@ -254,9 +254,10 @@ def plan(views: Sequence[NodeView], profiles: Mapping[str, PodShape], *, top: in
             if view.nrt is None or not topology_manager(view.nrt).filters:
                 continue
             zones = numa_zones(view.nrt)
-            count, left = _pack(view, shape, zones)
+            free = view.free()
+            count, left = _pack(view, shape, zones, free)
             per_node[view.name] = count
-            unaligned += _unaligned(view, requested, zones)
+            unaligned += _unaligned(free, requested, zones)
             for resource in requested:
                 for zone in zones:
                     if resource in zone.available:
@@ -264,7 +265,7 @@ def plan(views: Sequence[NodeView], profiles: Mapping[str, PodShape], *, top: in
                         stranded[resource] = stranded.get(resource, Fraction(0)) + max(
                             left[zones.index(zone)].available[resource], Fraction(0)
                         )
-            gains.extend(_freeing(view, shape, zones, count))
+            gains.extend(_freeing(view, shape, zones, free, count))
         gains.sort(key=lambda g: (-g.at_least, -g.at_most, g.node, g.pod))
         plans.append(
             ProfilePlan(
@@ -280,10 +281,12 @@ def plan(views: Sequence[NodeView], profiles: Mapping[str, PodShape], *, top: in
     return plans
 
 
-def _pack(view: NodeView, shape: PodShape, zones: list[Zone]) -> tuple[int, list[Zone]]:
+def _pack(view: NodeView, shape: PodShape, zones: list[Zone], free: Mapping[str, Fraction]) -> tuple[int, list[Zone]]:
+    """How many pods of the shape the node takes one after another (`free`: its allocatable left), and its
+    zones once they are placed."""
     working = [zone.copy() for zone in zones]
     names = node_resources(view.node)
-    free = view.free()
+    free = dict(free)
     request = {**shape.effective_request(), "pods": Fraction(1)}
     manager = topology_manager(view.nrt or {})
     count = 0
@@ -298,9 +301,8 @@ def _pack(view: NodeView, shape: PodShape, zones: list[Zone]) -> tuple[int, list
     return count, working
 
 
-def _unaligned(view: NodeView, request: Mapping[str, Fraction], zones: list[Zone]) -> int:
+def _unaligned(free: Mapping[str, Fraction], request: Mapping[str, Fraction], zones: list[Zone]) -> int:
     """Pods of the request the node's NUMA nodes together hold, alignment aside (and its allocatable)."""
-    free = view.free()
     bounds = [math.floor(free.get(r, Fraction(0)) / value) for r, value in request.items() if value > 0]
     bounds.append(math.floor(free.get("pods", Fraction(0))))
     for resource, value in request.items():
@@ -310,7 +312,9 @@ def _unaligned(view: NodeView, request: Mapping[str, Fraction], zones: list[Zone
     return max(min(bounds, default=0), 0)
 
 
-def _freeing(view: NodeView, shape: PodShape, zones: list[Zone], baseline: int) -> list[FreeingGain]:
+def _freeing(
+    view: NodeView, shape: PodShape, zones: list[Zone], free: Mapping[str, Fraction], baseline: int
+) -> list[FreeingGain]:
     """For each pod on the node holding NUMA-bound resources: more pods of the shape the node takes once it
     is gone. The object does not say which NUMA node a pod holds: every NUMA node whose used amount could
     include the whole pod is a candidate, and the gain is given as a range over them."""
@@ -333,15 +337,15 @@ def _freeing(view: NodeView, shape: PodShape, zones: list[Zone], baseline: int) 
         ]
         if not candidates:
             continue
+        released = dict(free)
+        for r, v in {**held.effective_request(), "pods": Fraction(1)}.items():
+            released[r] = released.get(r, Fraction(0)) + v
         counts = []
         for index in candidates:
             trial = [zone.copy() for zone in zones]
             for r, v in request.items():
                 trial[index].available[r] = trial[index].available.get(r, Fraction(0)) + v
-            others = NodeView(
-                name=view.name, node=view.node, nrt=view.nrt, pods=tuple(p for p in view.pods if p is not pod)
-            )
-            counts.append(_pack(others, shape, trial)[0] - baseline)
+            counts.append(_pack(view, shape, trial, released)[0] - baseline)
         metadata = pod.get("metadata") or {}
         gains.append(
             FreeingGain(

@@ -617,7 +617,7 @@ def test_kubeconfig_and_context_as_kubectl_finds_them(
     selector = ("-l", f"nte-view={published['label']}")
     code, _, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", *selector)
     assert code == 1
-    assert err.startswith("numa-topology-exporter: cannot reach the API server")
+    assert err.startswith("numa-topology-exporter: cannot list nodes: cannot reach the API server"), err
     assert err.count("\n") == 1
     code, out, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--context", "c", *selector)
     assert code == 0, err
