@@ -701,3 +701,12 @@ def test_a_zero_limit_is_no_limit_for_the_qos_class() -> None:
         "requests": {"cpu": "0", "memory": "1Gi"}, "limits": {"cpu": "0", "memory": "1Gi"}}}]}}  # fmt: skip
     assert pod_shape(zero).qos == "Burstable", "ComputePodQOS counts a limit only above zero"
     assert pod_shape(pod({"cpu": "1", "memory": "1Gi"})).qos == "Guaranteed"
+
+
+def test_the_chart_notes_name_the_viewer_role_when_it_is_made() -> None:
+    from tests.chart import notes
+
+    made = notes({"rbac": {"viewer": {"create": True}}})
+    assert "--clusterrole=nte-numa-topology-exporter-viewer" in made
+    assert "numa-topology-exporter explain NAMESPACE/POD" in made
+    assert "rbac.viewer.create=true makes a ClusterRole" in notes({})
