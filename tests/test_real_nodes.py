@@ -11,6 +11,7 @@ names exactly the pods the API has on that node, as the scheduler computes it.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -33,7 +34,16 @@ from tests.realnodes import (
     require_real_nodes,
     start_real_node,
 )
-from tests.workload import Workload, log_size, pod_body, retry_pending, scheduler_log_since, scheduler_race
+from tests.workload import (
+    WRITTEN,
+    Workload,
+    log_size,
+    pod_body,
+    retry_pending,
+    scheduler_log_since,
+    scheduler_race,
+    timeline,
+)
 
 NODES = int(os.environ.get("REAL_NODES", "3"))
 STEPS = int(os.environ.get("REAL_STEPS", "3"))
@@ -116,16 +126,18 @@ def agreement(kube: ControlPlane, cluster: RealCluster) -> None:
 
 
 # scheduler-plugins' NodeResourceTopologyMatch as users run it: the informer mode of its cache (`Shared` counts
-# every pod bound to the node; `Dedicated`, the default, skips Pending ones), its resync period, with its Reserve
-# plugin (the overreserve cache). Each runs the same seeded workload; the agent's numbers must equal the
-# kubelet's after every step, and no pod may be rejected after binding because of what we published.
+# pods in phase Running; `Dedicated`, the default, every bound pod not Pending, finished and rejected ones
+# included), its resync period, with its Reserve plugin (the overreserve cache). Each runs the same seeded
+# workload; the agent's numbers must equal the kubelet's after every step, and no pod may be rejected after
+# binding because of what we published.
 #
 # The cache has a race of its own, which no agent can close: it resyncs a node from our object when the
-# fingerprints agree, and drops every reservation there; a pod bound after our last write and not counted on
-# its side yet (Dedicated: until it runs; Shared: until its own informer sees the bind, tens of ms) is then
+# fingerprints agree, and drops every reservation there; a pod bound before the resync that our object did
+# not name yet (the agent had not seen the bind when it wrote; the cache counts it only once it runs) is then
 # subtracted nowhere, and the next pod may land on its CPUs. Caught on real kubelets in both modes (the resync
-# came 50-65 ms after the bind). Such a rejection is told from the logs (tests/workload.py `scheduler_race`),
-# counted and printed; any other fails the test.
+# came 50-65 ms after the bind). Such a rejection is told from the logs (tests/workload.py `scheduler_race`,
+# from the pods the agent logs each write naming), counted and printed; any other fails the test with its
+# timeline.
 SCHEDULERS = {
     "shared-1s": {"informer_mode": "Shared", "resync_seconds": 1},
     "shared-5s": {"informer_mode": "Shared", "resync_seconds": 5},
@@ -174,20 +186,31 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
     # written before the reserved pod was admitted: nothing an agent can publish prevents it), shown from the
     # logs; any other is ours, and fails.
     lines, _ = scheduler_log_since(kube, log_start)
-    unexplained, races = [], []
+    unexplained, races, evidence = [], [], []
+    rejected_names = [rejection.split(" ", 1)[0] for rejection in outcome.rejected]
     for rejection in outcome.rejected:
         pod, node = rejection.split(" ", 1)[0], rejection.split(" on ", 1)[1].split(":", 1)[0]
         node_dir, daemon = real_cluster[node]
-        why = scheduler_race(work.namespace, pod, node, scheduler_log=lines,
-                             kubelet_log=(node_dir.directory / "kubelet.log").read_text(errors="replace"),
-                             agent_log=daemon.text)  # fmt: skip
+        logs = {"scheduler_log": lines, "agent_log": daemon.text,
+                "kubelet_log": (node_dir.directory / "kubelet.log").read_text(errors="replace")}  # fmt: skip
+        why = scheduler_race(work.namespace, pod, node, rejected=rejected_names, **logs)
         (races if why else unexplained).append(f"{rejection} ({why})" if why else rejection)
+        if not why:
+            evidence += [f"--- {pod} on {node}", *timeline(work.namespace, pod, node, **logs)]
     COUNTS[f"{scheduler}: rejections from the scheduler cache's race"] = len(races)
     for line in races:
         print(f"REAL E2E {scheduler} scheduler race: {line}")
     if unexplained:
+        print("\n".join(evidence))
         raise AssertionError(f"rejected after binding: {unexplained}; evidence in {keep_evidence(kube, real_cluster)}")
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
+    for name, (_, daemon) in real_cluster.items():
+        # The judge reads what each write named from the agent's log: those names are the fingerprint's pods.
+        writes = [m for line in daemon.text.splitlines() if (m := WRITTEN.search(line)) and m.group(2) == name]
+        assert writes, f"{name}'s agent logged no write"
+        named = ast.literal_eval(writes[-1].group(4))
+        pods = [(pod.partition("/")[0], pod.partition("/")[2]) for pod in named]
+        assert fingerprint(pods) == writes[-1].group(3), named
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"
     # A pod the kubelet rejected stays bound in phase Failed until someone deletes it. The Dedicated informer's
     # fingerprint counts it (scheduler-plugins podprovider: every bound pod not Pending), Shared's and ours

@@ -3,7 +3,7 @@ the scheduler, the kubelet and the agent write (taken from a real run, names sho
 
 from __future__ import annotations
 
-from tests.workload import scheduler_race
+from tests.workload import scheduler_race, timeline
 
 NS = "real-x"
 
@@ -73,3 +73,44 @@ def test_admission_times_can_come_from_a_played_kubelet() -> None:
     logs = scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475")
     assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62018.32}) is not None
     assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62017.60}) is None
+
+
+def agent_naming(*pods: str) -> str:
+    named = [f"{NS}/{pod}" for pod in pods]
+    return f"{AGENT}, pods {named!r}"
+
+
+def test_what_the_flushed_object_named_decides_over_the_times() -> None:
+    """The agent lists the pods each write's fingerprint covers. Q admitted at 37.600, before the write at
+    37.686, but that write carried a snapshot read before: it did not name Q, so the cache that resynced from
+    it dropped Q's reservation with nothing subtracting Q (the times alone would call that ours). A write that
+    named Q subtracted it: a rejection after resyncing from it is ours, whatever the times say."""
+    logs = scheduler_log(q_bound="17:13:37.590000", flush="17:13:38.359202", p_reserved="17:13:38.471475")
+    kubelet = kubelet_log(q_allocated="17:13:37.600000")
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, kubelet_log=kubelet) is None
+    why = scheduler_race(NS, "p", "n-2", agent_log=agent_naming("a"), scheduler_log=logs, kubelet_log=kubelet)
+    assert why is not None
+    assert "did not account for q" in why
+    late = kubelet_log(q_allocated="17:13:38.000000")
+    assert (
+        scheduler_race(NS, "p", "n-2", agent_log=agent_naming("a", "q"), scheduler_log=logs, kubelet_log=late) is None
+    )
+
+
+def test_a_pod_the_kubelet_rejected_held_nothing() -> None:
+    logs = scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475")
+    kubelet = kubelet_log(q_allocated="17:13:38.320000")
+    assert scheduler_race(NS, "p", "n-2", agent_log=agent_naming(), scheduler_log=logs, kubelet_log=kubelet)
+    assert scheduler_race(NS, "p", "n-2", agent_log=agent_naming(), scheduler_log=logs, kubelet_log=kubelet,
+                          rejected=["q"]) is None  # fmt: skip
+
+
+def test_the_timeline_of_an_unexplained_rejection_holds_each_side() -> None:
+    logs = scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475")
+    lines = timeline(NS, "p", "n-2", scheduler_log=logs, agent_log=agent_naming("a"),
+                     kubelet_log=kubelet_log(q_allocated="17:13:38.320000"))  # fmt: skip
+    assert [line.split()[1] for line in lines] == ["agent", "scheduler", "kubelet", "scheduler", "scheduler"]
+    assert lines[0].startswith("17:13:37.686000 agent NodeResourceTopology n-2 written: pfpA")
+    assert timeline(NS, "r", "n-2", scheduler_log=logs, agent_log="", kubelet_log="") == [
+        f"no reservation of {NS}/r in the scheduler's log"
+    ]

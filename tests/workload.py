@@ -7,6 +7,7 @@ same workload under four scheduler arms). Nothing here plays the kubelet: the re
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import random
 import re
@@ -266,7 +267,7 @@ def _klog_time(line: str) -> float | None:
 
 
 FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]+)" computed="([^"]+)"')
-WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+),")
+WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+), available .*?(?:, pods (\[.*\]))?$")
 
 
 def scheduler_race(
@@ -278,13 +279,20 @@ def scheduler_race(
     agent_log: str,
     kubelet_log: str = "",
     admitted: Mapping[str, float] | None = None,
+    rejected: Iterable[str] = (),
 ) -> str | None:
     """Why the scheduler's cache placed `pod` where the kubelet rejected it, when the cause is the cache's own
     race and not our object: before the pod's reservation, the cache resynced `node` from an object of ours
-    (fingerprints equal) written before another pod Q bound there had been admitted by the kubelet, so Q was
-    named in neither fingerprint and its reservation was dropped, though our zones could not subtract it yet.
-    None where no such Q exists (then the rejection is ours to explain). When each pod was admitted comes from
-    the kubelet's log, or from `admitted` (pod name -> time of day in seconds) where a test plays the kubelet."""
+    (fingerprints equal) that did not account for another pod Q already bound there, so the cache dropped Q's
+    reservation while our zones could not subtract Q yet (the kubelet had not admitted it, or the agent had
+    not read that admission when it wrote). None where no such Q exists (then the rejection is ours to explain).
+
+    Whether the object accounted for Q is read from what it named: the agent logs, with each write, the pods
+    its fingerprint covers, and its zones subtract exactly those (the agreement checks hold it to that). Where
+    the log does not list them, the write's time is compared with Q's admission instead, which misjudges a
+    write that carried a snapshot read before Q's admission. When each pod was admitted comes from the
+    kubelet's log, or from `admitted` (pod name -> time of day in seconds) where a test plays the kubelet. Pods
+    the kubelet `rejected` held nothing, and a pod gone before the resync rightly lost its reservation."""
     reserved = next((line for line in scheduler_log if '"post reserve"' in line and f'pod="{namespace}/{pod}"' in line
                      and f'node="{node}"' in line), None)  # fmt: skip
     if reserved is None or (reserved_at := _klog_time(reserved)) is None:
@@ -294,11 +302,12 @@ def scheduler_race(
     if not flushes:
         return None
     flushed_at, fingerprint = flushes[-1]
-    writes = [_seconds(m.group(1)) for line in agent_log.splitlines()
+    writes = [(_seconds(m.group(1)), m.group(4)) for line in agent_log.splitlines()
               if (m := WRITTEN.search(line)) and m.group(2) == node and m.group(3) == fingerprint]  # fmt: skip
-    written_at = max((t for t in writes if t <= flushed_at), default=flushed_at)
+    written_at, named_text = max((w for w in writes if w[0] <= flushed_at), default=(flushed_at, None))
+    named = set(ast.literal_eval(named_text)) if named_text else None
     allocated: dict[str, float] = dict(admitted or {})
-    removed: dict[str, float] = {}  # a pod gone before the resync rightly lost its reservation
+    removed: dict[str, float] = {}
     for line in kubelet_log.splitlines():
         if (t := _klog_time(line)) is None:
             continue
@@ -309,14 +318,57 @@ def scheduler_race(
         elif '"SyncLoop REMOVE"' in line:
             for name in re.findall(rf'"{re.escape(namespace)}/([^"]+)"', line):
                 removed.setdefault(name, t)
+    held_nothing = set(rejected)
     for line in scheduler_log:
         bound = re.search(rf'"Successfully bound pod to node" pod="{re.escape(namespace)}/([^"]+)" node="{node}"', line)
         t = _klog_time(line)
-        if bound and t is not None and t <= flushed_at and bound.group(1) != pod:
-            other = bound.group(1)
-            gone_first = removed.get(other, float("inf")) <= flushed_at
-            if allocated.get(other, float("inf")) > written_at and flushed_at - t < 10 and not gone_first:
-                return (f"{other} was bound to {node} before the scheduler's cache resynced it from our object "
-                        f"(fingerprint {fingerprint}, written before the kubelet admitted {other}): the cache "
-                        f"dropped that reservation though our zones could not subtract {other} yet")  # fmt: skip
+        if not bound or t is None or t > flushed_at or bound.group(1) == pod or flushed_at - t >= 10:
+            continue
+        other = bound.group(1)
+        if removed.get(other, float("inf")) <= flushed_at or other in held_nothing:
+            continue
+        if named is not None:
+            unaccounted = f"{namespace}/{other}" not in named
+        else:
+            unaccounted = allocated.get(other, float("inf")) > written_at
+        if unaccounted:
+            return (f"{other} was bound to {node} before the scheduler's cache resynced it from our object "
+                    f"(fingerprint {fingerprint}, which did not account for {other} yet): the cache "
+                    f"dropped that reservation though our zones could not subtract {other}")  # fmt: skip
     return None
+
+
+def timeline(
+    namespace: str, pod: str, node: str, *, scheduler_log: list[str], agent_log: str, kubelet_log: str, limit: int = 60
+) -> list[str]:
+    """What the scheduler, the agent and the kubelet logged about `pod` and `node` in the 10 s up to the pod's
+    reservation and just after (the bind, the kubelet's verdict), in time order: the evidence of a rejection
+    that `scheduler_race` could not explain, short enough for a CI log."""
+    reserved = next((t for line in scheduler_log if '"post reserve"' in line and f'pod="{namespace}/{pod}"' in line
+                     and (t := _klog_time(line)) is not None), None)  # fmt: skip
+    if reserved is None:
+        return [f"no reservation of {namespace}/{pod} in the scheduler's log"]
+    start, end = reserved - 10, reserved + 5
+    events: list[tuple[float, str]] = []
+    for line in scheduler_log:
+        t = _klog_time(line)
+        if t is None or not start <= t <= end:
+            continue
+        if (f'pod="{namespace}/{pod}"' in line and ("reserve" in line or "bound" in line)) or (
+            f'node="{node}"' in line and ("podset fingerprint check" in line or "flushing" in line
+                                          or ("bound pod" in line and f'pod="{namespace}/' in line))):  # fmt: skip
+            events.append((t, "scheduler " + line.split("]", 1)[-1].strip()[:400]))
+    for line in agent_log.splitlines():
+        if (m := WRITTEN.search(line)) and m.group(2) == node and start <= (t := _seconds(m.group(1))) <= end:
+            events.append((t, "agent " + line.split(": ", 1)[-1][:600]))
+    for line in kubelet_log.splitlines():
+        t = _klog_time(line)
+        if (
+            t is not None
+            and start <= t <= end
+            and f"{namespace}/" in line
+            and any(key in line for key in ('"AllocateCPUs"', "SyncLoop", "admit", "Admit", "TopologyAffinity"))
+        ):
+            events.append((t, "kubelet " + line.split("]", 1)[-1].strip()[:300]))
+    events.sort()
+    return [f"{time.strftime('%H:%M:%S', time.gmtime(t))}.{int(t % 1 * 1e6):06d} {text}" for t, text in events][-limit:]

@@ -25,7 +25,7 @@ from typing import Any
 from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid, ApiNotFound
 from exporter.fingerprint import ATTRIBUTE, METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.metrics import NrtStats
-from exporter.nrt import build_nrt, content
+from exporter.nrt import build_nrt, content, fingerprint_pods
 from exporter.publisher.api import KubeApi
 from exporter.snapshot import Snapshot
 from exporter.threads import in_daemon_thread
@@ -131,7 +131,7 @@ class NrtWriter:
         while self._snapshot is not None:
             if self._node_uid is None and self._node_lookup_due:
                 await self._learn_node_uid()
-            body = self.desired()
+            snapshot, body = self._snapshot, self.desired()
             want = content(body)
             if not self._reassert and want in (self._written, self._rejected):
                 return
@@ -141,7 +141,7 @@ class NrtWriter:
                     await self._sleep(wait)  # coalesce: publish the newest content once the interval is over
                     continue
             try:
-                await self._write(body, want)
+                await self._write(body, want, snapshot)
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -197,7 +197,7 @@ class NrtWriter:
                 )
                 self._said_node_missing = True
 
-    async def _write(self, body: dict[str, Any], want: dict[str, Any]) -> None:
+    async def _write(self, body: dict[str, Any], want: dict[str, Any], snapshot: Snapshot) -> None:
         """One attempt. Between resyncs, when our last write's resourceVersion is known, the object is
         replaced directly (one request per change; a 409 means someone else wrote, and the retry re-reads).
         At start, on a resync and after a conflict, it is read back first and written only if it differs.
@@ -240,7 +240,10 @@ class NrtWriter:
         if log.isEnabledFor(logging.DEBUG):
             zones = {z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in body.get("zones", [])}
             fingerprint = {a["name"]: a["value"] for a in body.get("attributes", [])}.get(ATTRIBUTE)
-            log.debug("NodeResourceTopology %s written: %s, available %s", self.node_name, fingerprint, zones)
+            named = sorted(f"{pod.namespace}/{pod.name}" for pod in fingerprint_pods(snapshot, method=self.method))
+            log.debug(
+                "NodeResourceTopology %s written: %s, available %s, pods %s", self.node_name, fingerprint, zones, named
+            )
 
     def _confirmed(self, want: dict[str, Any]) -> None:
         self._written = want
