@@ -6,10 +6,10 @@ pods in bursts (many bound before any is admitted) and churn (Running pods delet
 arrives), under five arms:
 
   blind            the default scheduler: no NUMA filter at all
-  ours             NodeResourceTopologyMatch over our objects (Shared informer, 1 s resync, Reserve on: the
-                   recommended configuration)
-  dedicated        the same with scheduler-plugins' default informer mode (Dedicated: Pending pods left out
-                   of its fingerprint)
+  ours             NodeResourceTopologyMatch over our objects (Shared informer, 1 s resync, Reserve on; the
+                   agents told Shared)
+  dedicated        the same with scheduler-plugins' default informer mode (Dedicated: it also counts finished
+                   and rejected pods in its fingerprint; the agents told so, their default)
   reference-style  the same scheduler over objects published the way resource-topology-exporter publishes by
                    default: a full write at most every 60 s, no pod fingerprint (our agent with
                    --nrt-min-interval 60 --resync-interval 60 --nrt-fingerprint-method none)
@@ -60,11 +60,24 @@ class Arm:
 
 ARMS = {
     "blind": Arm("default-scheduler"),
-    "ours": Arm("topo-aware-scheduler", options=(("informer_mode", "Shared"), ("resync_seconds", 1))),
+    "ours": Arm(
+        "topo-aware-scheduler",
+        agent_flags=("--nrt-scheduler-informer-mode", "Shared"),
+        options=(("informer_mode", "Shared"), ("resync_seconds", 1)),
+    ),
     "dedicated": Arm("topo-aware-scheduler", options=(("informer_mode", "Dedicated"), ("resync_seconds", 1))),
     "reference-style": Arm(
         "topo-aware-scheduler",
-        agent_flags=("--nrt-min-interval", "60", "--resync-interval", "60", "--nrt-fingerprint-method", "none"),
+        agent_flags=(
+            "--nrt-min-interval",
+            "60",
+            "--resync-interval",
+            "60",
+            "--nrt-fingerprint-method",
+            "none",
+            "--nrt-scheduler-informer-mode",
+            "Shared",
+        ),
         options=(("informer_mode", "Shared"), ("resync_seconds", 1)),
     ),
     "no-reserve": Arm("topo-aware-scheduler", options=(("resync_seconds", 0), ("reserve", False))),

@@ -28,10 +28,10 @@ from exporter.errors import (
     SourcePermissionError,
     SourceUnavailable,
 )
-from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES
+from exporter.fingerprint import INFORMER_DEDICATED, METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.http import build_app
 from exporter.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
-from exporter.model import DraApiReading, KubeletConfig
+from exporter.model import DraApiReading, KubeletConfig, PodRef
 from exporter.paths import HostPaths
 from exporter.refresher import Refresher
 from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
@@ -62,6 +62,7 @@ class ServeOptions:
     kubeconfig: Path | None = None
     node_name: str = "localhost"
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
+    scheduler_informer_mode: str = INFORMER_DEDICATED  # the consumer's cache.informerMode
     nrt_min_interval_seconds: float = 0.0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -276,12 +277,17 @@ def _start_publishing(
         log.warning(STANDALONE)
         return []
     api = KubeApi(client, on_warning=_warning_counter(nrt, asyncio.get_running_loop()))
+
+    def finished_pods() -> tuple[PodRef, ...]:
+        return watcher.finished() if watcher.synced else ()
+
     writer = NrtWriter(
         api,
         node_name=options.node_name,
         stats=nrt,
         method=options.fingerprint_method,
         min_interval_seconds=options.nrt_min_interval_seconds,
+        finished_pods=finished_pods if options.scheduler_informer_mode == INFORMER_DEDICATED else None,
     )
     refresher.add_listener(writer.on_snapshot)
     tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))

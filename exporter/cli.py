@@ -16,7 +16,7 @@ import yaml
 from exporter import DEFAULT_PORT, __version__
 from exporter.doctor import diagnose
 from exporter.errors import ConfigError, ExporterError
-from exporter.fingerprint import METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
+from exporter.fingerprint import INFORMER_DEDICATED, INFORMER_MODES, METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
 from exporter.paths import (
     DEFAULT_CGROUP,
     DEFAULT_CONTAINER_LOGS,
@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=METHODS,
         default=METHOD_WITH_EXCLUSIVE_RESOURCES,
         help="which pods the nodeTopologyPodsFingerprint covers",
+    )
+    nrt.add_argument(
+        "--nrt-scheduler-informer-mode",
+        choices=INFORMER_MODES,
+        default=INFORMER_DEDICATED,
+        help="the NUMA-aware scheduler's cache.informerMode (scheduler-plugins' default: Dedicated, which also "
+        "counts finished and rejected pods in its fingerprint; Shared counts Running pods)",
     )
     nrt.add_argument(
         "--kubelet-configz",
@@ -342,6 +349,7 @@ def _serve(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig,
         node_name=args.node_name,
         fingerprint_method=args.nrt_fingerprint_method,
+        scheduler_informer_mode=args.nrt_scheduler_informer_mode,
         nrt_min_interval_seconds=args.nrt_min_interval,
         kubelet_configz=args.kubelet_configz,
         tls_cert_file=args.tls_cert_file,

@@ -50,6 +50,7 @@ class NodeView:
     node: Mapping[str, Any]
     nrt: Mapping[str, Any] | None
     pods: tuple[Mapping[str, Any], ...]  # bound here and not terminated
+    finished: tuple[Mapping[str, Any], ...] = ()  # bound here, Succeeded or Failed: they hold nothing
 
     def free(self) -> dict[str, Fraction]:
         """Allocatable less the effective requests of the pods bound here, and `pods` less their count."""
@@ -63,19 +64,29 @@ class NodeView:
 
 
 def load(api: KubeApi, *, selector: str | None = None) -> list[NodeView]:
-    """Every node (matching the label selector), its NRT object where one exists, and its pods."""
+    """Every node (matching the label selector), its NRT object where one exists, and its pods (the bound
+    ones; those that finished apart: a Dedicated informer's fingerprint still counts them)."""
     nodes = _listed(api, "nodes", "/api/v1/nodes", "", labels=selector)
     nrts = _listed(api, "noderesourcetopologies", NRT_COLLECTION, "")
-    pods = _listed(api, "pods", "/api/v1/pods", ",".join(f"status.phase!={phase}" for phase in TERMINAL_PHASES))
+    pods = _listed(api, "pods", "/api/v1/pods", "spec.nodeName!=")
     nrt_of = {str((nrt.get("metadata") or {}).get("name")): nrt for nrt in nrts if isinstance(nrt, dict)}
-    pods_on: dict[str, list[Mapping[str, Any]]] = {}
+    pods_on: dict[tuple[str, bool], list[Mapping[str, Any]]] = {}
     for pod in pods:
         if isinstance(pod, dict) and (pod.get("spec") or {}).get("nodeName"):
-            pods_on.setdefault(pod["spec"]["nodeName"], []).append(pod)
+            finished = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+            pods_on.setdefault((pod["spec"]["nodeName"], finished), []).append(pod)
     views = []
     for node in nodes:
         name = str((node.get("metadata") or {}).get("name") or "")
-        views.append(NodeView(name=name, node=node, nrt=nrt_of.get(name), pods=tuple(pods_on.get(name, ()))))
+        views.append(
+            NodeView(
+                name=name,
+                node=node,
+                nrt=nrt_of.get(name),
+                pods=tuple(pods_on.get((name, False), ())),
+                finished=tuple(pods_on.get((name, True), ())),
+            )
+        )
     return sorted(views, key=lambda view: view.name)
 
 
@@ -470,7 +481,10 @@ def explain(
     )
     # Every node judged without the pod itself: what it holds where it is bound is what it asks for.
     views = [
-        NodeView(name=v.name, node=v.node, nrt=v.nrt, pods=tuple(p for p in v.pods if _uid(p) != uid)) for v in loaded
+        NodeView(
+            name=v.name, node=v.node, nrt=v.nrt, pods=tuple(p for p in v.pods if _uid(p) != uid), finished=v.finished
+        )
+        for v in loaded
     ]
     fits = fit(views, shape)
     selector = spec.get("nodeSelector") or {}
@@ -520,7 +534,8 @@ def numa_state(nrt: Mapping[str, Any]) -> list[str]:
 
 def staleness(view: NodeView) -> str:
     """Whether the NRT's fingerprint names the pods running on the node (the agent's method), as the
-    scheduler's cache compares them; pods bound but not running yet are expected to make it differ."""
+    scheduler's cache compares them, with the Shared informer (Running pods) or the Dedicated one (the
+    finished and rejected pods too); pods bound but not running yet are expected to make it differ."""
     nrt = view.nrt or {}
     attributes = {a.get("name"): a.get("value") for a in nrt.get("attributes") or [] if isinstance(a, dict)}
     published = attributes.get(ATTRIBUTE)
@@ -529,14 +544,24 @@ def staleness(view: NodeView) -> str:
     method = attributes.get(ATTRIBUTE_METHOD) or METHOD_ALL
     listed = {r for zone in numa_zones(nrt) for r in zone.available}
     running = [p for p in view.pods if (p.get("status") or {}).get("phase") == "Running"]
-    counted = []
-    for pod in running:
-        exclusive_native, non_native = exclusivity(pod)
-        if method == METHOD_ALL or exclusive_native or non_native & listed:
-            metadata = pod.get("metadata") or {}
-            counted.append((str(metadata.get("namespace") or ""), str(metadata.get("name") or "")))
+
+    def named(pods: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+        counted = []
+        for pod in pods:
+            exclusive_native, non_native = exclusivity(pod)
+            if method == METHOD_ALL or exclusive_native or non_native & listed:
+                metadata = pod.get("metadata") or {}
+                counted.append((str(metadata.get("namespace") or ""), str(metadata.get("name") or "")))
+        return counted
+
+    counted, finished = named(running), named(view.finished)
     if fingerprint(counted) == published:
         return f"current (its fingerprint names the {len(counted)} pods running there)"
+    if finished and fingerprint(counted + finished) == published:
+        return (
+            f"current (its fingerprint names the {len(counted)} pods running there and the {len(finished)} "
+            "finished or rejected ones, as a Dedicated informer counts them)"
+        )
     waiting = len(view.pods) - len(running)
     return f"stale: its fingerprint does not name the {len(counted)} pods running there" + (
         f" ({waiting} bound, not running yet)" if waiting else " (the agent is behind, or down)"
@@ -583,7 +608,9 @@ def causes(result: Explanation, shape: PodShape, views: Sequence[NodeView], fits
         found.append(
             'the NUMA-aware scheduler\'s cache holds a node as stale ("invalid node topology data"): the pods it '
             "knows there and the NRT's fingerprint disagree until the agent's object names the same pods; its "
-            "Dedicated informer also counts Failed (rejected) pods there: delete them"
+            "Dedicated informer also counts finished and rejected pods there, which the agents name only when "
+            "told (nrt.schedulerInformerMode: Dedicated, their default): tell them the scheduler's mode, or delete "
+            "those pods"
         )
     if result.nrt and result.nrt.startswith("stale"):
         found.append(f"the NRT of {result.node} was stale: {result.nrt}")

@@ -24,6 +24,12 @@ METHOD_WITH_EXCLUSIVE_RESOURCES = "with-exclusive-resources"
 # it reserved on; bench/admission.py emulates resource-topology-exporter's defaults with it).
 METHOD_NONE = "none"
 METHODS = (METHOD_WITH_EXCLUSIVE_RESOURCES, METHOD_ALL, METHOD_NONE)
+# The consumer's pod informer (scheduler-plugins `cache.informerMode`): which bound pods its fingerprint
+# counts. `Shared` counts pods in phase Running; `Dedicated`, its default, every bound pod not Pending, so
+# pods that finished or that the kubelet rejected (Succeeded, Failed) too, until they are deleted.
+INFORMER_DEDICATED = "Dedicated"
+INFORMER_SHARED = "Shared"
+INFORMER_MODES = (INFORMER_DEDICATED, INFORMER_SHARED)
 _UINT64 = struct.Struct("<Q")
 
 

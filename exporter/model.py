@@ -299,6 +299,7 @@ class PodRef:
     exclusive_native: bool = False
     non_native: frozenset[str] = frozenset()
     running: bool = False  # status.phase Running: the kubelet admitted and started it
+    finished: bool = False  # status.phase Succeeded or Failed: it holds nothing (kept only for the fingerprint)
     claims: tuple[ContainerClaim, ...] = ()  # the DRA claims its containers use
     container_ids: tuple[tuple[str, str], ...] = ()  # (runtime container ID, container name), from its statuses
 

@@ -11,7 +11,7 @@ fingerprint; the object is owned by the Node so it is garbage-collected with it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -41,7 +41,7 @@ def zone_name(numa_node: int) -> str:
 PENDING = "#pending"  # a bound pod the kubelet has not admitted yet (never a pod's name: "#" is not allowed)
 
 
-def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
+def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodRef] = ()) -> list[PodRef]:
     """The pods the fingerprint covers: the set the consumer enumerates for `method`.
 
     `all`: every pod on the node. `with-exclusive-resources`: the pods scheduler-plugins' overreserve cache
@@ -55,12 +55,18 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str) -> list[PodRef]:
     pod (the node stays dirty) instead of trusting zones that do not subtract it yet. Once the kubelet
     admitted it, the same snapshot both subtracts it and names it. A pod known only from the pod log
     directory or podresources (no spec) counts when the kubelet pinned CPUs, Static memory or NUMA-placed
-    devices for it, as resource-topology-exporter decides."""
+    devices for it, as resource-topology-exporter decides.
+
+    `finished`: pods bound here that finished or were rejected, which a consumer with the Dedicated informer
+    counts until they are deleted (empty for Shared, which counts Running pods). They hold nothing, so the
+    zones subtract nothing for them; a pod the snapshot still has as live counts once."""
     pinned = _pinned_pods(snapshot)
     pods = [
         pod if not pod.spec_known or pod.running or pod.uid in pinned else replace(pod, name=pod.name + PENDING)
         for pod in snapshot.kubelet.pods or ()
     ]
+    live = {pod.uid for pod in pods}
+    pods += [pod for pod in finished if pod.uid not in live]
     if method == METHOD_ALL:
         return pods
     listed = {name for zone in zone_resources(snapshot).values() for name in (entry["name"] for entry in zone)}
@@ -108,9 +114,12 @@ def zone_resources(snapshot: Snapshot) -> dict[int, list[dict[str, Any]]]:
     return resources
 
 
-def build_nrt(snapshot: Snapshot, *, node_name: str, node_uid: str | None, method: str) -> dict[str, Any]:
+def build_nrt(
+    snapshot: Snapshot, *, node_name: str, node_uid: str | None, method: str, finished: Sequence[PodRef] = ()
+) -> dict[str, Any]:
     config = snapshot.kubelet.config
-    pods_fingerprint = fingerprint((pod.namespace, pod.name) for pod in fingerprint_pods(snapshot, method=method))
+    named = fingerprint_pods(snapshot, method=method, finished=finished)
+    pods_fingerprint = fingerprint((pod.namespace, pod.name) for pod in named)
     resources = zone_resources(snapshot)
     zones = []
     for numa in snapshot.topology.numa_nodes:

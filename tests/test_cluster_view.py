@@ -710,3 +710,26 @@ def test_the_chart_notes_name_the_viewer_role_when_it_is_made() -> None:
     assert "--clusterrole=nte-numa-topology-exporter-viewer" in made
     assert "numa-topology-exporter explain NAMESPACE/POD" in made
     assert "rbac.viewer.create=true makes a ClusterRole" in notes({})
+
+
+def test_staleness_reads_the_fingerprint_as_either_informer_mode_counts() -> None:
+    """An agent told Dedicated names the finished and rejected pods too: current either way, and stale only
+    when neither view matches."""
+    from exporter.fingerprint import fingerprint
+
+    def pod(name: str, phase: str) -> dict[str, Any]:
+        resources = {"cpu": "2", "memory": "1Gi"}
+        return {"metadata": {"namespace": "t", "name": name, "uid": name}, "status": {"phase": phase},
+                "spec": {"containers": [{"name": "c", "resources": {"requests": resources, "limits": resources}}]}}  # fmt: skip
+
+    def view(published: str) -> cluster.NodeView:
+        attributes = [{"name": "nodeTopologyPodsFingerprint", "value": published},
+                      {"name": "nodeTopologyPodsFingerprintMethod", "value": "with-exclusive-resources"}]  # fmt: skip
+        return cluster.NodeView(name="n", node={}, nrt={"attributes": attributes, "zones": []},
+                                pods=(pod("run", "Running"),), finished=(pod("gone", "Failed"),))  # fmt: skip
+
+    shared = cluster.staleness(view(fingerprint([("t", "run")])))
+    dedicated = cluster.staleness(view(fingerprint([("t", "run"), ("t", "gone")])))
+    assert shared == "current (its fingerprint names the 1 pods running there)"
+    assert dedicated.startswith("current (its fingerprint names the 1 pods running there and the 1 finished")
+    assert cluster.staleness(view(fingerprint([]))).startswith("stale: its fingerprint does not name the 1 pods")

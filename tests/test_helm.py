@@ -371,7 +371,9 @@ def test_the_notes_give_the_kubelet_config_flags_and_the_recommended_scheduler()
         "/host/kubelet-config/config.json",
         "/host/kubelet-config.d",
     )
-    assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Shared}" in text
+    assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Dedicated}" in text
+    shared = notes({"nrt": {"schedulerInformerMode": "Shared"}})
+    assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Shared}" in shared
     assert "cacheResyncPeriodSeconds" not in notes({"nrt": {"enabled": False}})
 
 
@@ -387,3 +389,12 @@ def test_configz_is_off_by_default_and_grants_nodes_proxy_only_when_on() -> None
     assert {"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]} in rules(on)
     (container,) = daemonset(on)["spec"]["template"]["spec"]["containers"]
     assert build_parser().parse_args(container["args"]).kubelet_configz
+
+
+def test_the_scheduler_informer_mode_reaches_the_agent() -> None:
+    def mode(values: dict[str, Any]) -> str:
+        args = daemonset(values)["spec"]["template"]["spec"]["containers"][0]["args"]
+        return str(build_parser().parse_args(args).nrt_scheduler_informer_mode)
+
+    assert mode({}) == "Dedicated"  # scheduler-plugins' default
+    assert mode({"nrt": {"schedulerInformerMode": "Shared"}}) == "Shared"

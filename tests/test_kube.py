@@ -323,3 +323,38 @@ def test_forbidden_reads_map_to_a_clear_error(kube: ControlPlane, node: str) -> 
     kube.request("DELETE", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/limited-no-update")
     with pytest.raises(ApiForbidden, match="forbidden"):
         api.node_uid(node)
+
+
+def test_pod_watch_keeps_finished_pods_apart(kube: ControlPlane, node: str) -> None:
+    """A pod that failed (as the kubelet marks a rejected one) leaves `pods()` (it holds nothing) and stays
+    in `finished()` (a Dedicated informer still counts it) until it is deleted."""
+    kube.ensure_namespace("team-f")
+    api = KubeApi(client_from(kube.kubeconfig(AGENT_USER)))
+    watcher = PodWatcher(api, node_name=node, on_change=lambda: None, retry_seconds=0.2, watch_timeout_seconds=30)
+    name = f"failed-{node}"[:60]
+    path = f"/api/v1/namespaces/team-f/pods/{name}"
+    seen: list[tuple[set[str], set[str]]] = []
+
+    def state() -> tuple[set[str], set[str]]:
+        return {p.name for p in watcher.pods()}, {p.name for p in watcher.finished()}
+
+    async def until(want: tuple[set[str], set[str]]) -> None:
+        deadline = time.monotonic() + 20
+        while state() != want and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        seen.append(state())
+
+    async def run() -> None:
+        watcher.start(asyncio.get_running_loop())
+        kube.ok("POST", "/api/v1/namespaces/team-f/pods", guaranteed_pod(name, node))
+        await until(({name}, set()))
+        status = {"status": {"phase": "Failed", "reason": "TopologyAffinityError"}}
+        kube.ok("PATCH", f"{path}/status", status, content_type="application/merge-patch+json")
+        await until((set(), {name}))
+        kube.ok("DELETE", path)
+        await until((set(), set()))
+        watcher.stop()
+
+    asyncio.run(run())
+    assert seen == [({name}, set()), (set(), {name}), (set(), set())]
+    assert not any(p.finished for p in watcher.pods())

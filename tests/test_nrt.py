@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,37 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
     scheduler_views = [fingerprint(view) for view in ([("team", "b")], [("team", "a"), ("team", "b")],
                                                       [("team", "a"), ("team", "b"), ("team", "c")])]  # fmt: skip
     assert with_bound not in scheduler_views, "no set of Running pods matches while one waits for the kubelet"
+
+
+def test_for_a_dedicated_informer_finished_and_rejected_pods_are_named_and_subtract_nothing(machine) -> None:  # type: ignore[no-untyped-def]
+    """scheduler-plugins' Dedicated informer counts every bound pod not Pending: a pod the kubelet rejected
+    (Failed) or that completed (Succeeded) is in its fingerprint until deleted. Told so, the agent names
+    them (exclusive ones, as for live pods); its zones are the same with or without them; a pod the snapshot
+    still has as live (its phase changed between the two reads) counts once."""
+    from exporter.model import PodRef
+    from tests.kubelet_files import POD_A, POD_B, fixture_config, install
+
+    install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+    a = PodRef(uid=POD_A, namespace="team", name="a", spec_known=True, exclusive_native=True, running=True)
+    b = PodRef(uid=POD_B, namespace="team", name="b", spec_known=True, exclusive_native=True, running=True)
+    snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, pods_reader=lambda: (a, b)).build()
+    rejected = PodRef(uid="dead0000-0000-4000-8000-000000000001", namespace="team", name="rejected",
+                      spec_known=True, exclusive_native=True, finished=True)  # fmt: skip
+    # Not exclusive: outside with-exclusive-resources' set, inside all's.
+    shared_pod = PodRef(
+        uid="dead0000-0000-4000-8000-000000000002", namespace="team", name="shared", spec_known=True, finished=True
+    )
+
+    def published(*finished: PodRef) -> dict:  # type: ignore[type-arg]
+        return build_nrt(snapshot, node_name="worker-1", node_uid=None, method="with-exclusive-resources",
+                         finished=finished)  # fmt: skip
+
+    def pods_fingerprint(obj: dict) -> str:  # type: ignore[type-arg]
+        return str(next(a["value"] for a in obj["attributes"] if a["name"] == "nodeTopologyPodsFingerprint"))
+
+    shared, dedicated = published(), published(rejected, shared_pod, replace(b, finished=True, running=False))
+    assert pods_fingerprint(shared) == fingerprint([("team", "a"), ("team", "b")])
+    assert pods_fingerprint(dedicated) == fingerprint([("team", "a"), ("team", "b"), ("team", "rejected")])
+    assert shared["zones"] == dedicated["zones"]
+    everything = build_nrt(snapshot, node_name="worker-1", node_uid=None, method=METHOD_ALL, finished=(shared_pod,))
+    assert pods_fingerprint(everything) == fingerprint([("team", "a"), ("team", "b"), ("team", "shared")])

@@ -16,14 +16,14 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from exporter.fingerprint import fingerprint
-from tests.controlplane import AGENT_USER, ControlPlane, wait_until
+from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane, wait_until
 from tests.daemon import Daemon
 from tests.realnodes import (
     RealNode,
@@ -38,6 +38,7 @@ from tests.workload import (
     WRITTEN,
     Workload,
     log_size,
+    now_stamp,
     pod_body,
     retry_pending,
     scheduler_log_since,
@@ -52,6 +53,19 @@ SEED = int(os.environ.get("REAL_SEED", "20261204"))
 COUNTS: dict[str, int] = {}
 
 RealCluster = dict[str, tuple[RealNode, Daemon]]
+AGENT_MODES: dict[str, str] = {}  # node -> the informer mode its agent was told (absent: its default, Dedicated)
+
+
+def tell_agents(kube: ControlPlane, cluster: RealCluster, mode: str, *, nodes: Iterable[str] | None = None) -> None:
+    """Restart the agents of `nodes` (all by default) told the scheduler's informer mode, where they were told
+    another; each writes its object again at start."""
+    for name in list(cluster if nodes is None else nodes):
+        if AGENT_MODES.get(name, "Dedicated") == mode:
+            continue
+        node, daemon = cluster[name]
+        daemon.stop()
+        cluster[name] = (node, agent(kube, node, user=AGENT_USER, extra=["--nrt-scheduler-informer-mode", mode]))
+        AGENT_MODES[name] = mode
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +164,7 @@ def test_bursts_and_churn_on_real_kubelets_reject_nothing(
     kube: ControlPlane, real_cluster: RealCluster, scheduler: str
 ) -> None:
     kube.stop_scheduler()
+    tell_agents(kube, real_cluster, str(SCHEDULERS[scheduler]["informer_mode"]))
     log_start = log_size(kube)  # a restarted scheduler appends to the same log
     kube.start_scheduler(**SCHEDULERS[scheduler])
     work = Workload(kube, f"real-{scheduler}", scheduler="topo-aware-scheduler", seed=SEED)
@@ -213,16 +228,15 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
         assert fingerprint(pods) == writes[-1].group(3), named
     assert outcome.pending, "the bursts overfill the nodes: some pods must stay Pending"
     # A pod the kubelet rejected stays bound in phase Failed until someone deletes it. The Dedicated informer's
-    # fingerprint counts it (scheduler-plugins podprovider: every bound pod not Pending), Shared's and ours
-    # do not (Running only, as podresources lists): that node stays dirty while the pod exists. Delete the
-    # rejected pods, as their controller or an operator does, then judge the resync.
-    rejected = [line.split(" ", 1)[0] for line in outcome.rejected]
-    for name in rejected:
-        kube.request("DELETE", f"{work.path}/{name}")
-    wait_until(lambda: work.gone(rejected), timeout=60, what="the rejected pods deleted")
+    # fingerprint counts it (scheduler-plugins podprovider: every bound pod not Pending), Shared's does not
+    # (Running only); the agents, told the mode, name the same pods: every node resyncs with them there.
     in_sync = wait_until(
         lambda: scheduler_in_sync(kube, real_cluster), timeout=30, what="the scheduler's cache in sync"
     )
+    rejected = [line.split(" ", 1)[0] for line in outcome.rejected]
+    for name in rejected:  # as their controller or an operator does
+        kube.request("DELETE", f"{work.path}/{name}")
+    wait_until(lambda: work.gone(rejected), timeout=60, what="the rejected pods deleted")
     COUNTS[f"{scheduler}: nodes resynced from our fingerprint"] = len(in_sync)
     lines, _ = scheduler_log_since(kube, log_start)
     COUNTS[f"{scheduler}: fingerprint mismatches logged while pods were admitted"] = sum(
@@ -257,6 +271,71 @@ def keep_evidence(kube: ControlPlane, cluster: RealCluster) -> Path:
         shutil.copy(node.directory / "kubelet.log", target / f"{name}-kubelet.log")
         (target / f"{name}-agent.log").write_text(daemon.text)
     return target
+
+
+def test_a_dedicated_cache_takes_a_node_holding_a_rejected_pod_only_from_an_agent_told_so(
+    kube: ControlPlane, real_cluster: RealCluster
+) -> None:
+    """scheduler-plugins' default informer (Dedicated) counts a pod the kubelet rejected (phase Failed) in its
+    fingerprint until it is deleted. A pod bound blind and rejected by the real kubelet makes the node foreign
+    to the cache, which then holds it as "invalid node topology data" until a resync finds our fingerprint
+    equal to its own. An agent told Shared does not name the rejected pod: the fingerprints differ at every
+    resync, and a pod for that node waits. Told Dedicated (its default), the agent names it: the cache takes
+    the node's object again and the waiting pod runs there."""
+    node = f"real-{NODES - 1}"
+    work = Workload(kube, "informer-real", scheduler="topo-aware-scheduler", seed=SEED)
+    kube.stop_scheduler()
+    tell_agents(kube, real_cluster, "Shared", nodes=[node])
+    offset = log_size(kube)
+    kube.start_scheduler(informer_mode="Dedicated", resync_seconds=1)
+
+    def checks(since: int) -> list[tuple[str, str]]:
+        lines, _ = scheduler_log_since(kube, since)
+        return [(m.group(2), m.group(3)) for line in lines if (m := CHECK.search(line)) and m.group(1) == node]
+
+    def pod(name: str) -> dict[str, Any]:
+        return dict(kube.ok("GET", f"{work.path}/{name}"))
+
+    def unschedulable_message(name: str) -> str:
+        conditions = pod(name)["status"].get("conditions") or []
+        return next((str(c.get("message")) for c in conditions if c.get("type") == "PodScheduled"
+                     and c.get("status") == "False"), "")  # fmt: skip
+
+    try:
+        blind = pod_body("too-big", "default-scheduler", {"cpu": "17", "memory": "1Gi"})
+        blind["spec"]["nodeName"] = node
+        kube.ok("POST", work.path, blind)
+        failed = wait_until(lambda: (p := pod("too-big"))["status"].get("phase") == "Failed" and p, timeout=60,
+                            what="the kubelet to reject the 17-CPU pod")  # fmt: skip
+        assert failed["status"].get("reason") == "TopologyAffinityError", failed["status"]
+        mismatches = wait_until(
+            lambda: [c for c in checks(offset) if c[0] != c[1]] or None, timeout=30,
+            what=f"the cache's fingerprint check of {node} with the rejected pod there",
+        )  # fmt: skip
+        waiting = pod_body("after", "topo-aware-scheduler", {"cpu": "2", "memory": "1Gi"})
+        waiting["spec"]["nodeSelector"] = {"kubernetes.io/hostname": node}
+        kube.ok("POST", work.path, waiting)
+        message = wait_until(lambda: unschedulable_message("after"), timeout=30, what="the scheduler's verdict")
+        assert "invalid node topology data" in message, message
+        assert all(expected != computed for expected, computed in checks(offset)), "told Shared: never equal"
+        COUNTS["informer: fingerprint checks that differed while the agent was told Shared"] = len(mismatches)
+
+        restarted = log_size(kube)
+        tell_agents(kube, real_cluster, "Dedicated", nodes=[node])
+        wait_until(lambda: any(e == c for e, c in checks(restarted)), timeout=30,
+                   what=f"the cache to take {node}'s object from the agent told Dedicated")  # fmt: skip
+        mark = now_stamp()[-6:]  # an update event requeues the waiting pod, as a cluster's next event would
+        kube.ok("PATCH", f"{NRT_PATH}/{node}", {"metadata": {"annotations": {"informer-retry": mark}}},
+                content_type="application/merge-patch+json")  # fmt: skip
+        kube.ok("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"informer-retry": mark}}},
+                content_type="application/merge-patch+json")  # fmt: skip
+        running = wait_until(lambda: (p := pod("after"))["status"].get("phase") == "Running" and p, timeout=60,
+                             what="the waiting pod to run once the cache took the node again")  # fmt: skip
+        assert running["spec"]["nodeName"] == node
+        assert pod("too-big")["status"]["phase"] == "Failed", "the rejected pod was still there"
+    finally:
+        work.cleanup()
+        tell_agents(kube, real_cluster, "Dedicated", nodes=[node])
 
 
 def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, real_cluster: RealCluster) -> None:
@@ -315,16 +394,21 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
             lambda: (e := cluster.explain(api, work.namespace, "early")).scheduled and e, timeout=60,
             what="the NUMA-aware scheduler's verdict on a 12-CPU pod",
         )  # fmt: skip
-        if "invalid node topology data" in (early.scheduled or ""):  # its cache counts the Failed pods (Dedicated)
+        if "invalid node topology data" in (early.scheduled or ""):  # pods bound blind: foreign until a resync
             assert any("holds a node as stale" in c for c in early.causes), early.causes
-            COUNTS["explain: the scheduler's cache held the node stale while Failed pods existed"] = 1
+            COUNTS["explain: the scheduler's cache held the node as foreign (pods bound blind) until a resync"] = 1
         for name in ("stranded", "too-big", "early"):  # as their owner would, once looked at
             kube.request("DELETE", f"{work.path}/{name}")
         wait_until(lambda: work.gone(["stranded", "too-big", "early"]), timeout=60, what="the pods deleted")
-        wait_until(
-            lambda: scheduler_in_sync(kube, {node: real_cluster[node]}), timeout=30, interval=0.5,
-            what="the scheduler's cache to take the node's NRT again",
-        )  # fmt: skip
+        # Deleting a pod bound blind marks the node foreign to the cache again (its informer's delete event),
+        # until a resync after it finds the fingerprints equal: wait for that one, not an earlier one.
+        since = log_size(kube)
+
+        def resynced() -> bool:
+            lines, _ = scheduler_log_since(kube, since)
+            return any((m := CHECK.search(line)) and m.group(1) == node and m.group(2) == m.group(3) for line in lines)
+
+        wait_until(resynced, timeout=30, interval=0.2, what="the scheduler's cache to take the node's NRT again")
         create("waiting", "12", scheduler="topo-aware-scheduler")
         waiting = wait_until(
             lambda: (e := cluster.explain(api, work.namespace, "waiting")).scheduled and e, timeout=60,

@@ -275,14 +275,16 @@ def _event(line: bytes) -> tuple[str, Any]:
     return kind, obj
 
 
-def pod_ref(pod: Any) -> PodRef | None:
-    """A running pod (as the API's JSON) -> PodRef; None for terminated pods and malformed entries."""
+def pod_ref(pod: Any, *, finished_too: bool = False) -> PodRef | None:
+    """A pod (as the API's JSON) -> PodRef; None for malformed entries and, unless `finished_too`, for pods
+    that finished or were rejected (phase Succeeded or Failed; kept, with `finished`, where asked)."""
     if not isinstance(pod, dict):
         return None
     metadata = pod.get("metadata") or {}
     if not metadata.get("uid"):
         return None
-    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+    finished = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+    if finished and not finished_too:
         return None
     exclusive_native, non_native = exclusivity(pod)
     return PodRef(
@@ -293,6 +295,7 @@ def pod_ref(pod: Any) -> PodRef | None:
         exclusive_native=exclusive_native,
         non_native=non_native,
         running=(pod.get("status") or {}).get("phase") == "Running",
+        finished=finished,
         claims=container_claims(pod),
         container_ids=container_ids(pod),
     )

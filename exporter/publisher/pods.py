@@ -157,10 +157,16 @@ class PodWatcher(ListWatcher[PodRef]):
     path = PODS
 
     def _parse(self, obj: Any) -> PodRef | None:
-        return pod_ref(obj)
+        return pod_ref(obj, finished_too=True)
 
     def pods(self) -> tuple[PodRef, ...]:
-        return tuple(sorted(self.values(), key=lambda pod: (pod.namespace, pod.name)))
+        """The pods on this node that have not finished."""
+        return tuple(sorted((p for p in self.values() if not p.finished), key=lambda pod: (pod.namespace, pod.name)))
+
+    def finished(self) -> tuple[PodRef, ...]:
+        """The pods bound here that finished or that the kubelet rejected, until they are deleted: they hold
+        nothing, but the consumer's Dedicated informer counts them in its fingerprint."""
+        return tuple(sorted((p for p in self.values() if p.finished), key=lambda pod: (pod.namespace, pod.name)))
 
 
 class SliceWatcher(ListWatcher[dict[str, Any]]):

@@ -19,12 +19,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid, ApiNotFound
 from exporter.fingerprint import ATTRIBUTE, METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.metrics import NrtStats
+from exporter.model import PodRef
 from exporter.nrt import build_nrt, content, fingerprint_pods
 from exporter.publisher.api import KubeApi
 from exporter.snapshot import Snapshot
@@ -50,6 +51,7 @@ class NrtWriter:
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
         slow_retry_seconds: float = SLOW_RETRY_SECONDS,
         min_interval_seconds: float = 0.0,
+        finished_pods: Callable[[], Sequence[PodRef]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -58,6 +60,8 @@ class NrtWriter:
         self.node_name = node_name
         self.stats = stats
         self.method = method
+        # The pods bound here that finished, named for a consumer with the Dedicated informer (None: Shared).
+        self._finished: Callable[[], Sequence[PodRef]] = finished_pods or tuple
         self._backoff_base = backoff_base_seconds
         self._backoff_max = backoff_max_seconds
         self._slow_retry = slow_retry_seconds
@@ -115,9 +119,15 @@ class NrtWriter:
             self._resync.set()
         self._wake.set()
 
-    def desired(self) -> dict[str, Any]:
+    def desired(self, finished: Sequence[PodRef] | None = None) -> dict[str, Any]:
         assert self._snapshot is not None
-        return build_nrt(self._snapshot, node_name=self.node_name, node_uid=self._node_uid, method=self.method)
+        return build_nrt(
+            self._snapshot,
+            node_name=self.node_name,
+            node_uid=self._node_uid,
+            method=self.method,
+            finished=self._finished() if finished is None else finished,
+        )
 
     async def run(self) -> None:
         while True:
@@ -131,7 +141,8 @@ class NrtWriter:
         while self._snapshot is not None:
             if self._node_uid is None and self._node_lookup_due:
                 await self._learn_node_uid()
-            snapshot, body = self._snapshot, self.desired()
+            snapshot, finished = self._snapshot, self._finished()
+            body = self.desired(finished)
             want = content(body)
             if not self._reassert and want in (self._written, self._rejected):
                 return
@@ -141,7 +152,7 @@ class NrtWriter:
                     await self._sleep(wait)  # coalesce: publish the newest content once the interval is over
                     continue
             try:
-                await self._write(body, want, snapshot)
+                await self._write(body, want, fingerprint_pods(snapshot, method=self.method, finished=finished))
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -197,7 +208,7 @@ class NrtWriter:
                 )
                 self._said_node_missing = True
 
-    async def _write(self, body: dict[str, Any], want: dict[str, Any], snapshot: Snapshot) -> None:
+    async def _write(self, body: dict[str, Any], want: dict[str, Any], named: Sequence[PodRef]) -> None:
         """One attempt. Between resyncs, when our last write's resourceVersion is known, the object is
         replaced directly (one request per change; a 409 means someone else wrote, and the retry re-reads).
         At start, on a resync and after a conflict, it is read back first and written only if it differs.
@@ -240,9 +251,9 @@ class NrtWriter:
         if log.isEnabledFor(logging.DEBUG):
             zones = {z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in body.get("zones", [])}
             fingerprint = {a["name"]: a["value"] for a in body.get("attributes", [])}.get(ATTRIBUTE)
-            named = sorted(f"{pod.namespace}/{pod.name}" for pod in fingerprint_pods(snapshot, method=self.method))
+            pods = sorted(f"{pod.namespace}/{pod.name}" for pod in named)
             log.debug(
-                "NodeResourceTopology %s written: %s, available %s, pods %s", self.node_name, fingerprint, zones, named
+                "NodeResourceTopology %s written: %s, available %s, pods %s", self.node_name, fingerprint, zones, pods
             )
 
     def _confirmed(self, want: dict[str, Any]) -> None:
