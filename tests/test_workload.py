@@ -35,7 +35,7 @@ def test_a_reservation_dropped_for_a_pod_our_object_could_not_subtract_is_the_sc
                          scheduler_log=scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475"),
                          kubelet_log=kubelet_log(q_allocated="17:13:38.320000"))  # fmt: skip
     assert why is not None
-    assert why.startswith("q was bound to n-2")
+    assert why.startswith("q was reserved on n-2")
 
 
 def test_a_pod_admitted_before_our_write_was_ours_to_subtract() -> None:
@@ -114,3 +114,51 @@ def test_the_timeline_of_an_unexplained_rejection_holds_each_side() -> None:
     assert timeline(NS, "r", "n-2", scheduler_log=logs, agent_log="", kubelet_log="") == [
         f"no reservation of {NS}/r in the scheduler's log"
     ]
+
+
+def test_a_reservation_made_before_the_flush_is_dropped_by_it_even_when_the_bind_comes_after() -> None:
+    """From bench/admission.py's Dedicated arm (seed 3): Q reserved at .523, the cache's check matched our
+    object at .526, Q bound at .532, the flush itself at .650 (it waits for the cache's lock) dropped Q's
+    reservation, and P reserved at .740 on Q's CPUs. No object could name Q at .526: it was not even bound."""
+
+    def logs(*, q_reserved: str, flushing: str, q_bound: str | None = "07:53:08.532679") -> list[str]:
+        lines = [
+            f'I1205 {q_reserved}   29068 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/q" podUID="u" node="n-2" assumedResources="{NS}/q::[cpu=1];"',
+            'I1205 07:53:08.526360   29068 store.go:433] "podset fingerprint check" logger="nrtcache.resync" generation=13 node="n-2" expected="pfpA" computed="pfpA" onlyExclusiveResources=true',
+            f'I1205 {flushing}   29068 overreserve.go:394] "flushing" logger="nrtcache.resync" generation=13 node="n-2"',
+            f'I1205 07:53:08.740274   29068 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/p" podUID="v" node="n-2" assumedResources="{NS}/p::[cpu=4];"',
+        ]
+        if q_bound:
+            lines.insert(
+                2,
+                f'I1205 {q_bound}   29068 schedule_one.go:481] "Successfully bound pod to node" pod="{NS}/q" node="n-2" evaluatedNodes=5 feasibleNodes=2',
+            )
+        return lines  # fmt: skip
+
+    agent = f"2026-12-05 07:53:08,400 DEBUG exporter.publisher.writer: NodeResourceTopology n-2 written: pfpA, available {{}}, pods ['{NS}/a']"
+    why = scheduler_race(
+        NS, "p", "n-2", agent_log=agent, scheduler_log=logs(q_reserved="07:53:08.523136", flushing="07:53:08.650991")
+    )
+    assert why is not None
+    assert why.startswith("q was reserved on n-2 before the scheduler's cache flushed it")
+    # Reserved between the check and the flush: dropped all the same.
+    assert scheduler_race(
+        NS,
+        "p",
+        "n-2",
+        agent_log=agent,
+        scheduler_log=logs(q_reserved="07:53:08.600000", flushing="07:53:08.650991", q_bound="07:53:08.610000"),
+    )
+    # Reserved after the flush: the cache kept it, so P's rejection is not this race.
+    assert (
+        scheduler_race(
+            NS,
+            "p",
+            "n-2",
+            agent_log=agent,
+            scheduler_log=logs(q_reserved="07:53:08.700000", flushing="07:53:08.650991", q_bound="07:53:08.720000"),
+        )
+        is None
+    )
+    # Never bound: it held nothing on the node.
+    assert scheduler_race(NS, "p", "n-2", agent_log=agent, scheduler_log=logs(q_reserved="07:53:08.523136", flushing="07:53:08.650991", q_bound=None)) is None  # fmt: skip

@@ -297,14 +297,23 @@ def scheduler_race(
                      and f'node="{node}"' in line), None)  # fmt: skip
     if reserved is None or (reserved_at := _klog_time(reserved)) is None:
         return None
-    flushes = [(t, m.group(2)) for line in scheduler_log if (m := FLUSH.search(line)) and m.group(1) == node
-               and m.group(2) == m.group(3) and (t := _klog_time(line)) is not None and t <= reserved_at]  # fmt: skip
-    if not flushes:
+    # The cache drops every reservation on the node when it flushes it, a little after the check that matched
+    # (FlushNodes waits for the cache's lock): reservations made between the two go too.
+    flushing = [t for line in scheduler_log if '"flushing"' in line and f'node="{node}"' in line
+                and (t := _klog_time(line)) is not None]  # fmt: skip
+    resyncs = []
+    for line in scheduler_log:
+        matched = (m := FLUSH.search(line)) and m.group(1) == node and m.group(2) == m.group(3)
+        if m and matched and (checked_at := _klog_time(line)) is not None:
+            flushed_at = min((t for t in flushing if t >= checked_at), default=checked_at)
+            if flushed_at <= reserved_at:
+                resyncs.append((checked_at, flushed_at, m.group(2)))
+    if not resyncs:
         return None
-    flushed_at, fingerprint = flushes[-1]
+    checked_at, flushed_at, fingerprint = resyncs[-1]
     writes = [(_seconds(m.group(1)), m.group(4)) for line in agent_log.splitlines()
               if (m := WRITTEN.search(line)) and m.group(2) == node and m.group(3) == fingerprint]  # fmt: skip
-    written_at, named_text = max((w for w in writes if w[0] <= flushed_at), default=(flushed_at, None))
+    written_at, named_text = max((w for w in writes if w[0] <= checked_at), default=(checked_at, None))
     named = set(ast.literal_eval(named_text)) if named_text else None
     allocated: dict[str, float] = dict(admitted or {})
     removed: dict[str, float] = {}
@@ -319,21 +328,35 @@ def scheduler_race(
             for name in re.findall(rf'"{re.escape(namespace)}/([^"]+)"', line):
                 removed.setdefault(name, t)
     held_nothing = set(rejected)
+    # The other pods whose reservation on the node the flush dropped: reserved (or bound) there before it,
+    # bound there in the end (a pod whose bind failed held nothing), neither unreserved nor gone first.
+    ns = re.escape(namespace)
+    reserved_before: dict[str, float] = {}
+    bound_to_node: set[str] = set()
+    unreserved: dict[str, float] = {}
     for line in scheduler_log:
-        bound = re.search(rf'"Successfully bound pod to node" pod="{re.escape(namespace)}/([^"]+)" node="{node}"', line)
-        t = _klog_time(line)
-        if not bound or t is None or t > flushed_at or bound.group(1) == pod or flushed_at - t >= 10:
+        if (t := _klog_time(line)) is None or f'node="{node}"' not in line:
             continue
-        other = bound.group(1)
-        if removed.get(other, float("inf")) <= flushed_at or other in held_nothing:
+        if found := re.search(rf'"Successfully bound pod to node" pod="{ns}/([^"]+)"', line):
+            bound_to_node.add(found.group(1))
+            if t <= flushed_at:
+                reserved_before.setdefault(found.group(1), t)
+        elif (found := re.search(rf'"post reserve" .*pod="{ns}/([^"]+)"', line)) and t <= flushed_at:
+            reserved_before[found.group(1)] = min(t, reserved_before.get(found.group(1), t))
+        elif found := re.search(rf'"post unreserve" .*pod="{ns}/([^"]+)"', line):
+            unreserved.setdefault(found.group(1), t)
+    for other, t in sorted(reserved_before.items(), key=lambda item: item[1]):
+        if other == pod or other not in bound_to_node or flushed_at - t >= 10 or other in held_nothing:
+            continue
+        if min(removed.get(other, float("inf")), unreserved.get(other, float("inf"))) <= flushed_at:
             continue
         if named is not None:
             unaccounted = f"{namespace}/{other}" not in named
         else:
             unaccounted = allocated.get(other, float("inf")) > written_at
         if unaccounted:
-            return (f"{other} was bound to {node} before the scheduler's cache resynced it from our object "
-                    f"(fingerprint {fingerprint}, which did not account for {other} yet): the cache "
+            return (f"{other} was reserved on {node} before the scheduler's cache flushed it on a resync from our "
+                    f"object (fingerprint {fingerprint}, which did not account for {other} yet): the cache "
                     f"dropped that reservation though our zones could not subtract {other}")  # fmt: skip
     return None
 
