@@ -146,10 +146,11 @@ def agreement(kube: ControlPlane, cluster: RealCluster) -> None:
 # binding because of what we published.
 #
 # The cache has a race of its own, which no agent can close: it resyncs a node from our object when the
-# fingerprints agree, and drops every reservation there; a pod bound before the resync that our object did
-# not name yet (the agent had not seen the bind when it wrote; the cache counts it only once it runs) is then
-# subtracted nowhere, and the next pod may land on its CPUs. Caught on real kubelets in both modes (the resync
-# came 50-65 ms after the bind). Such a rejection is told from the logs (tests/workload.py `scheduler_race`,
+# fingerprints agree, and drops every reservation there (its flush, after the check, drops those made in
+# between too); a pod reserved before the flush that our object did not name yet (the agent had not seen the
+# bind when it wrote, or it was not bound yet; the cache counts it only once it runs) is then subtracted
+# nowhere, and the next pod may land on its CPUs. Caught on real kubelets in both modes (the resync came
+# 50-130 ms after the reservation). Such a rejection is told from the logs (tests/workload.py `scheduler_race`,
 # from the pods the agent logs each write naming), counted and printed; any other fails the test with its
 # timeline.
 SCHEDULERS = {
