@@ -94,12 +94,16 @@ def real_cluster(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
 
 def expected_fingerprint(kube: ControlPlane, node: str) -> str:
     """The scheduler's fingerprint of a quiet node: every pod the API has there that has not terminated (all
-    of them Guaranteed with exclusive CPUs, so `with-exclusive-resources` covers them all)."""
+    of them Guaranteed with exclusive CPUs, so `with-exclusive-resources` covers them all), and, where the
+    node's agent was told the Dedicated informer, the finished and rejected ones too (as that informer counts
+    them)."""
+    dedicated = AGENT_MODES.get(node, "Dedicated") == "Dedicated"
     pods = kube.ok("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node}")["items"]
     return fingerprint(
         (p["metadata"]["namespace"], p["metadata"]["name"])
         for p in pods
-        if p["status"].get("phase") not in ("Succeeded", "Failed") and not p["metadata"].get("deletionTimestamp")
+        if (dedicated or p["status"].get("phase") not in ("Succeeded", "Failed"))
+        and not p["metadata"].get("deletionTimestamp")
     )
 
 
