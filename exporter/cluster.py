@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -480,12 +480,7 @@ def explain(
         ][-5:],
     )
     # Every node judged without the pod itself: what it holds where it is bound is what it asks for.
-    views = [
-        NodeView(
-            name=v.name, node=v.node, nrt=v.nrt, pods=tuple(p for p in v.pods if _uid(p) != uid), finished=v.finished
-        )
-        for v in loaded
-    ]
+    views = [replace(v, pods=tuple(p for p in v.pods if _uid(p) != uid)) for v in loaded]
     fits = fit(views, shape)
     selector = spec.get("nodeSelector") or {}
     labels = {v.name: (v.node.get("metadata") or {}).get("labels") or {} for v in views}

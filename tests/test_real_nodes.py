@@ -154,7 +154,7 @@ def agreement(kube: ControlPlane, cluster: RealCluster) -> None:
 # between too); a pod reserved before the flush that our object did not name yet (the agent had not seen the
 # bind when it wrote, or it was not bound yet; the cache counts it only once it runs) is then subtracted
 # nowhere, and the next pod may land on its CPUs. Caught on real kubelets in both modes (the resync came
-# 50-130 ms after the reservation). Such a rejection is told from the logs (tests/workload.py `scheduler_race`,
+# 50-75 ms after the bind, or 127 ms after the reservation). Such a rejection is told from the logs (tests/workload.py `scheduler_race`,
 # from the pods the agent logs each write naming), counted and printed; any other fails the test with its
 # timeline.
 SCHEDULERS = {

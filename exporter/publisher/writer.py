@@ -16,6 +16,7 @@ a missing CRD is reported clearly and retried slowly. None of it blocks metrics.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -152,7 +153,8 @@ class NrtWriter:
                     await self._sleep(wait)  # coalesce: publish the newest content once the interval is over
                     continue
             try:
-                await self._write(body, want, fingerprint_pods(snapshot, method=self.method, finished=finished))
+                named = functools.partial(fingerprint_pods, snapshot, method=self.method, finished=finished)
+                await self._write(body, want, named)
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -208,7 +210,7 @@ class NrtWriter:
                 )
                 self._said_node_missing = True
 
-    async def _write(self, body: dict[str, Any], want: dict[str, Any], named: Sequence[PodRef]) -> None:
+    async def _write(self, body: dict[str, Any], want: dict[str, Any], named: Callable[[], Sequence[PodRef]]) -> None:
         """One attempt. Between resyncs, when our last write's resourceVersion is known, the object is
         replaced directly (one request per change; a 409 means someone else wrote, and the retry re-reads).
         At start, on a resync and after a conflict, it is read back first and written only if it differs.
@@ -251,7 +253,7 @@ class NrtWriter:
         if log.isEnabledFor(logging.DEBUG):
             zones = {z["name"]: {r["name"]: r["available"] for r in z["resources"]} for z in body.get("zones", [])}
             fingerprint = {a["name"]: a["value"] for a in body.get("attributes", [])}.get(ATTRIBUTE)
-            pods = sorted(f"{pod.namespace}/{pod.name}" for pod in named)
+            pods = sorted(f"{pod.namespace}/{pod.name}" for pod in named())  # only the debug log needs them
             log.debug(
                 "NodeResourceTopology %s written: %s, available %s, pods %s", self.node_name, fingerprint, zones, pods
             )
