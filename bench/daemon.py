@@ -239,13 +239,13 @@ IMPORT_STEPS = (
     ("prometheus_client", "import prometheus_client"),
     ("PyYAML", "import yaml"),
     ("the exporter (sources, accounting, CLI)", "import exporter.cli"),
-    ("the exporter's server (app, metrics, refresher)", "import exporter.app"),
+    ("the exporter's server (app, metrics, refresher)", "import exporter.agent.app"),
     ("urllib3", "import urllib3"),
     ("pydantic (the client's api_client)", "import pydantic"),
     ("requests, oauthlib (the client's kube_config)", "import requests, requests_oauthlib"),
     ("python-dateutil", "import dateutil.parser"),
-    ("kubernetes client and config, and the publisher", "import exporter.publisher.writer, exporter.publisher.pods, "
-     "exporter.publisher.ownwatch"),
+    ("kubernetes client and config, and the publisher", "import exporter.agent.writer, exporter.agent.pods, "
+     "exporter.agent.ownwatch"),
 )  # fmt: skip
 
 RSS_PROBE = """

@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 
 from bench.common import median_seconds, print_table, unpack_hwloc_trees
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
 
 

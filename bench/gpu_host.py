@@ -25,10 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_seconds, print_table
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
-from exporter.render import render_topology
 from exporter.sources import nvml
+from exporter.views.render import render_topology
 from tests.hosttree import fixture_machine, fixture_nvml_config
 
 ROOT = Path(__file__).resolve().parent.parent

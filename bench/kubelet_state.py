@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_seconds, print_table
-from exporter.accounting import KubeletState
 from exporter.cpuset import format_cpuset
-from exporter.discovery import discover
-from exporter.profiles import Profile
+from exporter.hardware.discovery import discover
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.profiles import Profile
 from exporter.snapshot import account
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
 from exporter.sources.kubelet_json import spew_checksum

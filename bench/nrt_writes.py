@@ -24,11 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, real_control_plane
+from exporter.agent.writer import NrtWriter
 from exporter.cpuset import format_cpuset
-from exporter.metrics import NrtStats
-from exporter.publisher.api import KubeApi, client_from
-from exporter.publisher.writer import NrtWriter
+from exporter.kubeapi import KubeApi, client_from
 from exporter.snapshot import SnapshotBuilder
+from exporter.views.metrics import NrtStats
 from tests.controlplane import AGENT_USER, ControlPlane
 from tests.faultproxy import FaultProxy
 from tests.hosttree import fixture_machine

@@ -80,7 +80,7 @@ def main() -> None:
         ("the seeds' check scripted: sh + cat per container", f"{peer * 1000:.1f}", f"{peer / ours:.1f}"),
     ])  # fmt: skip
 
-    from exporter.metrics import render_exposition  # noqa: PLC0415
+    from exporter.views.metrics import render_exposition  # noqa: PLC0415
 
     text = render_exposition(snapshot, placement=view).decode()
     names = ("container_memory_bytes", "container_remote_memory_ratio", "container_enforced_numa_nodes",

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_seconds, print_table
 from bench.kubelet_state import PODS, large_host, write_state
-from exporter.accounting import KubeletState
-from exporter.crosscheck import cross_check
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.crosscheck import cross_check
 from exporter.model import PodRef
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
 from exporter.sources.podresources import PodResourcesClient, TokenBucket
@@ -37,7 +37,7 @@ def rss():
     for line in open('/proc/self/status'):
         if line.startswith('VmRSS'):
             return int(line.split()[1])
-import exporter.cli, exporter.app
+import exporter.cli, exporter.agent.app
 before = rss()
 from exporter.sources.podresources import PodResourcesClient
 imported = rss()
@@ -108,7 +108,7 @@ def main() -> None:
     print_table(
         ("resident memory", "MiB"),
         [
-            ("the agent's imports (exporter.cli, exporter.app)", f"{before / 1024:.1f}"),
+            ("the agent's imports (exporter.cli, exporter.agent.app)", f"{before / 1024:.1f}"),
             ("+ grpcio, protobuf and the generated client", f"{(imported - before) / 1024:.1f}"),
             ("+ the first reading (channel, threads, buffers)", f"{(after - imported) / 1024:.1f}"),
             ("total", f"{after / 1024:.1f}"),

@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 
 from exporter import DEFAULT_PORT, __version__
-from exporter.doctor import diagnose
 from exporter.errors import ConfigError, ExporterError
 from exporter.fingerprint import INFORMER_DEDICATED, INFORMER_MODES, METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
+from exporter.kubelet.profiles import load_profiles
 from exporter.paths import (
     DEFAULT_CGROUP,
     DEFAULT_CONTAINER_LOGS,
@@ -26,9 +26,9 @@ from exporter.paths import (
     DEFAULT_SYSFS,
     HostPaths,
 )
-from exporter.profiles import load_profiles
-from exporter.render import render_json, render_snapshot
 from exporter.snapshot import PlacementSampler, SnapshotBuilder
+from exporter.views.doctor import diagnose
+from exporter.views.render import render_json, render_snapshot
 
 log = logging.getLogger("exporter")
 
@@ -311,12 +311,12 @@ def _snapshot(args: argparse.Namespace) -> int:
     # The daemon's modules (aiohttp, prometheus_client) are imported only by the commands that use them:
     # a one-shot `snapshot` or `doctor` (often run through `kubectl exec`) starts in a fraction of the time.
     if args.format == "nrt":
-        from exporter.nrt import build_nrt  # noqa: PLC0415
+        from exporter.views.nrt import build_nrt  # noqa: PLC0415
 
         obj = build_nrt(snapshot, node_name=args.node_name, node_uid=None, method=args.nrt_fingerprint_method)
         sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
     elif args.format == "metrics":
-        from exporter.metrics import RefreshStats, render_exposition  # noqa: PLC0415
+        from exporter.views.metrics import RefreshStats, render_exposition  # noqa: PLC0415
 
         stats = RefreshStats()
         stats.observe(snapshot.duration_seconds)
@@ -331,7 +331,7 @@ def _snapshot(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415 - see _snapshot
 
-    from exporter.app import ServeOptions, parse_listen_address, serve  # noqa: PLC0415 - see _snapshot
+    from exporter.agent.app import ServeOptions, parse_listen_address, serve  # noqa: PLC0415 - see _snapshot
 
     try:
         host, port = parse_listen_address(args.listen_address)
@@ -359,7 +359,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from exporter.verify import verify  # noqa: PLC0415 - see _snapshot
+    from exporter.views.verify import verify  # noqa: PLC0415 - see _snapshot
 
     try:
         verdict = verify(HostPaths(sysfs=args.sysfs, procfs=args.procfs), use_nvml=args.nvml, pid=args.pid)
@@ -373,8 +373,8 @@ def _verify(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from exporter import cluster  # noqa: PLC0415 - see _snapshot
-    from exporter.nrtmatch import pod_shape  # noqa: PLC0415
+    from exporter.cluster import explain as cluster  # noqa: PLC0415 - see _snapshot
+    from exporter.cluster.nrtmatch import pod_shape  # noqa: PLC0415
 
     if args.pod is not None and args.shape:
         print("numa-topology-exporter fit: give a shape or --pod, not both", file=sys.stderr)
@@ -421,7 +421,7 @@ def _fit(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from exporter import cluster  # noqa: PLC0415 - see _snapshot
+    from exporter.cluster import explain as cluster  # noqa: PLC0415 - see _snapshot
 
     namespace, _, name = args.pod.rpartition("/")
     api = cluster.connect(args.kubeconfig, args.context)

@@ -33,7 +33,7 @@ class NumaNode:
     hugepages: tuple[HugepagePool, ...]
     distances: Mapping[int, int]
     numastat: Mapping[str, int]
-    # What the memory is (memory_kinds.py): dram, hbm, nvm, spm, cxl or gpu-memory; for GPU memory, the
+    # What the memory is (hardware/memory_kinds.py): dram, hbm, nvm, spm, cxl or gpu-memory; for GPU memory, the
     # owning GPU's PCI address. The kernel's memory tier where it has tiers. The hardware's view: the
     # kubelet counts every NUMA node's memory alike.
     memory_kind: str = "dram"

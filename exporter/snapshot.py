@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from exporter.accounting import (
+from exporter.errors import SourceContradicted, SourceError, SourceMissing
+from exporter.hardware.discovery import discover
+from exporter.kubelet.accounting import (
     KubeletState,
     ReservedCpus,
     ResourceAccount,
@@ -28,14 +30,14 @@ from exporter.accounting import (
     stale_entries,
     without_gone_pods,
 )
-from exporter.alignment import ContainerAlignment, container_alignment
-from exporter.cpu_assignment import CpuTopology
-from exporter.crosscheck import CrossCheck, Disagreement, cross_check
-from exporter.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
-from exporter.discovery import discover
-from exporter.dra import DraView, dra_view
-from exporter.errors import SourceContradicted, SourceError, SourceMissing
-from exporter.fit import ProfileFit, profile_fits, with_stranded
+from exporter.kubelet.alignment import ContainerAlignment, container_alignment
+from exporter.kubelet.cpu_assignment import CpuTopology
+from exporter.kubelet.crosscheck import CrossCheck, Disagreement, cross_check
+from exporter.kubelet.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
+from exporter.kubelet.dra import DraView, dra_view
+from exporter.kubelet.fit import ProfileFit, profile_fits, with_stranded
+from exporter.kubelet.placement import PlacementView, observe, remote_bytes_by_numa
+from exporter.kubelet.profiles import Profile, default_profiles
 from exporter.model import (
     DraApiReading,
     DraDeviceRef,
@@ -47,8 +49,6 @@ from exporter.model import (
     Topology,
 )
 from exporter.paths import HostPaths
-from exporter.placement import PlacementView, observe, remote_bytes_by_numa
-from exporter.profiles import Profile, default_profiles
 from exporter.sources import (
     cgroups,
     container_logs,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.accounting import ResourceAccount
-from exporter.profiles import Profile, parse_profiles
+from exporter.kubelet.accounting import ResourceAccount
+from exporter.kubelet.profiles import Profile, parse_profiles
 from exporter.snapshot import Snapshot, SnapshotBuilder
 from tests.hosttree import HostTree, fixture_nvml_config
 from tests.kubelet_files import (
@@ -234,7 +234,7 @@ def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releas
     """K memorymanager releaseMemory: a block over NUMA 0 and 1 frees what NUMA 0 has reserved first, the rest
     on NUMA 1, and both nodes leave their group once their last assignment goes; the CPUs of a gone pod return
     to the shared pool; its devices are free. A live pod's entries stay."""
-    from exporter.accounting import KubeletState, without_gone_pods
+    from exporter.kubelet.accounting import KubeletState, without_gone_pods
     from exporter.model import (
         CpuManagerState,
         DeviceAllocation,
@@ -297,7 +297,7 @@ def test_entries_of_gone_pods_are_released_as_the_kubelets_next_admission_releas
 def test_devices_the_kubelet_cannot_hand_out_are_not_allocatable() -> None:
     """A plugin gone (or a device unhealthy): the checkpoint still registers its devices, the kubelet's
     podresources API no longer lists them, and its device manager admits nothing on them."""
-    from exporter.accounting import device_accounts
+    from exporter.kubelet.accounting import device_accounts
     from exporter.model import DeviceAllocation, DeviceCheckpoint
 
     checkpoint = DeviceCheckpoint(

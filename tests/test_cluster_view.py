@@ -1,5 +1,5 @@
 """The cluster view (`fit`, `fit --summary`, `explain`): the NodeResourceTopologyMatch filter as ported in
-exporter/nrtmatch.py, held to the real scheduler (kube-scheduler-nrt, scheduler-plugins 903da7df) on the real
+exporter/cluster/nrtmatch.py, held to the real scheduler (kube-scheduler-nrt, scheduler-plugins 903da7df) on the real
 API server over random NRT states and pod shapes, and the commands run as an operator runs them.
 
 The differential test runs the scheduler with its cache off (`cacheResyncPeriodSeconds: 0`: the plugin then
@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter import cluster
-from exporter.nrtmatch import (
+from exporter.cluster import explain as cluster
+from exporter.cluster.nrtmatch import (
     TopologyManager,
     filter_node,
     node_resources,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from exporter.discovery import discover
 from exporter.errors import SourceMissing
+from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
 from tests.hosttree import HostTree
 
@@ -137,7 +137,7 @@ def test_numbers_are_ascii_digits_only() -> None:
 
 def test_a_bmc_or_virtual_console_is_not_a_gpu(tmp_path: Path) -> None:
     """ASPEED and Matrox BMC consoles, a QEMU VGA: display controllers, not GPUs; NVIDIA's is a GPU."""
-    from exporter.discovery import discover
+    from exporter.hardware.discovery import discover
     from tests.hosttree import fixture_machine
 
     host = fixture_machine(tmp_path / "m")
@@ -153,7 +153,7 @@ def test_a_bmc_or_virtual_console_is_not_a_gpu(tmp_path: Path) -> None:
 
 def test_a_virtio_nic_has_its_interface(tmp_path: Path) -> None:
     """virtio-net's interface is under the PCI device's virtioN child, not directly under it."""
-    from exporter.discovery import discover
+    from exporter.hardware.discovery import discover
     from tests.hosttree import fixture_machine
 
     host = fixture_machine(tmp_path / "m")

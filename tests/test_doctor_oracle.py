@@ -18,12 +18,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import KubeletState
-from exporter.doctor import diagnose
 from exporter.errors import SourceError
+from exporter.kubelet.accounting import KubeletState
 from exporter.model import KubeletConfig, SourceStatus
 from exporter.snapshot import Snapshot, account
 from exporter.sources import cpu_manager, kubelet_config, memory_manager
+from exporter.views.doctor import diagnose
 from tests.kubelet_files import memory_state
 from tests.oracle import GIB, MachineSpec, ask, asset, refusal
 

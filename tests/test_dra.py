@@ -21,15 +21,15 @@ from typing import Any
 import pytest
 
 from exporter.errors import SourceChecksumError, SourceError, SourceFormatError, SourceMissing
-from exporter.metrics import render_exposition
+from exporter.kubelet.profiles import Profile
 from exporter.model import ContainerClaim, DraApiReading, DraDeviceRef, PodRef
-from exporter.nrt import zone_resources
-from exporter.profiles import Profile
-from exporter.render import render_snapshot
 from exporter.snapshot import RESOURCE_SLICES, Snapshot, SnapshotBuilder
 from exporter.sources import dra_state
 from exporter.sources.dra_api import resource_claim, slice_devices
 from exporter.sources.podresources_v1 import api_pb2
+from exporter.views.metrics import render_exposition
+from exporter.views.nrt import zone_resources
+from exporter.views.render import render_snapshot
 from tests.hosttree import HostTree, fixture_nvml_config
 from tests.kubelet_files import (
     KUBELET_FIXTURES,

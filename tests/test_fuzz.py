@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.cpuset import parse_cpumask, parse_cpuset, parse_sysfs_cpulist
-from exporter.discovery import discover
 from exporter.errors import ExporterError
-from exporter.profiles import parse_profiles
+from exporter.hardware.discovery import discover
+from exporter.kubelet.profiles import parse_profiles
 from exporter.sources.cgroups import parse_numa_stat
 from exporter.sources.container_logs import parse_container_log_name
 from exporter.sources.cpu_manager import parse_cpu_manager_state

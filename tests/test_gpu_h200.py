@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
 
 CAPTURE = Path(__file__).parent / "fixtures" / "gpu" / "h200-vm"

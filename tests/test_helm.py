@@ -163,7 +163,7 @@ def test_every_rendered_argument_is_accepted_by_serve(scenario: str) -> None:
 def test_profiles_become_a_configmap_the_exporter_can_load(tmp_path: Path) -> None:
     documents = render(SCENARIOS["profiles-values"])
     (configmap,) = [d for d in by_kind(documents, "ConfigMap") if d["metadata"]["name"].endswith("-profiles")]
-    from exporter.profiles import parse_profiles
+    from exporter.kubelet.profiles import parse_profiles
 
     profiles = {p.name: dict(p.requests) for p in parse_profiles(configmap["data"]["profiles.yaml"])}
     assert profiles["gpu-train"] == {"nvidia.com/gpu": 1, "cpu": 8, "memory": 64 << 30}

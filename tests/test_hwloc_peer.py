@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
+from exporter.hardware.pcie import bridge_path_class, interesting, pairs
 from exporter.model import Topology
 from exporter.paths import HostPaths
-from exporter.pcie import bridge_path_class, interesting, pairs
 from tests.conftest import HWLOC_NAMES
 
 LSTOPO = shutil.which("lstopo-no-graphics")
@@ -210,7 +210,7 @@ PCI_TREES = ["40intel64-2g2n4c+pci", "32em64t-2n8c+1mic", "32intel64-2p8co2t+8ve
 def hwloc_path_classes(fsroot: Path, name: str, addresses: set[str]) -> dict[tuple[str, str], str]:
     """The path class of every two of these devices as hwloc's PCI tree gives it: the host bridge and PCI
     bridges above each PCIDev, and the NUMA node of the object hwloc attaches the host bridge to. The same
-    rule as exporter/pcie.py, on hwloc's tree instead of ours."""
+    rule as exporter/hardware/pcie.py, on hwloc's tree instead of ours."""
     root = lstopo_xml(fsroot, name)
     parents = {child: parent for parent in root.iter("object") for child in parent if child.tag == "object"}
     numa_cpus = {
@@ -248,7 +248,7 @@ def hwloc_path_classes(fsroot: Path, name: str, addresses: set[str]) -> dict[tup
 
 @pytest.mark.parametrize("name", PCI_TREES)
 def test_pcie_path_classes_match_hwloc(hwloc_trees: dict[str, Path], name: str) -> None:
-    """Every two GPUs, NICs, VFs and accelerators: our path class (sysfs, exporter/pcie.py) equals the one
+    """Every two GPUs, NICs, VFs and accelerators: our path class (sysfs, exporter/hardware/pcie.py) equals the one
     hwloc's own PCI tree gives, on real machines with root ports, switches and several root complexes."""
     topology = ours(hwloc_trees[name])
     devices = interesting(topology)

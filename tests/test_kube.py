@@ -14,10 +14,10 @@ import time
 
 import pytest
 
+from exporter.agent.pods import PodWatcher
 from exporter.errors import ApiForbidden
-from exporter.metrics import NrtStats
-from exporter.publisher.api import FIELD_MANAGER, KubeApi, client_from
-from exporter.publisher.pods import PodWatcher
+from exporter.kubeapi import FIELD_MANAGER, KubeApi, client_from
+from exporter.views.metrics import NrtStats
 from tests.controlplane import AGENT_USER, LIMITED_USER, NRT_PATH, ControlPlane, guaranteed_pod, wait_until
 from tests.daemon import Daemon
 from tests.faultproxy import FaultProxy

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.accounting import KubeletState
 from exporter.cpuset import format_cpuset
-from exporter.devices import admission_numa_nodes, device_inventory, device_numa_nodes, hardware_numa_of
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.devices import admission_numa_nodes, device_inventory, device_numa_nodes, hardware_numa_of
+from exporter.kubelet.profiles import Profile
 from exporter.model import Gpu, Topology
 from exporter.paths import HostPaths
-from exporter.profiles import Profile
 from exporter.snapshot import Accounting, SnapshotBuilder, account
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
 from exporter.sources.kubelet_json import spew_checksum

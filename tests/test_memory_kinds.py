@@ -1,4 +1,4 @@
-"""Memory kinds from the kernel's and the driver's files (exporter/memory_kinds.py), on trees in their real
+"""Memory kinds from the kernel's and the driver's files (exporter/hardware/memory_kinds.py), on trees in their real
 formats: the cases hwloc's captures do not hold (CXL, kernel memory tiers, HBM in cache-less flat mode
 without DAX). hwloc's own captures are compared in tests/test_hwloc_peer.py."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from exporter.discovery import discover
-from exporter.memory_kinds import kinds_of
+from exporter.hardware.discovery import discover
+from exporter.hardware.memory_kinds import kinds_of
 from tests.hosttree import HostTree
 
 

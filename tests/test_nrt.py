@@ -12,8 +12,8 @@ import yaml
 
 from exporter.cli import main
 from exporter.fingerprint import METHOD_ALL, fingerprint
-from exporter.nrt import build_nrt, content
 from exporter.snapshot import SnapshotBuilder
+from exporter.views.nrt import build_nrt, content
 from tests.conftest import HWLOC_NAMES
 from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane
 from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
@@ -106,7 +106,7 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
     kubelet has not admitted yet must keep the two apart (named `<name>#pending`), and count by its own
     name once admitted (pinned in the state files) or Running."""
     from exporter.model import PodRef
-    from exporter.nrt import PENDING
+    from exporter.views.nrt import PENDING
     from tests.kubelet_files import POD_A, POD_B, fixture_config, install
 
     install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))

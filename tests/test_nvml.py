@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
 from exporter.snapshot import SnapshotBuilder
 from exporter.sources.nvml import normalize_pci_address
 from tests.hosttree import HostTree, fixture_machine, fixture_nvml_config

@@ -24,10 +24,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import KubeletState
-from exporter.cpu_assignment import CpuTopology
 from exporter.cpuset import format_cpuset, parse_cpuset
-from exporter.profiles import Profile
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.cpu_assignment import CpuTopology
+from exporter.kubelet.profiles import Profile
 from exporter.snapshot import account
 from exporter.sources import cpu_manager, device_checkpoint, kubelet_config, memory_manager
 from tests.oracle import GIB, MachineSpec, ask, asset

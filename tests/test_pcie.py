@@ -1,10 +1,10 @@
-"""Path classes (exporter/pcie.py) for the shapes hwloc's captures do not hold: switches under switches (PXB),
+"""Path classes (exporter/hardware/pcie.py) for the shapes hwloc's captures do not hold: switches under switches (PXB),
 a device under one switch beside a deeper one, devices of unknown NUMA node, and the closest GPU-NIC pair."""
 
 from __future__ import annotations
 
+from exporter.hardware.pcie import bridge_path_class, closest_gpu_nic, path_class
 from exporter.model import PciDevice
-from exporter.pcie import bridge_path_class, closest_gpu_nic, path_class
 
 ROOT_PORT, UP, DOWN_1, DOWN_2 = "0000:17:00.0", "0000:18:00.0", "0000:19:00.0", "0000:19:01.0"
 

@@ -12,15 +12,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.cli import main
-from exporter.doctor import diagnose
 from exporter.errors import SourceMissing
-from exporter.metrics import render_exposition
+from exporter.kubelet.placement import PlacementView
 from exporter.model import PodRef
-from exporter.placement import PlacementView
-from exporter.render import render_snapshot
 from exporter.snapshot import PlacementSampler, Snapshot, SnapshotBuilder
 from exporter.sources.cgroups import PAGE_SIZE, parse_numa_stat, read_cgroups
 from exporter.sources.container_logs import parse_container_log_name
+from exporter.views.doctor import diagnose
+from exporter.views.metrics import render_exposition
+from exporter.views.render import render_snapshot
 from tests.cgroup_tree import PAUSE, Layout, add_container, container_log, numa_stat
 from tests.daemon import Daemon, wait_for
 from tests.hosttree import HostTree

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from exporter.fingerprint import METHOD_ALL, METHOD_WITH_EXCLUSIVE_RESOURCES
-from exporter.podspec import container_ids, exclusivity, is_native, qos_class
+from exporter.kubelet.podspec import container_ids, exclusivity, is_native, qos_class
 
 
 def pod(*containers: dict[str, Any], init: tuple[dict[str, Any], ...] = (), qos: str | None = None) -> dict[str, Any]:

@@ -8,8 +8,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.accounting import KubeletState
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.profiles import Profile
 from exporter.model import (
     CpuManagerState,
     DeviceAllocation,
@@ -20,7 +21,6 @@ from exporter.model import (
     MemoryTable,
     Topology,
 )
-from exporter.profiles import Profile
 from exporter.snapshot import account
 from tests.hosttree import fixture_machine
 

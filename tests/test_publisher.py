@@ -10,10 +10,10 @@ import logging
 
 import pytest
 
-from exporter.metrics import NrtStats
-from exporter.publisher.api import KubeApi, client_from
-from exporter.publisher.writer import NrtWriter
+from exporter.agent.writer import NrtWriter
+from exporter.kubeapi import KubeApi, client_from
 from exporter.snapshot import SnapshotBuilder
+from exporter.views.metrics import NrtStats
 from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane, guaranteed_pod
 from tests.daemon import Daemon, wait_for
 from tests.faultproxy import FaultProxy

@@ -349,7 +349,7 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
     (16): 8 + 6 CPUs are left. A 12-CPU pod is then stranded and a 17-CPU one larger than any NUMA node; the
     real kubelet rejects both with TopologyAffinityError, and `explain` must say which is which. A 12-CPU pod
     for the NUMA-aware scheduler stays Pending, and `explain` says why from the scheduler's condition."""
-    from exporter import cluster
+    from exporter.cluster import explain as cluster
 
     node = "real-0"
     work = Workload(kube, "explain-real", scheduler="default-scheduler", seed=SEED)

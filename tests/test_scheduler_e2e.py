@@ -304,7 +304,7 @@ def _fingerprinted(kube: ControlPlane, cluster: dict[str, tuple[KubeletPlayer, D
     `<name>#pending`. So the agent has seen the latest pod events and rebuilt its zones with the state
     files written for them."""
     from exporter.fingerprint import fingerprint
-    from exporter.nrt import PENDING
+    from exporter.views.nrt import PENDING
 
     pods = kube.ok("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node}")["items"]
     running = [

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.app import ServeOptions, parse_listen_address, serve
+from exporter.agent.app import ServeOptions, parse_listen_address, serve
 from exporter.errors import SourceMissing
 from exporter.snapshot import SnapshotBuilder
 from tests.daemon import Daemon, cpu_series, wait_for

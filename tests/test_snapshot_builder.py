@@ -111,7 +111,7 @@ def test_a_source_status_is_logged_when_it_changes_not_on_every_refresh(
 def test_a_kubelet_node_without_its_config_publishes_no_policy(machine: HostTree) -> None:
     """State files say a kubelet runs here; its configuration is not where we look: the source is down (an
     error, counted) and the NRT carries no topologyManagerPolicy, never the default `none`."""
-    from exporter.nrt import build_nrt
+    from exporter.views.nrt import build_nrt
 
     install(machine, cpu="cpu_manager_state.static-empty.json", memory="memory_manager_state.static-empty.json")
     snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False).build()
@@ -133,7 +133,7 @@ def test_a_kubelet_node_without_its_config_publishes_no_policy(machine: HostTree
 def test_a_config_its_state_files_contradict_is_not_the_kubelets(machine: HostTree) -> None:
     """A static CPU manager state under a config that says none: that config is not what the kubelet runs with
     (it refuses to start on another policy's state file)."""
-    from exporter.nrt import build_nrt
+    from exporter.views.nrt import build_nrt
 
     install(machine, cpu="cpu_manager_state.static-empty.json", memory="memory_manager_state.static-empty.json",
             config=fixture_config(cpu="none"))  # fmt: skip

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
 from exporter.sources.udev import read_pci_names
 

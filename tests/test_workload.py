@@ -25,7 +25,7 @@ def kubelet_log(*, q_allocated: str, q_removed: str | None = None) -> str:
     return "\n".join(lines)
 
 
-AGENT = "2026-12-04 17:13:37,686 DEBUG exporter.publisher.writer: NodeResourceTopology n-2 written: pfpA, available {}"
+AGENT = "2026-12-04 17:13:37,686 DEBUG exporter.agent.writer: NodeResourceTopology n-2 written: pfpA, available {}"
 
 
 def test_a_reservation_dropped_for_a_pod_our_object_could_not_subtract_is_the_schedulers_race() -> None:
@@ -135,7 +135,7 @@ def test_a_reservation_made_before_the_flush_is_dropped_by_it_even_when_the_bind
             )
         return lines  # fmt: skip
 
-    agent = f"2026-12-05 07:53:08,400 DEBUG exporter.publisher.writer: NodeResourceTopology n-2 written: pfpA, available {{}}, pods ['{NS}/a']"
+    agent = f"2026-12-05 07:53:08,400 DEBUG exporter.agent.writer: NodeResourceTopology n-2 written: pfpA, available {{}}, pods ['{NS}/a']"
     why = scheduler_race(
         NS, "p", "n-2", agent_log=agent, scheduler_log=logs(q_reserved="07:53:08.523136", flushing="07:53:08.650991")
     )

@@ -1,6 +1,6 @@
 """NUMA node memory kinds, decided as hwloc decides them (its memory tiers, hwloc/memattrs.c).
 
-Each node starts from what the sources say it is (sources/memory_kinds.py): GPU memory, a DAX device's
+Each node starts from what the sources say it is (sources/memory_attrs.py): GPU memory, a DAX device's
 NVM, CXL or SPM, else unknown. Nodes sorted by kind and local bandwidth form tiers: a new tier where the
 kind changes or bandwidth or latency differs by more than 10 %. Then hwloc's guess: two unknown tiers (and
 no SPM), or one unknown and one SPM tier, whose bandwidths differ more than twice are DRAM and HBM (HBM in
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from exporter.model import NumaNode
 from exporter.paths import HostPaths
-from exporter.sources import memory_kinds as source
+from exporter.sources import memory_attrs as source
 
 _UNKNOWN = ""
 _ORDER = {_UNKNOWN: 0, "hbm": 1, "gpu-memory": 2, "spm": 3, "nvm": 4, "cxl": 5}  # hwloc's kind bits' order

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.dra import EMPTY, DraView
+from exporter.kubelet.dra import EMPTY, DraView
 from exporter.model import UNKNOWN_NUMA_NODE, DeviceCheckpoint, DeviceKind, Topology
 
 UNKNOWN = frozenset({UNKNOWN_NUMA_NODE})

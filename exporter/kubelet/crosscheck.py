@@ -27,8 +27,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.accounting import KubeletState
 from exporter.cpuset import format_cpuset
+from exporter.kubelet.accounting import KubeletState
 from exporter.model import PodRef, PodResourcesReading, ReportedContainer, ReportedPod
 
 ABSENT = "absent"

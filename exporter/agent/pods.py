@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar
 
 from exporter.errors import ApiCrdMissing, ApiError
+from exporter.kubeapi import GONE, KubeApi, pod_ref
 from exporter.model import DraClaim, PodRef
-from exporter.publisher.api import GONE, KubeApi, pod_ref
 from exporter.sources.dra_api import resource_claim
 
 log = logging.getLogger(__name__)

@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from exporter.accounting import KubeletState
-from exporter.devices import REPLICA_SEPARATOR, UNKNOWN
-from exporter.dra import EMPTY, POD_SCOPE, DraView, held_numa_nodes, is_dra_resource
+from exporter.hardware.pcie import GPUDIRECT_RDMA, closest_gpu_nic
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.devices import REPLICA_SEPARATOR, UNKNOWN
+from exporter.kubelet.dra import EMPTY, POD_SCOPE, DraView, held_numa_nodes, is_dra_resource
 from exporter.model import UNKNOWN_NUMA_NODE, PciePath, Topology
-from exporter.pcie import GPUDIRECT_RDMA, closest_gpu_nic
 
 __all__ = ["POD_SCOPE", "ContainerAlignment", "container_alignment"]
 

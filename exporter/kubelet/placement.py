@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from exporter.accounting import KubeletState
-from exporter.alignment import ContainerAlignment
 from exporter.cpuset import CpuSet
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.alignment import ContainerAlignment
 from exporter.model import UNKNOWN_NUMA_NODE, CgroupReading, LoggedContainer, SourceStatus, Topology
 
 SHORT_ID = 12

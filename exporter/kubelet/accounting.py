@@ -12,10 +12,10 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from exporter.cpu_assignment import CpuTopology, NotEnoughCpus, take_by_topology
 from exporter.cpuset import CpuSet
-from exporter.devices import UNKNOWN
-from exporter.dra import EMPTY, DraView, dra_counts
+from exporter.kubelet.cpu_assignment import CpuTopology, NotEnoughCpus, take_by_topology
+from exporter.kubelet.devices import UNKNOWN
+from exporter.kubelet.dra import EMPTY, DraView, dra_counts
 from exporter.model import (
     CpuManagerState,
     DeviceCheckpoint,

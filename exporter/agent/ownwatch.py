@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from exporter.errors import ApiError
-from exporter.publisher.api import GONE, NRT_COLLECTION, KubeApi
+from exporter.kubeapi import GONE, NRT_COLLECTION, KubeApi
 
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 300

@@ -8,7 +8,7 @@
 * `<sysfs>/devices/system/node/node<N>/access1` (else `access0`) `/initiators/{read,write}_{bandwidth,latency}`:
   the firmware's (HMAT) local bandwidth in MB/s and latency in ns.
 * `<sysfs>/devices/virtual/memory_tiering/memory_tier<T>/nodelist`: the kernel's memory tier of each node.
-Pure reads; what they add up to is decided in discovery (memory_kinds.py).
+Pure reads; what they add up to is decided in hardware/memory_kinds.py.
 """
 
 from __future__ import annotations

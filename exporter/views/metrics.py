@@ -21,8 +21,8 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.cpuset import format_cpuset
 from exporter.errors import SourceError
-from exporter.pcie import nearest_nics
-from exporter.placement import PlacementView
+from exporter.hardware.pcie import nearest_nics
+from exporter.kubelet.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from exporter.cpuset import format_cpuset
-from exporter.kubelet_start import REMOVED_GATES, startup_refusals, state_refusals
+from exporter.hardware.pcie import GPUDIRECT_RDMA, nearest_nics
+from exporter.kubelet.placement import PlacementView
+from exporter.kubelet.startup import REMOVED_GATES, startup_refusals, state_refusals
 from exporter.model import NumaNode
-from exporter.pcie import GPUDIRECT_RDMA, nearest_nics
-from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.sources import kubelet_config
 from exporter.sources.kubelet_config import FIELDS

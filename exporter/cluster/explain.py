@@ -20,9 +20,7 @@ from urllib.parse import quote
 
 import urllib3
 
-from exporter.errors import ApiCrdMissing, ApiError, ApiNotFound, ConfigError
-from exporter.fingerprint import ATTRIBUTE, ATTRIBUTE_METHOD, METHOD_ALL, fingerprint
-from exporter.nrtmatch import (
+from exporter.cluster.nrtmatch import (
     PodShape,
     Verdict,
     Zone,
@@ -35,8 +33,10 @@ from exporter.nrtmatch import (
     pod_shape,
     topology_manager,
 )
-from exporter.podspec import GUARANTEED, exclusivity
-from exporter.publisher.api import NRT_COLLECTION, TERMINAL_PHASES, KubeApi, user_client
+from exporter.errors import ApiCrdMissing, ApiError, ApiNotFound, ConfigError
+from exporter.fingerprint import ATTRIBUTE, ATTRIBUTE_METHOD, METHOD_ALL, fingerprint
+from exporter.kubeapi import NRT_COLLECTION, TERMINAL_PHASES, KubeApi, user_client
+from exporter.kubelet.podspec import GUARANTEED, exclusivity
 from exporter.units import parse_quantity_exact
 
 DEFAULT_NUMA_SCHEDULERS = ("topo-aware-scheduler",)

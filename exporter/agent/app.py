@@ -20,6 +20,10 @@ from typing import Any
 
 from aiohttp import web
 
+from exporter.agent.http import build_app
+from exporter.agent.refresher import Refresher
+from exporter.agent.threads import in_daemon_thread
+from exporter.agent.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
 from exporter.errors import (
     ApiError,
     ApiForbidden,
@@ -29,16 +33,12 @@ from exporter.errors import (
     SourceUnavailable,
 )
 from exporter.fingerprint import INFORMER_DEDICATED, METHOD_WITH_EXCLUSIVE_RESOURCES
-from exporter.http import build_app
-from exporter.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
 from exporter.model import DraApiReading, KubeletConfig, PodRef
 from exporter.paths import HostPaths
-from exporter.refresher import Refresher
 from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
 from exporter.sources import kubelet_config
 from exporter.sources.dra_api import slice_devices
-from exporter.threads import in_daemon_thread
-from exporter.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
+from exporter.views.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 0.5
@@ -267,10 +267,10 @@ def _start_publishing(
     if not api_server_configured(options.kubeconfig):
         log.warning(STANDALONE)
         return []
-    from exporter.publisher.api import KubeApi, client_from  # noqa: PLC0415 - see the docstring
-    from exporter.publisher.ownwatch import NrtWatcher  # noqa: PLC0415
-    from exporter.publisher.pods import ClaimFetcher, PodWatcher, SliceWatcher  # noqa: PLC0415
-    from exporter.publisher.writer import NrtWriter  # noqa: PLC0415
+    from exporter.agent.ownwatch import NrtWatcher  # noqa: PLC0415
+    from exporter.agent.pods import ClaimFetcher, PodWatcher, SliceWatcher  # noqa: PLC0415
+    from exporter.agent.writer import NrtWriter  # noqa: PLC0415
+    from exporter.kubeapi import KubeApi, client_from  # noqa: PLC0415 - see the docstring
 
     client = client_from(options.kubeconfig)
     if client is None:

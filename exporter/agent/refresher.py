@@ -13,11 +13,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
+from exporter.agent.threads import in_daemon_thread
+from exporter.agent.triggers import Trigger
 from exporter.errors import SourceError
-from exporter.metrics import RefreshStats
 from exporter.snapshot import Snapshot, SnapshotBuilder
-from exporter.threads import in_daemon_thread
-from exporter.triggers import Trigger
+from exporter.views.metrics import RefreshStats
 
 log = logging.getLogger(__name__)
 

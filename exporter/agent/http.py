@@ -12,8 +12,8 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter import __version__
-from exporter.render import render_json
 from exporter.snapshot import Snapshot
+from exporter.views.render import render_json
 
 MAX_REQUEST_BYTES = 16 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

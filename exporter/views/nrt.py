@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from exporter.dra import is_dra_resource
 from exporter.fingerprint import (
     ANNOTATION,
     ATTRIBUTE,
@@ -24,6 +23,7 @@ from exporter.fingerprint import (
     METHOD_NONE,
     fingerprint,
 )
+from exporter.kubelet.dra import is_dra_resource
 from exporter.model import UNKNOWN_NUMA_NODE, KubeletConfig, PodRef
 from exporter.snapshot import Snapshot
 

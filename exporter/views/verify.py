@@ -15,10 +15,10 @@ import os
 from dataclasses import dataclass, field
 
 from exporter.cpuset import format_cpuset
-from exporter.discovery import discover
+from exporter.hardware.discovery import discover
+from exporter.hardware.pcie import GPUDIRECT_RDMA, closest_gpu_nic
 from exporter.model import UNKNOWN_NUMA_NODE, Topology
 from exporter.paths import HostPaths
-from exporter.pcie import GPUDIRECT_RDMA, closest_gpu_nic
 from exporter.sources.process import ProcessPlacement, read_process
 
 REMOTE_LIMIT = 0.10

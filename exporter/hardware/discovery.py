@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from exporter import memory_kinds, pcie
 from exporter.errors import SourceError, SourceMissing, SourceUnavailable
+from exporter.hardware import memory_kinds, pcie
 from exporter.model import UNKNOWN_NUMA_NODE, Gpu, NumaNode, PciDevice, SourceStatus, Topology
 from exporter.paths import HostPaths
 from exporter.sources import cpus, numa, nvml, pci, udev

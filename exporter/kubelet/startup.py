@@ -12,10 +12,10 @@ import re
 import struct
 from collections.abc import Mapping
 
-from exporter.accounting import KubeletState
-from exporter.cpu_assignment import kubelet_numa_node_of_cpu
 from exporter.cpuset import CpuSet, format_cpuset
 from exporter.errors import InvalidText
+from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.cpu_assignment import kubelet_numa_node_of_cpu
 from exporter.model import GO_BOOLS, KubeletConfig, MemoryManagerState, Topology
 from exporter.units import hugepage_resource, parse_quantity_exact
 

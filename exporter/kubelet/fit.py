@@ -25,10 +25,10 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from exporter.accounting import ExclusiveCpus, ResourceAccount
-from exporter.cpu_assignment import NotEnoughCpus, take_by_topology
+from exporter.kubelet.accounting import ExclusiveCpus, ResourceAccount
+from exporter.kubelet.cpu_assignment import NotEnoughCpus, take_by_topology
+from exporter.kubelet.profiles import Profile
 from exporter.model import UNKNOWN_NUMA_NODE
-from exporter.profiles import Profile
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

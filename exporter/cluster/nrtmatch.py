@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from exporter.podspec import GUARANTEED, is_native, qos_class
+from exporter.kubelet.podspec import GUARANTEED, is_native, qos_class
 from exporter.units import parse_quantity_exact
 
 SINGLE_NUMA_NODE = "single-numa-node"

@@ -26,9 +26,9 @@ from exporter.errors import (
     ApiUnavailable,
     ConfigError,
 )
+from exporter.kubelet.podspec import container_claims, container_ids, exclusivity
 from exporter.model import PodRef
-from exporter.nrt import GROUP, PLURAL, VERSION
-from exporter.podspec import container_claims, container_ids, exclusivity
+from exporter.views.nrt import GROUP, PLURAL, VERSION
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from exporter.cpuset import format_cpuset
-from exporter.dra import DraView, is_dra_resource
+from exporter.hardware.pcie import GPUDIRECT_RDMA
+from exporter.kubelet.dra import DraView, is_dra_resource
+from exporter.kubelet.placement import PlacementView
 from exporter.model import UNKNOWN_NUMA_NODE, PciDevice, PciePath, SourceStatus, Topology
-from exporter.pcie import GPUDIRECT_RDMA
-from exporter.placement import PlacementView
 from exporter.snapshot import Snapshot
 from exporter.units import hugepage_size_name, human_bytes
 

@@ -23,14 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from exporter.agent.threads import in_daemon_thread
 from exporter.errors import ApiConflict, ApiCrdMissing, ApiError, ApiForbidden, ApiInvalid, ApiNotFound
 from exporter.fingerprint import ATTRIBUTE, METHOD_WITH_EXCLUSIVE_RESOURCES
-from exporter.metrics import NrtStats
+from exporter.kubeapi import KubeApi
 from exporter.model import PodRef
-from exporter.nrt import build_nrt, content, fingerprint_pods
-from exporter.publisher.api import KubeApi
 from exporter.snapshot import Snapshot
-from exporter.threads import in_daemon_thread
+from exporter.views.metrics import NrtStats
+from exporter.views.nrt import build_nrt, content, fingerprint_pods
 
 log = logging.getLogger(__name__)
 

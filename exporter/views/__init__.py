@@ -1,0 +1,1 @@
+"""Pure renderings of one snapshot: Prometheus metrics, tables and JSON, the NRT object, doctor and verify."""
