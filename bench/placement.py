@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_seconds, print_table
 from bench.daemon import cpu_and_switches
-from exporter.snapshot import PlacementSampler, SnapshotBuilder
+from exporter.observed import PlacementSampler
+from exporter.snapshot import SnapshotBuilder
 from tests.cgroup_tree import Layout, add_container, container_dir_name, container_log, pod_dir
 from tests.daemon import Daemon, wait_for
 from tests.hosttree import HostTree, fixture_machine
@@ -80,7 +81,7 @@ def main() -> None:
         ("the seeds' check scripted: sh + cat per container", f"{peer * 1000:.1f}", f"{peer / ours:.1f}"),
     ])  # fmt: skip
 
-    from exporter.views.metrics import render_exposition  # noqa: PLC0415
+    from exporter.views.exposition import render_exposition  # noqa: PLC0415
 
     text = render_exposition(snapshot, placement=view).decode()
     names = ("container_memory_bytes", "container_remote_memory_ratio", "container_enforced_numa_nodes",

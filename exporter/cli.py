@@ -17,6 +17,7 @@ from exporter import DEFAULT_PORT, __version__
 from exporter.errors import ConfigError, ExporterError
 from exporter.fingerprint import INFORMER_DEDICATED, INFORMER_MODES, METHOD_WITH_EXCLUSIVE_RESOURCES, METHODS
 from exporter.kubelet.profiles import load_profiles
+from exporter.observed import PlacementSampler
 from exporter.paths import (
     DEFAULT_CGROUP,
     DEFAULT_CONTAINER_LOGS,
@@ -26,7 +27,7 @@ from exporter.paths import (
     DEFAULT_SYSFS,
     HostPaths,
 )
-from exporter.snapshot import PlacementSampler, SnapshotBuilder
+from exporter.snapshot import SnapshotBuilder
 from exporter.views.doctor import diagnose
 from exporter.views.render import render_json, render_snapshot
 
@@ -316,7 +317,8 @@ def _snapshot(args: argparse.Namespace) -> int:
         obj = build_nrt(snapshot, node_name=args.node_name, node_uid=None, method=args.nrt_fingerprint_method)
         sys.stdout.write(yaml.safe_dump(obj, sort_keys=False))
     elif args.format == "metrics":
-        from exporter.views.metrics import RefreshStats, render_exposition  # noqa: PLC0415
+        from exporter.views.exposition import render_exposition  # noqa: PLC0415
+        from exporter.views.metrics import RefreshStats  # noqa: PLC0415
 
         stats = RefreshStats()
         stats.observe(snapshot.duration_seconds)
@@ -373,7 +375,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from exporter.cluster import explain as cluster  # noqa: PLC0415 - see _snapshot
+    from exporter.cluster import fit, load, plan, tables  # noqa: PLC0415 - see _snapshot
     from exporter.cluster.nrtmatch import pod_shape  # noqa: PLC0415
 
     if args.pod is not None and args.shape:
@@ -382,13 +384,13 @@ def _fit(args: argparse.Namespace) -> int:
     shapes: dict[str, Any] = {}
     try:
         if args.pod is not None:
-            shapes[args.pod.name] = cluster.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
+            shapes[args.pod.name] = fit.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
         elif args.shape:
-            shapes[" ".join(args.shape)] = cluster.parse_shape(args.shape)
+            shapes[" ".join(args.shape)] = fit.parse_shape(args.shape)
         if args.summary and args.profiles is not None:
             for profile in load_profiles(args.profiles):
                 resources = ",".join(f"{name}={amount}" for name, amount in profile.requests.items())
-                shapes[profile.name] = cluster.parse_shape([resources])
+                shapes[profile.name] = fit.parse_shape([resources])
     except ConfigError as exc:
         print(f"numa-topology-exporter fit: {exc}", file=sys.stderr)
         return 2
@@ -398,35 +400,35 @@ def _fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    api = cluster.connect(args.kubeconfig, args.context)
-    views = cluster.load(api, selector=args.selector)
+    api = load.connect(args.kubeconfig, args.context)
+    views = load.load(api, selector=args.selector)
     pods = {name: pod_shape(pod) for name, pod in shapes.items()}
     if args.summary:
-        plans = cluster.plan(views, pods)
+        plans = plan.plan(views, pods)
         out = (
             json.dumps([p.as_json() for p in plans], indent=2) + "\n"
             if args.format == "json"
-            else cluster.plan_table(plans)
+            else tables.plan_table(plans)
         )
         sys.stdout.write(out)
         return 0
-    fits = cluster.fit(views, next(iter(pods.values())))
+    fits = fit.fit(views, next(iter(pods.values())))
     if args.format == "json":
         sys.stdout.write(json.dumps([f.as_json() for f in fits], indent=2) + "\n")
     else:
-        sys.stdout.write(cluster.fit_table(fits))
+        sys.stdout.write(tables.fit_table(fits))
     return 0 if any(f.fits for f in fits) else 1
 
 
 def _explain(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
 
-    from exporter.cluster import explain as cluster  # noqa: PLC0415 - see _snapshot
+    from exporter.cluster import explain, load  # noqa: PLC0415 - see _snapshot
 
     namespace, _, name = args.pod.rpartition("/")
-    api = cluster.connect(args.kubeconfig, args.context)
-    result = cluster.explain(
-        api, namespace or args.namespace, name, numa_schedulers=args.numa_schedulers or cluster.DEFAULT_NUMA_SCHEDULERS
+    api = load.connect(args.kubeconfig, args.context)
+    result = explain.explain(
+        api, namespace or args.namespace, name, numa_schedulers=args.numa_schedulers or load.DEFAULT_NUMA_SCHEDULERS
     )
     sys.stdout.write(json.dumps(result.as_json(), indent=2) + "\n" if args.format == "json" else result.text())
     return 0

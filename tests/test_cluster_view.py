@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.cluster import explain as cluster
+from exporter.cluster import explain, fit, load
 from exporter.cluster.nrtmatch import (
     TopologyManager,
     filter_node,
@@ -311,7 +311,7 @@ def test_fit_agrees_with_the_real_scheduler_on_random_states_and_shapes(
     label, names = diff_nodes
     namespace = f"fit-diff-{label}"
     kube.ensure_namespace(namespace)
-    api = cluster.connect(kube.kubeconfig("admin"), None)
+    api = load.connect(kube.kubeconfig("admin"), None)
     rng = random.Random(DIFF_SEED)
     compared = refused = admitted_by_filter = unfiltered = unschedulable = 0
     for round_ in range(DIFF_ROUNDS):
@@ -326,7 +326,7 @@ def test_fit_agrees_with_the_real_scheduler_on_random_states_and_shapes(
             else:
                 body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 kube.ok("PUT", f"{NRT_PATH}/{name}", body)
-        views = cluster.load(api, selector=f"nte-fit-diff={label}")
+        views = load.load(api, selector=f"nte-fit-diff={label}")
         assert [v.name for v in views] == names
         assert sum(v.nrt is not None for v in views) == len(with_nrt)
         offset = log_size(kube)
@@ -345,7 +345,7 @@ def test_fit_agrees_with_the_real_scheduler_on_random_states_and_shapes(
         for pod_name, manifest in manifests.items():
             shape = pod_shape(created[pod_name])
             assert pod_shape(manifest) == shape, f"{pod_name}: the manifest reads as the API server's defaulted pod"
-            ours = {f.node: f for f in cluster.fit(views, shape)}
+            ours = {f.node: f for f in fit.fit(views, shape)}
             key = f"{namespace}/{pod_name}"
             for node in names:
                 mine = ours[node]
@@ -722,14 +722,14 @@ def test_staleness_reads_the_fingerprint_as_either_informer_mode_counts() -> Non
         return {"metadata": {"namespace": "t", "name": name, "uid": name}, "status": {"phase": phase},
                 "spec": {"containers": [{"name": "c", "resources": {"requests": resources, "limits": resources}}]}}  # fmt: skip
 
-    def view(published: str) -> cluster.NodeView:
+    def view(published: str) -> load.NodeView:
         attributes = [{"name": "nodeTopologyPodsFingerprint", "value": published},
                       {"name": "nodeTopologyPodsFingerprintMethod", "value": "with-exclusive-resources"}]  # fmt: skip
-        return cluster.NodeView(name="n", node={}, nrt={"attributes": attributes, "zones": []},
+        return load.NodeView(name="n", node={}, nrt={"attributes": attributes, "zones": []},
                                 pods=(pod("run", "Running"),), finished=(pod("gone", "Failed"),))  # fmt: skip
 
-    shared = cluster.staleness(view(fingerprint([("t", "run")])))
-    dedicated = cluster.staleness(view(fingerprint([("t", "run"), ("t", "gone")])))
+    shared = explain.staleness(view(fingerprint([("t", "run")])))
+    dedicated = explain.staleness(view(fingerprint([("t", "run"), ("t", "gone")])))
     assert shared == "current (its fingerprint names the 1 pods running there)"
     assert dedicated.startswith("current (its fingerprint names the 1 pods running there and the 1 finished")
-    assert cluster.staleness(view(fingerprint([]))).startswith("stale: its fingerprint does not name the 1 pods")
+    assert explain.staleness(view(fingerprint([]))).startswith("stale: its fingerprint does not name the 1 pods")

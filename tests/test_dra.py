@@ -27,7 +27,7 @@ from exporter.snapshot import RESOURCE_SLICES, Snapshot, SnapshotBuilder
 from exporter.sources import dra_state
 from exporter.sources.dra_api import resource_claim, slice_devices
 from exporter.sources.podresources_v1 import api_pb2
-from exporter.views.metrics import render_exposition
+from exporter.views.exposition import render_exposition
 from exporter.views.nrt import zone_resources
 from exporter.views.render import render_snapshot
 from tests.hosttree import HostTree, fixture_nvml_config

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from exporter.snapshot import SnapshotBuilder
-from exporter.views.metrics import CLIENT_VERSION, RefreshStats, render_exposition
+from exporter.views.exposition import render_exposition
+from exporter.views.metrics import CLIENT_VERSION, RefreshStats
 from tests.conftest import HWLOC_NAMES
 from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
 

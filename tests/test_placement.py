@@ -15,11 +15,12 @@ from exporter.cli import main
 from exporter.errors import SourceMissing
 from exporter.kubelet.placement import PlacementView
 from exporter.model import PodRef
-from exporter.snapshot import PlacementSampler, Snapshot, SnapshotBuilder
+from exporter.observed import PlacementSampler
+from exporter.snapshot import Snapshot, SnapshotBuilder
 from exporter.sources.cgroups import PAGE_SIZE, parse_numa_stat, read_cgroups
 from exporter.sources.container_logs import parse_container_log_name
 from exporter.views.doctor import diagnose
-from exporter.views.metrics import render_exposition
+from exporter.views.exposition import render_exposition
 from exporter.views.render import render_snapshot
 from tests.cgroup_tree import PAUSE, Layout, add_container, container_log, numa_stat
 from tests.daemon import Daemon, wait_for

@@ -349,11 +349,11 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
     (16): 8 + 6 CPUs are left. A 12-CPU pod is then stranded and a 17-CPU one larger than any NUMA node; the
     real kubelet rejects both with TopologyAffinityError, and `explain` must say which is which. A 12-CPU pod
     for the NUMA-aware scheduler stays Pending, and `explain` says why from the scheduler's condition."""
-    from exporter.cluster import explain as cluster
+    from exporter.cluster import explain, load
 
     node = "real-0"
     work = Workload(kube, "explain-real", scheduler="default-scheduler", seed=SEED)
-    api = cluster.connect(kube.kubeconfig("admin"), None)
+    api = load.connect(kube.kubeconfig("admin"), None)
     kube.start_scheduler()  # running already when the module's other tests ran first
 
     def create(name: str, cpu: str, *, scheduler: str = "default-scheduler") -> None:
@@ -378,10 +378,10 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
             assert failed["status"]["reason"] == "TopologyAffinityError", failed["status"]
         create("early", "12", scheduler="topo-aware-scheduler")
         wait_until(
-            lambda: cluster.explain(api, work.namespace, "stranded").nrt.startswith("current"),  # type: ignore[union-attr]
+            lambda: explain.explain(api, work.namespace, "stranded").nrt.startswith("current"),  # type: ignore[union-attr]
             timeout=30, what="the agent's NRT to show the two running pods",
         )  # fmt: skip
-        stranded = cluster.explain(api, work.namespace, "stranded")
+        stranded = explain.explain(api, work.namespace, "stranded")
         assert (stranded.rejection or "").startswith("TopologyAffinityError"), stranded.rejection
         assert any(
             c.startswith(f"stranded: {node} has enough in all but not on one NUMA node (cpu 14 free in all, at most 8")
@@ -389,14 +389,14 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
         ), stranded.causes
         assert any(c.startswith("scheduler not NUMA-aware: default-scheduler") for c in stranded.causes)
         assert not any(c.startswith("larger than any NUMA node") for c in stranded.causes), stranded.causes
-        too_big = cluster.explain(api, work.namespace, "too-big")
+        too_big = explain.explain(api, work.namespace, "too-big")
         assert any(
             c.startswith("larger than any NUMA node: c0 wants cpu 17, the largest NUMA node holds 16")
             for c in too_big.causes
         ), too_big.causes
         assert too_big.fits_on == [], "17 CPUs fit on no NUMA node of any real node"
         early = wait_until(
-            lambda: (e := cluster.explain(api, work.namespace, "early")).scheduled and e, timeout=60,
+            lambda: (e := explain.explain(api, work.namespace, "early")).scheduled and e, timeout=60,
             what="the NUMA-aware scheduler's verdict on a 12-CPU pod",
         )  # fmt: skip
         if "invalid node topology data" in (early.scheduled or ""):  # pods bound blind: foreign until a resync
@@ -416,7 +416,7 @@ def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, 
         wait_until(resynced, timeout=30, interval=0.2, what="the scheduler's cache to take the node's NRT again")
         create("waiting", "12", scheduler="topo-aware-scheduler")
         waiting = wait_until(
-            lambda: (e := cluster.explain(api, work.namespace, "waiting")).scheduled and e, timeout=60,
+            lambda: (e := explain.explain(api, work.namespace, "waiting")).scheduled and e, timeout=60,
             what="the NUMA-aware scheduler's verdict on the waiting pod",
         )  # fmt: skip
         assert "cannot align" in (waiting.scheduled or ""), waiting.scheduled

@@ -34,11 +34,13 @@ from exporter.errors import (
 )
 from exporter.fingerprint import INFORMER_DEDICATED, METHOD_WITH_EXCLUSIVE_RESOURCES
 from exporter.model import DraApiReading, KubeletConfig, PodRef
+from exporter.observed import PlacementSampler
 from exporter.paths import HostPaths
-from exporter.snapshot import RESOURCE_SLICES, PlacementSampler, SnapshotBuilder
+from exporter.snapshot import RESOURCE_SLICES, SnapshotBuilder
 from exporter.sources import kubelet_config
 from exporter.sources.dra_api import slice_devices
-from exporter.views.metrics import PROCESS_SECONDS, CachedExposition, NrtStats, SnapshotCollector, registry_for
+from exporter.views.exposition import CachedExposition, registry_for
+from exporter.views.metrics import PROCESS_SECONDS, NrtStats, SnapshotCollector
 
 log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 0.5

@@ -13,9 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import version as _package_version
 
-from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -462,54 +460,3 @@ def _errors(errors: Mapping[tuple[str, str], int]) -> Metric:
     for (source, reason), count in sorted(errors.items()):
         family.add_metric([source, reason], count)
     return family
-
-
-class CachedExposition:
-    """The exposition text, rendered once per change of what it shows and served as bytes.
-
-    A snapshot is immutable, and refresh and NRT statistics change only when a refresh or a write
-    happens, so between those every scrape would render the same text: it is rendered once instead.
-    """
-
-    def __init__(self, registry: CollectorRegistry, version: Callable[[], object], *, process: bool = False) -> None:
-        self._registry = registry
-        self._version = version
-        self._seen: object = object()
-        self._body = b""
-        # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them), read
-        # from /proc/self by `refresh_process` on a timer (serve: every PROCESS_SECONDS), never by a scrape.
-        self._process: CollectorRegistry | None = None
-        self._process_body = b""
-        if process:
-            self._process = CollectorRegistry(auto_describe=False)
-            ProcessCollector(registry=self._process)
-            self.refresh_process()
-
-    def refresh_process(self) -> None:
-        if self._process is not None:
-            self._process_body = generate_latest(self._process)
-
-    def body(self) -> bytes:
-        version = self._version()
-        if version != self._seen:
-            self._body = generate_latest(self._registry)
-            self._seen = version
-        return self._body + self._process_body
-
-
-def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    return registry
-
-
-def render_exposition(
-    snapshot: Snapshot,
-    *,
-    refresh: RefreshStats | None = None,
-    nrt: NrtStats | None = None,
-    placement: PlacementView | None = None,
-) -> bytes:
-    """The text exposition for one snapshot: what `serve` answers on /metrics for it."""
-    collector = SnapshotCollector(lambda: snapshot, refresh=refresh, nrt=nrt, placement=lambda: placement)
-    return generate_latest(registry_for(collector))

@@ -1,0 +1,64 @@
+"""The exposition text: rendered once per change of what it shows (serve), or once for one snapshot (the CLI
+and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.exposition import generate_latest
+
+from exporter.kubelet.placement import PlacementView
+from exporter.snapshot import Snapshot
+from exporter.views.metrics import NrtStats, RefreshStats, SnapshotCollector
+
+
+class CachedExposition:
+    """The exposition text, rendered once per change of what it shows and served as bytes.
+
+    A snapshot is immutable, and refresh and NRT statistics change only when a refresh or a write
+    happens, so between those every scrape would render the same text: it is rendered once instead.
+    """
+
+    def __init__(self, registry: CollectorRegistry, version: Callable[[], object], *, process: bool = False) -> None:
+        self._registry = registry
+        self._version = version
+        self._seen: object = object()
+        self._body = b""
+        # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them), read
+        # from /proc/self by `refresh_process` on a timer (serve: every PROCESS_SECONDS), never by a scrape.
+        self._process: CollectorRegistry | None = None
+        self._process_body = b""
+        if process:
+            self._process = CollectorRegistry(auto_describe=False)
+            ProcessCollector(registry=self._process)
+            self.refresh_process()
+
+    def refresh_process(self) -> None:
+        if self._process is not None:
+            self._process_body = generate_latest(self._process)
+
+    def body(self) -> bytes:
+        version = self._version()
+        if version != self._seen:
+            self._body = generate_latest(self._registry)
+            self._seen = version
+        return self._body + self._process_body
+
+
+def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def render_exposition(
+    snapshot: Snapshot,
+    *,
+    refresh: RefreshStats | None = None,
+    nrt: NrtStats | None = None,
+    placement: PlacementView | None = None,
+) -> bytes:
+    """The text exposition for one snapshot: what `serve` answers on /metrics for it."""
+    collector = SnapshotCollector(lambda: snapshot, refresh=refresh, nrt=nrt, placement=lambda: placement)
+    return generate_latest(registry_for(collector))
