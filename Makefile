@@ -62,9 +62,9 @@ run: install
 FUZZ_EXAMPLES ?= 5000
 ORACLE_EXAMPLES ?= 4000
 fuzz: system-deps install
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/test_fuzz.py -p no:cacheprovider
-	ORACLE_EXAMPLES=$(ORACLE_EXAMPLES) ORACLE_RANDOM=1 $(VENV)/bin/pytest tests/test_oracle_differential.py \
-	  tests/test_doctor_oracle.py -p no:cacheprovider
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/unit/test_fuzz.py -p no:cacheprovider
+	ORACLE_EXAMPLES=$(ORACLE_EXAMPLES) ORACLE_RANDOM=1 $(VENV)/bin/pytest tests/integration/test_oracle_differential.py \
+	  tests/integration/test_doctor_oracle.py -p no:cacheprovider
 
 # 50 concurrent scrapers for 5 minutes while the state files change 10 times a second.
 SOAK_SECONDS ?= 300

@@ -72,7 +72,7 @@ def main() -> None:
 
         # Names known (the pod log directory or the API): the join is by name. kubelet_state.py's host
         # hands some CPUs to two pods (it is a parsing benchmark), so matching by content alone is timed
-        # but not checked here; tests/test_podresources.py checks it.
+        # but not checked here; tests/integration/test_podresources.py checks it.
         state = state_files()
         named = dataclasses.replace(
             state, pods=tuple(PodRef(uid=uid, namespace=ns, name=name) for uid, (ns, name) in names.items())

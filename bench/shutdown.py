@@ -3,7 +3,7 @@
 The fake libnvidia-ml (tests/fakenvml) is compiled and told to take --delay-ms in nvmlInitWithFlags (a GPU
 without persistence mode takes seconds); once a refresh is inside it (the library's marker file exists),
 SIGTERM is sent and the time to exit measured. Before refreshes ran in daemon threads, exit took the whole
-call (5.14 s for 5,000 ms); tests/test_serve.py asserts under a second.
+call (5.14 s for 5,000 ms); tests/integration/test_serve.py asserts under a second.
 
     .venv/bin/python bench/shutdown.py [--runs 5] [--delay-ms 5000]
 """

@@ -125,29 +125,29 @@ def node(request: pytest.FixtureRequest, kube: ControlPlane) -> str:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many inputs the fuzz targets tried (tests/test_fuzz.py), how fast NRT recovered from each fault
-    (tests/test_faults.py), and how many generated cases the kubelet-oracle suites compared: the figures
+    """How many inputs the fuzz targets tried (tests/unit/test_fuzz.py), how fast NRT recovered from each fault
+    (tests/integration/test_faults.py), and how many generated cases the kubelet-oracle suites compared: the figures
     RELIABILITY.md and BENCHMARKS.md report."""
     recovery: dict[str, float] = {}
-    for module in ("tests.test_faults", "tests.test_kube", "tests.test_real_faults"):
+    for module in ("tests.integration.test_faults", "tests.integration.test_kube", "tests.integration.test_real_faults"):
         recovery.update(getattr(sys.modules.get(module), "RECOVERY_SECONDS", {}))
     if recovery:
         terminalreporter.write_sep("-", "faults: seconds from recovery to NRT showing the right content")
         for fault, seconds in sorted(recovery.items()):
             terminalreporter.write_line(f"{seconds:8.2f}  {fault}")
     for module, title in (
-        ("tests.test_oracle_differential", "generated node states compared"),
-        ("tests.test_doctor_oracle", "kubelet configurations judged"),
-        ("tests.test_scheduler_e2e", "real scheduler, kubelet played by the oracle"),
-        ("tests.test_real_nodes", "real scheduler, real kubelets"),
-        ("tests.test_cluster_view", "fit against the real scheduler's NodeResourceTopologyMatch filter"),
+        ("tests.integration.test_oracle_differential", "generated node states compared"),
+        ("tests.integration.test_doctor_oracle", "kubelet configurations judged"),
+        ("tests.integration.test_scheduler_e2e", "real scheduler, kubelet played by the oracle"),
+        ("tests.integration.test_real_nodes", "real scheduler, real kubelets"),
+        ("tests.integration.test_cluster_view", "fit against the real scheduler's NodeResourceTopologyMatch filter"),
     ):
         counts = getattr(sys.modules.get(module), "COUNTS", None)
         if counts:
             terminalreporter.write_sep("-", title if "fit" in title else f"kubelet-oracle: {title}")
             for what, count in sorted(counts.items()):
                 terminalreporter.write_line(f"{count:8d}  {what}")
-    fuzz = sys.modules.get("tests.test_fuzz")
+    fuzz = sys.modules.get("tests.unit.test_fuzz")
     tried = getattr(fuzz, "TRIED", None)
     if not tried:
         return

@@ -1,6 +1,6 @@
 """Writing kubelet state files into a fixture host: the kubelet's own fixtures, or new ones built here.
 
-New files get their checksums from the exporter's go-spew formatter, which tests/test_kubelet_state.py
+New files get their checksums from the exporter's go-spew formatter, which tests/unit/test_kubelet_state.py
 checks byte for byte against the text the kubelet's own code hashed (fixtures/kubelet/hash-input).
 """
 

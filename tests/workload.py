@@ -1,7 +1,7 @@
 """A seeded workload of Guaranteed pods for real nodes: bursts (many pods created before any is admitted) and
 churn (Running pods deleted while others arrive), with what became of every pod as the API says it.
 
-Shared by tests/test_real_nodes.py (the judge: 0 pods rejected after binding) and bench/admission.py (the
+Shared by tests/integration/test_real_nodes.py (the judge: 0 pods rejected after binding) and bench/admission.py (the
 same workload under four scheduler arms). Nothing here plays the kubelet: the real kubelets admit or reject.
 """
 

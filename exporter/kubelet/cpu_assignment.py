@@ -11,7 +11,7 @@ and `topology/topology.go` (`Discover`, `CPUDetails`). The kubelet uses it to ch
 * candidates are sorted by how many available CPUs they hold (fewest first), then by id; NUMA nodes come
   before sockets when there are at least as many sockets as NUMA nodes, sockets first otherwise.
 
-The differential tests (tests/test_oracle_differential.py) hold this module to the kubelet's own code.
+The differential tests (tests/integration/test_oracle_differential.py) hold this module to the kubelet's own code.
 """
 
 from __future__ import annotations

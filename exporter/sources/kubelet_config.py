@@ -7,7 +7,7 @@ cited in docs/product.md) or configure the kubelet through drop-ins only (k3s, R
 (K pkg/kubelet/apis/config/v1beta1/defaults.go).
 
 Drop-ins are merged as the kubelet v1.36 merges them (K cmd/kubelet/app/server.go `mergeKubeletConfigurations`,
-held to the real kubelet's /configz in tests/test_real_kubelet_config.py): every `*.conf` file under the
+held to the real kubelet's /configz in tests/integration/test_real_kubelet_config.py): every `*.conf` file under the
 directory, subdirectories included, in lexical walk order, each applied as a JSON merge patch (RFC 7386: a
 mapping merges key by key, a list or scalar replaces, null deletes). One field of a drop-in is defaulted
 before the merge: a drop-in that does not set `enforceNodeAllocatable` sets it to `[pods]`.

@@ -49,7 +49,7 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
     numa_count = len(topology.numa_nodes)
     config_status = snapshot.source("kubelet_config")
     if config_status is not None and not config_status.up and config_status.reason in ("format", "parse"):
-        # Everything the parser refuses, the kubelet refuses too (tests/test_doctor_oracle.py).
+        # Everything the parser refuses, the kubelet refuses too (tests/integration/test_doctor_oracle.py).
         add("error", "kubelet-start", f"{config_status.message}: the kubelet will not start (the checks below "
             "use the kubelet's defaults)", blocks_start=True)  # fmt: skip
     elif config_status is not None and config_status.reason == "contradicted":

@@ -1,6 +1,6 @@
 """Memory kinds from the kernel's and the driver's files (exporter/hardware/memory_kinds.py), on trees in their real
 formats: the cases hwloc's captures do not hold (CXL, kernel memory tiers, HBM in cache-less flat mode
-without DAX). hwloc's own captures are compared in tests/test_hwloc_peer.py."""
+without DAX). hwloc's own captures are compared in tests/integration/test_hwloc_peer.py."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ them, and what the snapshot makes of them on the fixture machine: per-NUMA DRA a
 took, the NRT left alone, and the audit of containers whose DRA device is not with their pinned CPUs.
 
 The fixture machine: NUMA 0 = CPUs 0-7,16-23 with GPUs 0000:1a/1b; NUMA 1 = CPUs 8-15,24-31 with GPUs
-0000:8a/8b. Real-API-server tests of the same are in tests/test_dra_api_server.py.
+0000:8a/8b. Real-API-server tests of the same are in tests/integration/test_dra_api_server.py.
 """
 
 from __future__ import annotations

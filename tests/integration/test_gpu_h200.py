@@ -15,7 +15,7 @@ import pytest
 from exporter.hardware.discovery import discover
 from exporter.paths import HostPaths
 
-CAPTURE = Path(__file__).parent / "fixtures" / "gpu" / "h200-vm"
+CAPTURE = Path(__file__).parents[1] / "fixtures" / "gpu" / "h200-vm"
 GPU = "0000:00:06.0"
 NIC = "0000:00:03.0"
 

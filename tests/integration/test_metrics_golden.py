@@ -1,6 +1,6 @@
 """/metrics for every fixture host against a committed golden file, each passing `promtool check metrics`.
 
-Regenerate with `pytest tests/test_metrics_golden.py --update-golden`, then read the diff.
+Regenerate with `pytest tests/integration/test_metrics_golden.py --update-golden`, then read the diff.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from exporter.views.metrics import CLIENT_VERSION, RefreshStats
 from tests.conftest import HWLOC_NAMES
 from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
 
-GOLDEN = Path(__file__).parent / "golden" / "metrics"
+GOLDEN = Path(__file__).parents[1] / "golden" / "metrics"
 SCENARIOS = [*HWLOC_NAMES, *KUBELET_SCENARIOS]
 PROMTOOL = shutil.which("promtool")
 FIXED_TIME = 1_700_000_000.0

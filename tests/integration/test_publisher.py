@@ -101,7 +101,7 @@ def test_one_write_per_real_change(
 def test_an_object_changed_or_deleted_by_someone_else_is_reasserted_on_resync(
     builder: SnapshotBuilder, kube: ControlPlane, proxy: FaultProxy, node: str
 ) -> None:
-    """The writer alone (the daemon also watches its object and repairs at once: tests/test_kube.py)."""
+    """The writer alone (the daemon also watches its object and repairs at once: tests/integration/test_kube.py)."""
     writer = make_writer(kube, proxy, node)
     asyncio.run(publish(writer, builder))
     obj = kube.nrt(node)
@@ -339,3 +339,4 @@ def test_a_resync_cuts_a_long_backoff_short(
 
     asyncio.run(scenario())
     assert kube.nrt(node) is not None
+

@@ -18,7 +18,7 @@ from tests.conftest import HWLOC_NAMES
 from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane
 from tests.scenarios import KUBELET_SCENARIOS, nvml_config_for, scenario_paths
 
-GOLDEN = Path(__file__).parent / "golden" / "nrt"
+GOLDEN = Path(__file__).parents[1] / "golden" / "nrt"
 SCENARIOS = [*HWLOC_NAMES, *KUBELET_SCENARIOS]
 
 

@@ -258,7 +258,7 @@ def test_pcie_path_classes_match_hwloc(hwloc_trees: dict[str, Path], name: str) 
     assert {pair: mine[pair] for pair in theirs} == theirs
     seen = {"40intel64-2g2n4c+pci": {"PIX", "PHB", "SYS"}, "32em64t-2n8c+1mic": {"PIX", "PHB", "SYS"},
             "32intel64-2p8co2t+8ve": {"PIX", "NODE"}}  # fmt: skip
-    assert set(theirs.values()) == seen[name]  # PXB (switches under switches) is in none: tests/test_pcie.py has it
+    assert set(theirs.values()) == seen[name]  # PXB (switches under switches) is in none: tests/unit/test_pcie.py has it
 
 
 HWLOC_SUBTYPES = {None: "dram", "DRAM": "dram", "HBM": "hbm", "GPUMemory": "gpu-memory", "NVM": "nvm", "SPM": "spm"}

@@ -184,7 +184,7 @@ def test_monitoring_objects_ship_the_generated_rules_and_dashboards() -> None:
     assert not [d for d in render({}) if d["kind"] in OPERATOR_KINDS], "monitoring objects are off by default"
 
 
-# The chart's RBAC against what a running agent asks a real API server for: tests/test_kube.py.
+# The chart's RBAC against what a running agent asks a real API server for: tests/integration/test_kube.py.
 
 
 def test_no_rbac_when_nothing_is_published() -> None:
@@ -295,9 +295,9 @@ def test_what_prometheus_node_exporter_users_expect() -> None:
 
 def test_the_chart_readme_names_every_top_level_value() -> None:
     """helm/numa-topology-exporter/README.md lists the values by topic: none is left out."""
-    readme = (Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "helm" / "numa-topology-exporter" / "README.md").read_text()
     values = yaml.safe_load(
-        (Path(__file__).parent.parent / "helm" / "numa-topology-exporter" / "values.yaml").read_text()
+        (Path(__file__).parents[2] / "helm" / "numa-topology-exporter" / "values.yaml").read_text()
     )
     missing = [key for key in values if f"`{key}" not in readme and f"`{key}." not in readme]
     assert missing == []

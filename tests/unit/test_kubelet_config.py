@@ -97,7 +97,7 @@ def _dropin(directory, name: str, text: str) -> None:  # type: ignore[no-untyped
 def test_drop_ins_merge_over_the_file_in_walk_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """JSON merge patch per drop-in, in filepath.WalkDir order (a subdirectory where its name sorts); a drop-in
     that leaves enforceNodeAllocatable out sets it to [pods] (held to the real kubelet in
-    tests/test_real_kubelet_config.py and its refusal of such a drop-in without pod cgroups)."""
+    tests/integration/test_real_kubelet_config.py and its refusal of such a drop-in without pod cgroups)."""
     from exporter.paths import HostPaths
     from exporter.sources.kubelet_config import read_kubelet_config
 

@@ -8,7 +8,7 @@ sides answer on the same state: the reserved CPU set, allocatable CPUs and memor
 pods of a profile the kubelet admits one after another (our `profile_fit_node{placement="aligned"}`).
 
 $ORACLE_EXAMPLES sets the budget (`make test`: a few hundred; `make fuzz`: thousands). Every disagreement
-found is kept as a fixed case in tests/test_kubelet_decisions.py.
+found is kept as a fixed case in tests/integration/test_kubelet_decisions.py.
 """
 
 from __future__ import annotations

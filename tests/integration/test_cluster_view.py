@@ -38,7 +38,7 @@ from exporter.cluster.nrtmatch import (
 from tests.controlplane import LIMITED_USER, NRT_PATH, ControlPlane, wait_until
 from tests.workload import log_size, scheduler_log_since
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIFF_SEED = int(os.environ.get("FIT_DIFF_SEED", "20261204"))
 DIFF_ROUNDS = int(os.environ.get("FIT_DIFF_ROUNDS", "8"))
 DIFF_PODS = int(os.environ.get("FIT_DIFF_PODS", "20"))

@@ -24,8 +24,8 @@ from tests.prometheus import PROMETHEUS, Prometheus
 from tests.scenarios import KUBELET_SCENARIOS
 
 PROMTOOL = shutil.which("promtool")
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN_METRICS = Path(__file__).parent / "golden" / "metrics"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN_METRICS = Path(__file__).parents[1] / "golden" / "metrics"
 ALL_QUERIES = [(f"node/{name}", q) for name, qs in NODE_QUERIES.items() for q in qs] + [
     (f"cluster/{name}", q) for name, qs in CLUSTER_QUERIES.items() for q in qs
 ]
@@ -75,8 +75,8 @@ def served_metric_names() -> set[str]:
     served_when = {
         "numa_topology_nrt_writes_total",
         "numa_topology_nrt_last_success_timestamp_seconds",  # publishing
-        "numa_topology_source_disagreement",  # a podresources socket (tests/test_podresources.py)
-        # a cgroup tree (observed placement, tests/test_placement.py)
+        "numa_topology_source_disagreement",  # a podresources socket (tests/integration/test_podresources.py)
+        # a cgroup tree (observed placement, tests/integration/test_placement.py)
         "numa_topology_container_memory_bytes",
         "numa_topology_container_remote_memory_ratio",
         "numa_topology_container_enforced_numa_nodes",

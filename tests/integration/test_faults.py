@@ -1,7 +1,7 @@
 """Faults, end to end: the daemon (every capability dropped, as in the chart) publishing to the real API
 server while the kubelet's files go bad. Each time: the daemon stays up, metrics keep serving, the last good
 state is kept, errors are counted, and NRT converges within one resync of the recovery. The API's own faults
-(down, 5xx, 429 storms, conflicts, slow answers, cut watches) are in tests/test_kube.py, through the
+(down, 5xx, 429 storms, conflicts, slow answers, cut watches) are in tests/integration/test_kube.py, through the
 fault-injecting proxy in front of the real server."""
 
 from __future__ import annotations

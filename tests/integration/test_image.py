@@ -26,7 +26,7 @@ from tests.daemon import wait_for
 from tests.oracle import REQUIRE_REAL
 from tests.scenarios import KUBELET_SCENARIOS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ("mmdebstrap", "umoci", "skopeo", "runc")
 pytestmark = pytest.mark.slow
 
