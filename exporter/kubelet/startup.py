@@ -1,8 +1,9 @@
 """Why the kubelet would refuse to start: its configuration validation, the resource managers'
 constructors, and their checks of the state files they find. One reason per line, in the kubelet's terms.
 
-Each rule cites the kubelet code it reproduces (K = kubernetes/kubernetes v1.36); tests/integration/test_doctor_oracle.py
-holds every rule to kubelet-oracle, the kubelet's own code, on generated and fixed configurations.
+Each rule cites the kubelet code it reproduces (K = kubernetes/kubernetes v1.36);
+tests/integration/test_doctor_oracle.py holds every rule to kubelet-oracle, the kubelet's own code, on generated and
+fixed configurations.
 """
 
 from __future__ import annotations
