@@ -171,7 +171,7 @@ def rules(config: Mapping[str, Any] = CONFIG) -> dict[str, Any]:
                     },
                     {
                         "alert": "NumaNrtWritesFailing",
-                        "expr": f'sum by (instance) (increase(numa_topology_nrt_writes_total{{{SEL}, result!="success"}}[15m])) > 0 '
+                        "expr": f'sum by (instance) (increase(numa_topology_nrt_writes_total{{{SEL}, operation!="requeue", result!="success"}}[15m])) > 0 '
                         f"unless on (instance) (time() - numa_topology_nrt_last_success_timestamp_seconds{{{SEL}}}) <= {config['nrt_failing_seconds']}",
                         "for": config["nrt_failing_for"],
                         "labels": {"severity": "warning"},

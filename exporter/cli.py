@@ -34,6 +34,8 @@ from exporter.views.render import render_json, render_snapshot
 log = logging.getLogger("exporter")
 
 SNAPSHOT_FORMATS = ("table", "json", "nrt", "metrics")
+# scheduler-plugins' example configuration and the NUMA Resources Operator set cacheResyncPeriodSeconds to 5.
+DEFAULT_SCHEDULER_RESYNC_SECONDS = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the kubelet's effective configuration from its /configz through the API server instead of "
         "its files (needs get on nodes/proxy, which reaches every kubelet API: off by default)",
+    )
+    nrt.add_argument(
+        "--nrt-scheduler-resync-seconds",
+        type=_seconds(0, 3600),
+        default=DEFAULT_SCHEDULER_RESYNC_SECONDS,
+        help="the NUMA-aware scheduler's cacheResyncPeriodSeconds: after each write, once its cache has resynced "
+        "from it, the agent updates its object once more so that the scheduler retries the pods it turned away "
+        f"(0: the scheduler's cache is off, every write is that event; default {DEFAULT_SCHEDULER_RESYNC_SECONDS:g})",
     )
     nrt.add_argument(
         "--nrt-min-interval",
@@ -353,6 +363,7 @@ def _serve(args: argparse.Namespace) -> int:
         fingerprint_method=args.nrt_fingerprint_method,
         scheduler_informer_mode=args.nrt_scheduler_informer_mode,
         nrt_min_interval_seconds=args.nrt_min_interval,
+        scheduler_resync_seconds=args.nrt_scheduler_resync_seconds,
         kubelet_configz=args.kubelet_configz,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,

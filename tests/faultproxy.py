@@ -22,6 +22,7 @@ HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length"
 
 
 RECORDED = web.RequestKey("recorded", bool)
+ARRIVED = web.RequestKey("arrived", float)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Seen:
     query: str
     user_agent: str
     status: int
+    at: float = 0.0  # time.monotonic() when the request arrived
 
     @property
     def watch(self) -> bool:
@@ -167,10 +169,12 @@ class FaultProxy:
         with self._lock:
             self._unrecorded -= 1
             self.seen.append(
-                Seen(request.method, request.path, request.query_string, request.headers.get("User-Agent", ""), status)
-            )
+                Seen(request.method, request.path, request.query_string, request.headers.get("User-Agent", ""), status,
+                     request.get(ARRIVED, 0.0))
+            )  # fmt: skip
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        request[ARRIVED] = time.monotonic()
         with self._lock:
             self._unrecorded += 1
         try:

@@ -66,6 +66,7 @@ class ServeOptions:
     fingerprint_method: str = METHOD_WITH_EXCLUSIVE_RESOURCES
     scheduler_informer_mode: str = INFORMER_DEDICATED  # the consumer's cache.informerMode
     nrt_min_interval_seconds: float = 0.0
+    scheduler_resync_seconds: float = 0.0  # the consumer's cacheResyncPeriodSeconds (0: its cache is off)
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     kubelet_configz: bool = False  # the kubelet's configuration from its /configz (nodes/proxy), not its files
@@ -271,7 +272,7 @@ def _start_publishing(
         return []
     from exporter.agent.ownwatch import NrtWatcher  # noqa: PLC0415
     from exporter.agent.pods import ClaimFetcher, PodWatcher, SliceWatcher  # noqa: PLC0415
-    from exporter.agent.writer import NrtWriter  # noqa: PLC0415
+    from exporter.agent.writer import REQUEUE_MARGIN_SECONDS, NrtWriter  # noqa: PLC0415
     from exporter.kubeapi import KubeApi, client_from  # noqa: PLC0415 - see the docstring
 
     client = client_from(options.kubeconfig)
@@ -289,10 +290,15 @@ def _start_publishing(
         stats=nrt,
         method=options.fingerprint_method,
         min_interval_seconds=options.nrt_min_interval_seconds,
+        requeue_after_seconds=options.scheduler_resync_seconds + REQUEUE_MARGIN_SECONDS
+        if options.scheduler_resync_seconds > 0
+        else 0.0,
         finished_pods=finished_pods if options.scheduler_informer_mode == INFORMER_DEDICATED else None,
     )
     refresher.add_listener(writer.on_snapshot)
     tasks.add(asyncio.create_task(writer.run(), name="nrt-writer"))
+    if options.scheduler_resync_seconds > 0:
+        tasks.add(asyncio.create_task(writer.run_requeues(), name="nrt-requeue"))
     NrtWatcher(api, node_name=options.node_name, observer=writer.observe).start(asyncio.get_running_loop())
     loop = asyncio.get_running_loop()
     claims = ClaimFetcher(api, on_change=lambda: trigger.fire("resourceclaims")) if options.read_dra else None

@@ -8,6 +8,13 @@ synced, or not allowed) the writer reads the object back itself, as it does afte
 With `min_interval_seconds`, changes closer together than that are coalesced into one write of the
 newest content (freshness traded for API load; off by default).
 
+With `requeue_after_seconds` (the NUMA-aware scheduler's cache resync period and a margin), each write is
+followed, once the scheduler's cache has had time to resync from it, by one update of the object's
+REQUEUE_ANNOTATION: the NRT update event that NodeResourceTopologyMatch requeues the pods it turned away on
+(its flush requeues nothing). Coalesced: one update covers every write made `requeue_after_seconds` before
+it, and two are at least that far apart; an idle node costs nothing (docs/product.md, "Pods that fit do not
+wait").
+
 Failures: 404 creates; 409 re-reads and retries; 422 logs the server's message, is counted and not
 retried until the content changes; 429, 5xx and connection errors back off exponentially with jitter;
 a missing CRD is reported clearly and retried slowly. None of it blocks metrics.
@@ -38,6 +45,8 @@ CONFLICT_RETRIES = 8
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 60.0
 SLOW_RETRY_SECONDS = 60.0
+REQUEUE_ANNOTATION = "numa-topology-exporter.io/requeue"
+REQUEUE_MARGIN_SECONDS = 0.5  # the scheduler's informer lag and its flush waiting for the cache's lock (~0.1 s seen)
 
 
 class NrtWriter:
@@ -52,6 +61,7 @@ class NrtWriter:
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
         slow_retry_seconds: float = SLOW_RETRY_SECONDS,
         min_interval_seconds: float = 0.0,
+        requeue_after_seconds: float = 0.0,
         finished_pods: Callable[[], Sequence[PodRef]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.time,
@@ -67,6 +77,11 @@ class NrtWriter:
         self._backoff_max = backoff_max_seconds
         self._slow_retry = slow_retry_seconds
         self._min_interval = min_interval_seconds
+        self._requeue_after = requeue_after_seconds
+        self._uncovered: list[float] = []  # monotonic times of the writes no requeue update has followed yet
+        self._requeue_wake = asyncio.Event()
+        self._last_requeue_at: float | None = None
+        self._api_lock = asyncio.Lock()  # one write at a time: a requeue update never races a content write
         self._sleep = sleep
         self._clock = clock
         self._monotonic = monotonic
@@ -85,6 +100,7 @@ class NrtWriter:
         self._watched = False  # the own-object watch is synced: self._server is the server's copy
         self.writes = 0
         self.repairs = 0
+        self.requeues = 0
 
     def observe(self, obj: dict[str, Any] | None, synced: bool) -> None:
         """Own-object watch listener (on the event loop): the object as the server now has it."""
@@ -154,7 +170,8 @@ class NrtWriter:
                     continue
             try:
                 named = functools.partial(fingerprint_pods, snapshot, method=self.method, finished=finished)
-                await self._write(body, want, named)
+                async with self._api_lock:
+                    await self._write(body, want, named)
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -248,6 +265,7 @@ class NrtWriter:
         self.writes += 1
         self._last_write_at = self._monotonic()
         self.stats.record(operation=operation, result="success", when=self._clock())
+        self._requeue_later(self._last_write_at)
         self._confirmed(want)
         log.info("NodeResourceTopology %s: %s", self.node_name, operation)
         if log.isEnabledFor(logging.DEBUG):
@@ -257,6 +275,66 @@ class NrtWriter:
             log.debug(
                 "NodeResourceTopology %s written: %s, available %s, pods %s", self.node_name, fingerprint, zones, pods
             )
+
+    @property
+    def requeue_pending(self) -> bool:
+        """Whether a write still waits for its requeue update."""
+        return bool(self._uncovered)
+
+    def _requeue_later(self, written_at: float) -> None:
+        if self._requeue_after <= 0:
+            return
+        self._uncovered.append(written_at)
+        self._requeue_wake.set()
+
+    async def run_requeues(self) -> None:
+        """The requeue updates' own task (idle, without a timer, while nothing is written)."""
+        while True:
+            await self._requeue_wake.wait()
+            self._requeue_wake.clear()
+            await self.requeue_covering()
+
+    async def requeue_covering(self) -> None:
+        """Until every write is covered: wait for the oldest uncovered one's cache resync (and for a period
+        since the last update), then update the object once."""
+        while self._uncovered:
+            due = self._uncovered[0] + self._requeue_after
+            if self._last_requeue_at is not None:
+                due = max(due, self._last_requeue_at + self._requeue_after)
+            wait = due - self._monotonic()
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            started = self._monotonic()
+            async with self._api_lock:
+                await self._requeue()
+            self._last_requeue_at = started
+            self._uncovered = [t for t in self._uncovered if t > started - self._requeue_after]
+
+    async def _requeue(self) -> None:
+        """One update of the object as the server has it, REQUEUE_ANNOTATION set to now: the event the
+        scheduler requeues its pending pods on. A conflict means someone wrote in between, itself an event."""
+        current = self._server
+        if current is None:
+            return
+        metadata = {k: v for k, v in (current.get("metadata") or {}).items() if k != "managedFields"}
+        body = {
+            **current,
+            "metadata": {
+                **metadata,
+                "annotations": {**(metadata.get("annotations") or {}), REQUEUE_ANNOTATION: f"{self._clock():.3f}"},
+            },
+        }
+        try:
+            written = await in_daemon_thread(lambda: self._api.replace_nrt(self.node_name, body))
+        except ApiError as exc:
+            self.stats.record(operation="requeue", result=exc.result)
+            log.debug("NodeResourceTopology %s: requeue update not made (%s)", self.node_name, exc)
+            return
+        self._server = written
+        self.requeues += 1
+        self.stats.record(operation="requeue", result="success")
+        log.debug("NodeResourceTopology %s: requeue update", self.node_name)
 
     def _confirmed(self, want: dict[str, Any]) -> None:
         self._written = want

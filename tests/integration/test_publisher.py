@@ -340,3 +340,43 @@ def test_a_resync_cuts_a_long_backoff_short(
     asyncio.run(scenario())
     assert kube.nrt(node) is not None
 
+
+def test_each_burst_of_writes_is_followed_by_one_requeue_update_after_the_schedulers_resync(
+    builder: SnapshotBuilder, static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
+) -> None:
+    """The scheduler's cache flushes a node only on its resync, and the flush requeues no pending pod: the
+    writer follows its writes, `requeue_after_seconds` later, with one update of the object (an annotation),
+    the NRT update event NodeResourceTopologyMatch requeues on. One covers every write made that long before
+    it; two are that far apart at least; the content is untouched; idle, nothing more is written."""
+    after = 0.4
+    writer = make_writer(kube, proxy, node, requeue_after_seconds=after)
+    states = [CPU_STATIC_EMPTY, CPU_STATIC_2PODS]
+
+    async def scenario() -> None:
+        requeues = asyncio.create_task(writer.run_requeues())
+        task = asyncio.create_task(writer.run())
+        await writer.on_snapshot(builder.build(), {"start"})
+        for change in range(5):  # a burst: five writes within a tenth of the period
+            while writer.writes < change + 1:
+                await asyncio.sleep(0.005)
+            replace_atomically(static_machine.paths.cpu_manager_state, states[change % 2])
+            await writer.on_snapshot(builder.build(), {"inotify"})
+        while writer.writes < 6:
+            await asyncio.sleep(0.005)
+        while writer.requeues < 2 or writer.requeue_pending:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        requeues.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    seen = [(s.method, s.at) for s in proxy.requests() if s.method in WRITES]
+    assert [method for method, _ in seen] == ["POST"] + ["PUT"] * 5 + ["PUT"] * 2, seen
+    content_writes, requeue_writes = [at for _, at in seen[:6]], [at for _, at in seen[6:]]
+    assert requeue_writes[0] >= content_writes[0] + after, "not before the cache could resync from the first write"
+    assert requeue_writes[1] >= content_writes[-1] + after, "the last write is covered, after its resync"
+    assert requeue_writes[1] - requeue_writes[0] >= after - 0.01, "at most one per period"
+    assert writer.stats.writes[("requeue", "success")] == 2
+    obj = kube.nrt(node)
+    assert obj is not None
+    assert "numa-topology-exporter.io/requeue" in obj["metadata"]["annotations"]
+    assert cpu_available(kube, node) == 16, "the content is the newest write's"
