@@ -1,25 +1,28 @@
-"""Pods the kubelet rejects after the scheduler bound them: the number this product exists for, on real kubelets.
+"""Pods the kubelet rejects after the scheduler bound them, and pods that fit left waiting: on real kubelets.
 
 Real kubelets v1.36.2 (../shared/k8s/start-node, 2 NUMA nodes, 32 CPUs, 64 GiB and 2 GPUs per NUMA node each,
 single-numa-node, container scope), one agent per node, the real scheduler, one seeded workload of Guaranteed
 pods in bursts (many bound before any is admitted) and churn (Running pods deleted while the next burst
-arrives), under five arms:
+arrives), under these arms:
 
-  blind            the default scheduler: no NUMA filter at all
-  ours             NodeResourceTopologyMatch over our objects (Shared informer, 1 s resync, Reserve on; the
-                   agents told Shared)
-  dedicated        the same with scheduler-plugins' default informer mode (Dedicated: it also counts finished
-                   and rejected pods in its fingerprint; the agents told so, their default)
-  reference-style  the same scheduler over objects published the way resource-topology-exporter publishes by
-                   default: a full write at most every 60 s, no pod fingerprint (our agent with
-                   --nrt-min-interval 60 --resync-interval 60 --nrt-fingerprint-method none)
-  no-reserve       ours without the scheduler's reserve cache (cacheResyncPeriodSeconds 0, no Reserve plugin)
+  blind       the default scheduler: no NUMA filter at all
+  ours        NodeResourceTopologyMatch over our objects as users run it: scheduler-plugins' defaults (Dedicated
+              informer, Reserve on) with cacheResyncPeriodSeconds 5 (its documented example), the agents with the
+              chart's defaults (told Dedicated and 5 s)
+  ours-1s     the same with a 1 s resync and the Shared informer, the agents told so
+  rte         the same scheduler as `ours` over the real resource-topology-exporter v0.19 (../shared/k8s/start-rte,
+              upstream's DaemonSet flags: a 60 s poll of podresources, the pods fingerprint)
+  rte-hook    the same, its notify file touched whenever a kubelet's podresources pods change (polled every
+              50 ms), as upstream's OCI hook does at every container start and stop in production
+  no-reserve  ours without the scheduler's reserve cache (cacheResyncPeriodSeconds 0, no Reserve plugin)
 
+Nothing outside the scheduler, the kubelets and the agents acts: no requeue, retry or touch of any object.
 Per arm and seed: pods rejected after binding (TopologyAffinityError / UnexpectedAdmissionError: the kubelet's
-own verdict), pods Running at the end, time from creation to Running (p50, p99), the bind-to-admission window
-(from first seen bound to first seen Running or Failed, polled every 0.1 s), pods left Pending at the end,
-and of those the ones some node's kubelet would admit right now (kubelet-oracle on that node's state files,
-the kubelet's own managers). The headline is the first number.
+own verdict); time from creation to Running (p50, p99, max); after the last change, the pods left Pending that
+some node's kubelet would admit right now (kubelet-oracle on that node's state files, the kubelet's own
+managers) at 10 s, at the scheduler's own delays (two resync periods, the requeue margin, the 10 s retry
+backoff, the debounce) and at 60 s; CPUs held by Running pods at the end; NRT writes per node (the API
+server's own count of create, update and patch requests on noderesourcetopologies).
 
     .venv/bin/python bench/admission.py [--nodes 5] [--pods 300] [--seeds 1,2,3] [--arms blind,ours,...]
 """
@@ -27,8 +30,12 @@ the kubelet's own managers). The headline is the first number.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import print_table, real_control_plane
 from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.daemon import Daemon
-from tests.realnodes import (
-    RealNode,
-    agent,
-    kubelet_account,
-    kubelet_would_admit,
-    real_machine,
-    require_real_nodes,
-    start_real_node,
-)
-from tests.workload import Workload, retry_pending, scheduler_race
+from tests.oracle import SHARED_K8S
+from tests.realnodes import RealNode, agent, kubelet_account, real_machine, require_real_nodes, start_real_node
+from tests.workload import Workload, pending_that_fit_after, scheduler_race
+
+BACKOFF_MAX_SECONDS = 10.0  # the scheduler's podMaxBackoffSeconds default
+REQUEUE_MARGIN_SECONDS = 0.5  # exporter/agent/writer.py
+DEBOUNCE_SECONDS = 0.05  # tests/realnodes.py agent()
 
 
 @dataclass(frozen=True)
@@ -56,31 +60,30 @@ class Arm:
     scheduler: str
     agent_flags: tuple[str, ...] = ()
     options: tuple[tuple[str, Any], ...] = ()  # ControlPlane.start_scheduler keyword arguments
+    rte: bool = False  # the real resource-topology-exporter instead of our agent
+    hook: bool = False  # its notify file touched on every change of a kubelet's pods, as upstream's OCI hook
+
+    @property
+    def resync(self) -> int:
+        return int(dict(self.options).get("resync_seconds", 0))
 
 
+DEDICATED_5S = (("informer_mode", "Dedicated"), ("resync_seconds", 5))
 ARMS = {
     "blind": Arm("default-scheduler"),
-    "ours": Arm(
+    "ours": Arm("topo-aware-scheduler", options=DEDICATED_5S),
+    "ours-1s": Arm(
         "topo-aware-scheduler",
-        agent_flags=("--nrt-scheduler-informer-mode", "Shared"),
+        agent_flags=("--nrt-scheduler-informer-mode", "Shared", "--nrt-scheduler-resync-seconds", "1"),
         options=(("informer_mode", "Shared"), ("resync_seconds", 1)),
     ),
-    "dedicated": Arm("topo-aware-scheduler", options=(("informer_mode", "Dedicated"), ("resync_seconds", 1))),
-    "reference-style": Arm(
+    "rte": Arm("topo-aware-scheduler", options=DEDICATED_5S, rte=True),
+    "rte-hook": Arm("topo-aware-scheduler", options=DEDICATED_5S, rte=True, hook=True),
+    "no-reserve": Arm(
         "topo-aware-scheduler",
-        agent_flags=(
-            "--nrt-min-interval",
-            "60",
-            "--resync-interval",
-            "60",
-            "--nrt-fingerprint-method",
-            "none",
-            "--nrt-scheduler-informer-mode",
-            "Shared",
-        ),
-        options=(("informer_mode", "Shared"), ("resync_seconds", 1)),
+        agent_flags=("--nrt-scheduler-resync-seconds", "0"),
+        options=(("resync_seconds", 0), ("reserve", False)),
     ),
-    "no-reserve": Arm("topo-aware-scheduler", options=(("resync_seconds", 0), ("reserve", False))),
 }
 
 
@@ -92,57 +95,100 @@ class Result:
     running: int
     p50: float
     p99: float
-    bind_p50: float
-    bind_p99: float
+    slowest: float
     pending: int
-    pending_that_fit: int
+    fit_at: dict[float, int]  # seconds after the last change -> pods Pending that a kubelet would admit
+    cpus: int  # held by Running pods at the end
+    writes_per_node: float
     seconds: float
     races: int = 0  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
 
 
-def start_agents(kube: ControlPlane, nodes: list[RealNode], flags: tuple[str, ...]) -> list[Daemon]:
-    agents = []
-    for node in nodes:
-        kube.delete_nrt(node.name)
-        # --resync-interval 5 comes first in agent(); a later one in `flags` wins (argparse keeps the last).
-        agents.append(agent(kube, node, user=AGENT_USER, extra=list(flags)))
-    for node in nodes:
-        wait_until(lambda node=node: kube.nrt(node.name), timeout=60, what=f"the NRT of {node.name}")
-    return agents
+class Agents:
+    """One agent per node: ours (tests/realnodes.py agent) or the real RTE (start-rte), and the hook player."""
+
+    def __init__(self, kube: ControlPlane, nodes: list[RealNode], arm: Arm, bin_dir: Path) -> None:
+        self.nodes, self.arm = nodes, arm
+        self.daemons: list[Daemon] = []
+        self._stop = threading.Event()
+        self._hook: threading.Thread | None = None
+        for node in nodes:
+            kube.delete_nrt(node.name)
+            if arm.rte:
+                env = {**os.environ, "BIN_DIR": str(bin_dir)}
+                subprocess.run([str(SHARED_K8S / "start-rte"), str(node.directory), node.name,
+                                str(kube.kubeconfig("admin"))], env=env, check=True, timeout=120)  # fmt: skip
+            else:
+                # --resync-interval 5 comes first in agent(); a later one in `flags` wins (argparse keeps the last).
+                self.daemons.append(agent(kube, node, user=AGENT_USER, extra=list(arm.agent_flags)))
+        for node in nodes:
+            wait_until(lambda node=node: kube.nrt(node.name), timeout=60, what=f"the NRT of {node.name}")
+        if arm.hook:
+            self._hook = threading.Thread(target=self._play_hook, daemon=True)
+            self._hook.start()
+
+    def _play_hook(self) -> None:
+        """Upstream runs an OCI hook at every container start and stop that touches RTE's notify file; the fake
+        runtime runs none, so a change of the pods in a kubelet's podresources List (polled every 50 ms) plays it."""
+        seen: dict[str, frozenset[tuple[str, str]]] = {}
+        while not self._stop.wait(0.05):
+            for node in self.nodes:
+                try:
+                    pods = kubelet_account(node).pods
+                except Exception:  # the kubelet restarting: the next poll sees it
+                    continue
+                if seen.get(node.name, pods) != pods:
+                    (node.directory / "run" / "rte" / "notify").touch()
+                seen[node.name] = pods
+
+    def logs(self, index: int) -> str:
+        if self.arm.rte:
+            return (self.nodes[index].directory / "rte.log").read_text(errors="replace")
+        return self.daemons[index].text
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._hook is not None:
+            self._hook.join(timeout=5)
+        for daemon in self.daemons:
+            daemon.stop()
+        for node in self.nodes:
+            node.kill("resource-topology-exporter")
+
+
+NRT_WRITE = re.compile(r'^apiserver_request_total\{(?=[^}]*resource="noderesourcetopologies")(?=[^}]*verb="(\w+)")[^}]*\} (\S+)$')
+
+
+def nrt_writes(kube: ControlPlane) -> float:
+    """Create, update and patch requests on noderesourcetopologies the API server has served (its own count)."""
+    text = kube.request("GET", "/metrics", raw=True).body.decode()
+    return sum(float(m.group(2)) for line in text.splitlines()
+               if (m := NRT_WRITE.match(line)) and m.group(1).upper() in ("POST", "PUT", "PATCH", "APPLY", "CREATE", "UPDATE"))  # fmt: skip
 
 
 def quiet(kube: ControlPlane, nodes: list[RealNode]) -> None:
-    """Every kubelet holds no pod and every NRT says so."""
+    """Every kubelet holds no pod."""
     for node in nodes:
         wait_until(lambda node=node: not kubelet_account(node).pods, timeout=120, what=f"{node.name} empty")
 
 
-def pending_that_fit(kube: ControlPlane, nodes: list[RealNode], pending: list[dict[str, Any]]) -> int:
-    live: dict[str, frozenset[str]] = {}
-    for node in nodes:
-        pods = kube.ok("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node.name}")["items"]
-        live[node.name] = frozenset(p["metadata"]["uid"] for p in pods if p["status"].get("phase") != "Failed")
-    verdicts: dict[tuple[tuple[str, str], ...], bool] = {}
-    fit = 0
-    for pod in pending:
-        resources = pod["spec"]["containers"][0]["resources"]["requests"]
-        key = tuple(sorted(resources.items()))
-        if key not in verdicts:
-            verdicts[key] = any(kubelet_would_admit(node, live[node.name], resources) for node in nodes)
-        fit += verdicts[key]
-    return fit
+def cpus_held(work: Workload) -> int:
+    return sum(
+        int(container["resources"]["requests"]["cpu"])
+        for pod in work.pods()
+        if pod["status"].get("phase") == "Running"
+        for container in pod["spec"]["containers"]
+    )
 
 
-def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, pods: int) -> Result:
+def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, *, pods: int, bin_dir: Path) -> Result:
     arm = ARMS[name]
-    agents = start_agents(kube, nodes, arm.agent_flags)
+    agents = Agents(kube, nodes, arm, bin_dir)
     started = time.monotonic()
+    writes_before = nrt_writes(kube)
     try:
         kube.stop_scheduler()
-        options = dict(arm.options)
-        kube.start_scheduler(**options)
-        cache = arm.scheduler != "default-scheduler" and options.get("resync_seconds", 1) > 0
-        names = [node.name for node in nodes]
+        kube.start_scheduler(**dict(arm.options))
         work = Workload(kube, f"bench-{name}-{seed}", scheduler=arm.scheduler, seed=seed)
         burst = max(10, pods // 10)
         while work.outcome.created < pods:
@@ -154,22 +200,23 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, pod
             work.burst(min(burst // 3, pods - work.outcome.created))
             wait_until(lambda v=victims: work.gone(v), timeout=120, what="the deleted pods gone", interval=0.2)
             work.settle(timeout=300)
-            retry_pending(work, names, cache=cache, cache_timeout=10)
-        items = retry_pending(work, names, cache=cache, cache_timeout=10)
+        allowance = 2 * arm.resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
+        points = sorted({10.0, allowance, 60.0})
+        fit = pending_that_fit_after(work, nodes, points)
         outcome = work.outcome
-        pending = [pod for pod in items if not pod["spec"].get("nodeName")]
+        items = work.pods()
         result = Result(
             arm=name, seed=seed, rejected=len(outcome.rejected), running=outcome.running,
-            p50=outcome.percentile(0.5), p99=outcome.percentile(0.99), pending=len(pending),
-            bind_p50=outcome.percentile(0.5, outcome.bind_to_admission),
-            bind_p99=outcome.percentile(0.99, outcome.bind_to_admission),
-            pending_that_fit=pending_that_fit(kube, nodes, pending), seconds=time.monotonic() - started,
+            p50=outcome.percentile(0.5), p99=outcome.percentile(0.99), slowest=outcome.percentile(1.0),
+            pending=sum(1 for pod in items if not pod["spec"].get("nodeName")),
+            fit_at={point: len(names) for point, names in fit.items()}, cpus=cpus_held(work),
+            writes_per_node=(nrt_writes(kube) - writes_before) / len(nodes), seconds=time.monotonic() - started,
         )  # fmt: skip
         for line in outcome.rejected:
             pod, node = line.split(" ", 1)[0], line.split(" on ", 1)[1].split(":", 1)[0]
             index = [n.name for n in nodes].index(node)
             why = scheduler_race(work.namespace, pod, node, scheduler_log=kube.log("kube-scheduler-nrt").splitlines(),
-                                 kubelet_log=nodes[index].log(), agent_log=agents[index].text)  # fmt: skip
+                                 kubelet_log=nodes[index].log(), agent_log=agents.logs(index))  # fmt: skip
             result.races += why is not None
             print(f"  {name} seed {seed} rejected: {line[:160]}" + (f" [scheduler race: {why[:120]}]" if why else ""),
                   flush=True)  # fmt: skip
@@ -177,8 +224,7 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, pod
         quiet(kube, nodes)
         return result
     finally:
-        for daemon in agents:
-            daemon.stop()
+        agents.stop()
 
 
 def main() -> int:
@@ -203,33 +249,31 @@ def main() -> int:
                 start_real_node(kube, node, bin_dir)
             for seed in seeds:
                 for name in arms:
-                    result = run_arm(kube, nodes, name, seed, args.pods)
+                    result = run_arm(kube, nodes, name, seed, pods=args.pods, bin_dir=bin_dir)
                     results.append(result)
                     print(f"{name} seed {seed}: {result}", flush=True)
         finally:
             for node in nodes:
+                node.kill("resource-topology-exporter")
                 node.stop()
-    print(f"\n{args.nodes} real kubelets, {args.pods} pods per run, seeds {args.seeds}\n")
+    print(f"\n{args.nodes} real kubelets, {args.pods} pods per run, seeds {args.seeds}; nothing requeued by hand\n")
     rows = []
     for name in arms:
         mine = [r for r in results if r.arm == name]
+        if not mine:
+            continue
         rows.append((
             name,
             " / ".join(f"{r.rejected} ({r.races})" if r.rejected else "0" for r in mine),
-            sum(r.rejected for r in mine),
-            " / ".join(str(r.running) for r in mine),
-            " / ".join(f"{r.p50:.1f}" for r in mine),
-            " / ".join(f"{r.p99:.1f}" for r in mine),
-            " / ".join(f"{r.bind_p50:.2f} / {r.bind_p99:.2f}" for r in mine),
+            " / ".join(f"{r.p50:.1f} / {r.p99:.1f} / {r.slowest:.1f}" for r in mine),
             " / ".join(str(r.pending) for r in mine),
-            " / ".join(str(r.pending_that_fit) for r in mine),
+            " / ".join(":".join(str(r.fit_at[point]) for point in sorted(r.fit_at)) for r in mine),
+            " / ".join(str(r.cpus) for r in mine),
+            " / ".join(f"{r.writes_per_node:.0f} ({r.writes_per_node * 3600 / r.seconds:.0f}/h)" for r in mine),
         ))  # fmt: skip
-    print_table(("arm", "rejected after binding (of which the scheduler cache's race), per seed", "total", "running at end", "p50 s to Running",
-                 "p99 s", "bind to admission p50 / p99 s", "pending at end", "pending that would fit"), rows)  # fmt: skip
-    blind = sum(r.rejected for r in results if r.arm == "blind")
-    ours = sum(r.rejected for r in results if r.arm == "ours")
-    if "blind" in arms and "ours" in arms:
-        print(f"\nheadline: a blind scheduler lost {blind} pods to the kubelet's admission, ours {ours}")
+    print_table(("arm", "rejected after binding (scheduler cache race), per seed", "s to Running p50 / p99 / max",
+                 "pending at end", "pending that fit at 10 s : delays : 60 s", "CPUs held",
+                 "NRT writes per node (per hour of run)"), rows)  # fmt: skip
     return 0
 
 

@@ -456,3 +456,22 @@ def reachable_at_node_ip(kube: ControlPlane, node: RealNode) -> Iterator[str]:
         stop.set()
         thread.join(timeout=5)
         listener.close()
+
+
+def pending_that_fit(kube: Any, nodes: Sequence[RealNode], pending: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The pending pods some node's kubelet would admit right now (kubelet-oracle on that node's state files,
+    the pods the API no longer has there released), by name."""
+    live: dict[str, frozenset[str]] = {}
+    for node in nodes:
+        pods = kube.ok("GET", f"/api/v1/pods?fieldSelector=spec.nodeName={node.name}")["items"]
+        live[node.name] = frozenset(p["metadata"]["uid"] for p in pods if p["status"].get("phase") != "Failed")
+    verdicts: dict[tuple[tuple[str, str], ...], bool] = {}
+    fit = []
+    for pod in pending:
+        resources = pod["spec"]["containers"][0]["resources"]["requests"]
+        key = tuple(sorted(resources.items()))
+        if key not in verdicts:
+            verdicts[key] = any(kubelet_would_admit(node, live[node.name], resources) for node in nodes)
+        if verdicts[key]:
+            fit.append(str(pod["metadata"]["name"]))
+    return fit

@@ -8,17 +8,16 @@ same workload under four scheduler arms). Nothing here plays the kubelet: the re
 from __future__ import annotations
 
 import ast
-import contextlib
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tests.controlplane import NRT_PATH, ControlPlane, wait_until
-from tests.realnodes import GPU
+from tests.controlplane import ControlPlane, wait_until
+from tests.realnodes import GPU, RealNode, pending_that_fit
 
 REJECTIONS = ("TopologyAffinityError", "UnexpectedAdmissionError")
 
@@ -190,64 +189,29 @@ def now_stamp() -> str:
     return datetime.now().strftime("%m%d %H:%M:%S.%f")
 
 
-def retry_pending(
-    work: Workload, nodes: Iterable[str], *, cache: bool, cache_timeout: float = 30
-) -> list[dict[str, Any]]:
-    """Give the pods left Pending the retry a real cluster gives them sooner or later, then settle again.
-
-    A pod found unschedulable while a node's cache was overreserved waits for a cluster event: the cache
-    resyncing from our fingerprint is none (scheduler-plugins requeues nothing then), and the scheduler's own
-    flush of unschedulable pods comes after 5 minutes. So: wait until the cache has no dirty node (`cache`:
-    the overreserve cache is on), touch the Nodes (an update event requeues every unschedulable pod), and wait
-    until the scheduler has tried each of them again (its log names every attempt)."""
-    kube = work.kube
-    pending = [p["metadata"]["name"] for p in work.pods() if not p["spec"].get("nodeName")]
-    if not pending:
-        return work.settle()
-    if cache:
-        offset = log_size(kube)
-        clean_seen = False
-
-        def clean() -> bool:
-            nonlocal offset, clean_seen
-            lines, offset = scheduler_log_since(kube, offset)
-            clean_seen = clean_seen or any("no dirty nodes detected" in line for line in lines)
-            return clean_seen
-
-        # A cache that never resyncs (no fingerprint) stays dirty: the retry below still happens.
-        with contextlib.suppress(AssertionError):
-            wait_until(clean, timeout=cache_timeout, what="the scheduler's cache clean", interval=0.2)
-    retry_offset = log_size(kube)
-    mark = now_stamp()
-    for node in nodes:
-        # An annotation of someone else's on each NRT object (the agent owns only its own): the update event
-        # the NRT plugin requeues on; and a Node label, for pods another plugin turned away.
-        patch = {"metadata": {"annotations": {"workload-retry": mark[-6:]}}}
-        kube.ok("PATCH", f"{NRT_PATH}/{node}", patch, content_type="application/merge-patch+json")
-        kube.ok("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"workload-retry": mark[-6:]}}},
-                content_type="application/merge-patch+json")  # fmt: skip
-    # Pods bound meanwhile (while the cache resynced) need no retry.
-    pending = [p["metadata"]["name"] for p in work.pods() if not p["spec"].get("nodeName")]
-    wanted = {f'pod="{work.namespace}/{name}"' for name in pending}
-    outcomes = ("Unable to schedule pod", "Successfully bound pod", "is not making pod schedulable")
-    seen: set[str] = set()
-
-    def retried() -> bool:
-        """Each pending pod tried again, or found not helped by the events (the scheduler's queueing hints)."""
-        nonlocal retry_offset
-        lines, retry_offset = scheduler_log_since(kube, retry_offset)
-        for line in lines:
-            if any(outcome in line for outcome in outcomes):
-                seen.update(pod for pod in wanted if pod in line)
-        bound = {f'pod="{work.namespace}/{p["metadata"]["name"]}"' for p in work.pods() if p["spec"].get("nodeName")}
-        return seen | bound >= wanted
-
-    try:
-        wait_until(retried, timeout=60, what="every pending pod tried again", interval=0.2)
-    except AssertionError:
-        missing = sorted(wanted - seen)
-        raise AssertionError(f"not all tried again since {mark}: {missing[:10]}") from None
-    return work.settle()
+def pending_that_fit_after(
+    work: Workload, nodes: Sequence[RealNode], points: Sequence[float], *, interval: float = 0.5
+) -> dict[float, list[str]]:
+    """Nothing outside the scheduler and the agents acts: from now (the last change the workload made), the
+    pods still Pending that some node's kubelet would admit (kubelet-oracle), as seen at each of `points`
+    seconds. Once every pod is decided and none that fits waits, nothing can change in a quiet cluster: the
+    later points are that answer."""
+    started = time.monotonic()
+    seen: dict[float, list[str]] = {}
+    for point in sorted(points):
+        while True:
+            items = work.pods()
+            pending = [pod for pod in items if not pod["spec"].get("nodeName")]
+            fit = pending_that_fit(work.kube, nodes, pending)
+            if (not fit and work.settled() is not None) or time.monotonic() - started >= point:
+                break
+            time.sleep(interval)
+        seen[point] = fit
+        if not fit and work.settled() is not None:
+            seen.update({later: [] for later in points if later > point})
+            break
+    work.settle()
+    return seen
 
 
 def _seconds(stamp: str) -> float:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from exporter.fingerprint import fingerprint
-from tests.controlplane import AGENT_USER, NRT_PATH, ControlPlane, wait_until
+from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.daemon import Daemon
 from tests.realnodes import (
     RealNode,
@@ -38,9 +38,8 @@ from tests.workload import (
     WRITTEN,
     Workload,
     log_size,
-    now_stamp,
+    pending_that_fit_after,
     pod_body,
-    retry_pending,
     scheduler_log_since,
     scheduler_race,
     timeline,
@@ -54,18 +53,28 @@ COUNTS: dict[str, int] = {}
 
 RealCluster = dict[str, tuple[RealNode, Daemon]]
 AGENT_MODES: dict[str, str] = {}  # node -> the informer mode its agent was told (absent: its default, Dedicated)
+AGENT_RESYNC: dict[str, int] = {}  # node -> the scheduler's cache resync period its agent was told (absent: 5 s)
+# How long a pod that fits may wait once nothing changes, by the scheduler's own delays: two cache resync
+# periods (the agent's write lands just after one; the cache flushes on the next), the requeue update's margin,
+# the scheduler's retry backoff at most (podMaxBackoffSeconds, 10 s by default) and the agent's debounce.
+BACKOFF_MAX_SECONDS = 10.0
+REQUEUE_MARGIN_SECONDS = 0.5
+DEBOUNCE_SECONDS = 0.05  # tests/realnodes.py agent()
 
 
-def tell_agents(kube: ControlPlane, cluster: RealCluster, mode: str, *, nodes: Iterable[str] | None = None) -> None:
-    """Restart the agents of `nodes` (all by default) told the scheduler's informer mode, where they were told
-    another; each writes its object again at start."""
+def tell_agents(
+    kube: ControlPlane, cluster: RealCluster, mode: str, resync: int = 5, *, nodes: Iterable[str] | None = None
+) -> None:
+    """Restart the agents of `nodes` (all by default) told the scheduler's informer mode and cache resync
+    period, where they were told others; each writes its object again at start."""
     for name in list(cluster if nodes is None else nodes):
-        if AGENT_MODES.get(name, "Dedicated") == mode:
+        if AGENT_MODES.get(name, "Dedicated") == mode and AGENT_RESYNC.get(name, 5) == resync:
             continue
         node, daemon = cluster[name]
         daemon.stop()
-        cluster[name] = (node, agent(kube, node, user=AGENT_USER, extra=["--nrt-scheduler-informer-mode", mode]))
-        AGENT_MODES[name] = mode
+        flags = ["--nrt-scheduler-informer-mode", mode, "--nrt-scheduler-resync-seconds", str(resync)]
+        cluster[name] = (node, agent(kube, node, user=AGENT_USER, extra=flags))
+        AGENT_MODES[name], AGENT_RESYNC[name] = mode, resync
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +178,8 @@ def test_bursts_and_churn_on_real_kubelets_reject_nothing(
     kube: ControlPlane, real_cluster: RealCluster, scheduler: str
 ) -> None:
     kube.stop_scheduler()
-    tell_agents(kube, real_cluster, str(SCHEDULERS[scheduler]["informer_mode"]))
+    settings = SCHEDULERS[scheduler]
+    tell_agents(kube, real_cluster, str(settings["informer_mode"]), int(settings["resync_seconds"]))
     log_start = log_size(kube)  # a restarted scheduler appends to the same log
     kube.start_scheduler(**SCHEDULERS[scheduler])
     work = Workload(kube, f"real-{scheduler}", scheduler="topo-aware-scheduler", seed=SEED)
@@ -191,7 +201,7 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
         wait_until(lambda v=victims: work.gone(v), timeout=60, what="the deleted pods gone", interval=0.1)
         work.settle()
         agreement(kube, real_cluster)
-        retry_pending(work, real_cluster, cache=True)  # what a real cluster does sooner or later
+        no_pod_that_fits_waits(real_cluster, work, int(SCHEDULERS[scheduler]["resync_seconds"]), scheduler)
         agreement(kube, real_cluster)
     outcome = work.outcome
     counts = {"pods": outcome.created, "deleted": outcome.deleted, "running at the end": outcome.running,
@@ -249,6 +259,18 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
     )
 
 
+def no_pod_that_fits_waits(cluster: RealCluster, work: Workload, resync: int, scheduler: str) -> None:
+    """Nothing outside the product acts (no hand-made requeue): within the scheduler's own delays after the
+    last change, no pod a kubelet would admit (kubelet-oracle, on its state files) is left Pending."""
+    allowance = 2 * resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
+    nodes = [node for node, _ in cluster.values()]
+    waiting = pending_that_fit_after(work, nodes, [allowance])[allowance]
+    COUNTS[f"{scheduler}: pods that fit left Pending past {allowance:.1f} s"] = (
+        COUNTS.get(f"{scheduler}: pods that fit left Pending past {allowance:.1f} s", 0) + len(waiting)
+    )
+    assert not waiting, f"pods that a kubelet admits still Pending {allowance:.1f} s after the last change: {waiting}"
+
+
 CHECK = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]+)" computed="([^"]+)"')
 
 
@@ -290,7 +312,7 @@ def test_a_dedicated_cache_takes_a_node_holding_a_rejected_pod_only_from_an_agen
     node = f"real-{NODES - 1}"
     work = Workload(kube, "informer-real", scheduler="topo-aware-scheduler", seed=SEED)
     kube.stop_scheduler()
-    tell_agents(kube, real_cluster, "Shared", nodes=[node])
+    tell_agents(kube, real_cluster, "Shared", 1, nodes=[node])
     offset = log_size(kube)
     kube.start_scheduler(informer_mode="Dedicated", resync_seconds=1)
 
@@ -326,21 +348,18 @@ def test_a_dedicated_cache_takes_a_node_holding_a_rejected_pod_only_from_an_agen
         COUNTS["informer: fingerprint checks that differed while the agent was told Shared"] = len(mismatches)
 
         restarted = log_size(kube)
-        tell_agents(kube, real_cluster, "Dedicated", nodes=[node])
+        tell_agents(kube, real_cluster, "Dedicated", 1, nodes=[node])
         wait_until(lambda: any(e == c for e, c in checks(restarted)), timeout=30,
                    what=f"the cache to take {node}'s object from the agent told Dedicated")  # fmt: skip
-        mark = now_stamp()[-6:]  # an update event requeues the waiting pod, as a cluster's next event would
-        kube.ok("PATCH", f"{NRT_PATH}/{node}", {"metadata": {"annotations": {"informer-retry": mark}}},
-                content_type="application/merge-patch+json")  # fmt: skip
-        kube.ok("PATCH", f"/api/v1/nodes/{node}", {"metadata": {"labels": {"informer-retry": mark}}},
-                content_type="application/merge-patch+json")  # fmt: skip
-        running = wait_until(lambda: (p := pod("after"))["status"].get("phase") == "Running" and p, timeout=60,
+        # Nothing else acts: the agent's requeue update, a resync period after its write, retries the pod.
+        running = wait_until(lambda: (p := pod("after"))["status"].get("phase") == "Running" and p,
+                             timeout=2 * 1 + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + 5,
                              what="the waiting pod to run once the cache took the node again")  # fmt: skip
         assert running["spec"]["nodeName"] == node
         assert pod("too-big")["status"]["phase"] == "Failed", "the rejected pod was still there"
     finally:
         work.cleanup()
-        tell_agents(kube, real_cluster, "Dedicated", nodes=[node])
+        tell_agents(kube, real_cluster, "Dedicated", 1, nodes=[node])
 
 
 def test_explain_names_the_cause_of_real_kubelet_rejections(kube: ControlPlane, real_cluster: RealCluster) -> None:
