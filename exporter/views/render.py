@@ -18,11 +18,12 @@ from exporter.units import hugepage_size_name, human_bytes
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses to dicts, sets to sorted lists, mappings with stringified keys."""
+    """Dataclasses to dicts, sets to sorted lists, mappings with stringified keys. A set renders in one order
+    whatever it holds: numbers by value, then strings, then anything else by its JSON text (a dataclass by its fields in order)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if isinstance(value, frozenset | set):
-        return sorted(to_jsonable(item) for item in value)
+        return sorted((to_jsonable(item) for item in value), key=_set_order)
     if isinstance(value, Mapping):
         return {
             ":".join(map(str, key)) if isinstance(key, tuple) else str(key): to_jsonable(item)
@@ -31,6 +32,14 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [to_jsonable(item) for item in value]
     return value
+
+
+def _set_order(item: Any) -> tuple[int, float, str]:
+    if isinstance(item, int | float) and not isinstance(item, bool):
+        return (0, item, "")
+    if isinstance(item, str):
+        return (1, 0, item)
+    return (2, 0, json.dumps(item))  # a set holds hashable things: a dataclass's dict in field order, a tuple
 
 
 def render_json(value: Any) -> str:

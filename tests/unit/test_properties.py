@@ -3,18 +3,22 @@ capacity >= allocatable >= available >= 0 and stranded <= available. (Parsers ar
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.hardware.discovery import discover
 from exporter.kubelet.accounting import KubeletState
+from exporter.kubelet.dra import DraView
 from exporter.kubelet.profiles import Profile
 from exporter.model import (
     CpuManagerState,
     DeviceAllocation,
     DeviceCheckpoint,
+    DraDeviceRef,
     KubeletConfig,
     MemoryManagerState,
     MemoryNumaState,
@@ -22,6 +26,7 @@ from exporter.model import (
     Topology,
 )
 from exporter.snapshot import account
+from exporter.views.render import render_json
 from tests.hosttree import fixture_machine
 
 _TOPOLOGY: list[Topology] = []
@@ -116,3 +121,34 @@ def test_accounting_invariants_hold_for_any_state(state: KubeletState, profiles:
         assert 0 <= fit.aligned <= fit.unaligned
         if not any(a.numa_node == -1 and a.resource in accounting.numa_accounted for a in accounting.accounts):
             assert fit.aligned == sum(fit.per_numa.values())
+
+
+_refs = st.builds(
+    DraDeviceRef,
+    driver=st.sampled_from(["gpu.example.com", "nic.example.com"]),
+    pool=st.sampled_from(["node-a", "node-b"]),
+    device=st.text("abcdefgh-0123456789", min_size=1, max_size=8),
+)
+
+
+@given(
+    allocated=st.frozensets(_refs, max_size=40),
+    cpus=st.frozensets(st.integers(0, 255), max_size=40),
+    order=st.randoms(use_true_random=False),
+)
+@settings(max_examples=200, deadline=None)
+def test_json_renders_any_set_in_one_order(allocated: frozenset[DraDeviceRef], cpus: frozenset[int], order: Any) -> None:
+    """A snapshot's sets render deterministically whatever they hold (DRA device refs are dataclasses, which do
+    not order): the same set built in another order renders the same, sorted, and the JSON reads back."""
+    view = DraView(devices=(), allocated=allocated, held={("uid", "c"): tuple(allocated)}, exclusive_cpus=cpus)
+    shuffled = list(allocated)
+    order.shuffle(shuffled)
+    again = DraView(devices=(), allocated=frozenset(shuffled), held={("uid", "c"): tuple(allocated)},
+                    exclusive_cpus=frozenset(sorted(cpus, reverse=True)))  # fmt: skip
+    text = render_json(view)
+    assert text == render_json(again)
+    back = json.loads(text)
+    assert back["exclusive_cpus"] == sorted(cpus)
+    assert len(back["allocated"]) == len(allocated)
+    keys = [(r["driver"], r["pool"], r["device"]) for r in back["allocated"]]
+    assert keys == sorted(keys), "by their fields in order: driver, pool, device"
