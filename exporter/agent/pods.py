@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -25,6 +26,7 @@ from exporter.sources.dra_api import resource_claim
 log = logging.getLogger(__name__)
 WATCH_TIMEOUT_SECONDS = 300
 RETRY_SECONDS = 5.0
+ORPHAN_MAX_SECONDS = 60.0  # a claim whose pods are gone, read again at most this far apart
 NOT_SERVED_RETRY_SECONDS = 300.0
 PODS = "/api/v1/pods"
 RESOURCE_SLICES = "/apis/resource.k8s.io/v1/resourceslices"
@@ -193,6 +195,11 @@ class ClaimFetcher:
     same name, for a new pod) and, while it has no allocation yet, every `retry_seconds`. `want()` is
     called with the pods whenever they change; the fetching runs in a daemon thread, and a change fires
     the refresh trigger. A claim that cannot be read keeps its last reading (or none).
+
+    A claim whose pods are gone stays allocated until something deallocates it (the ResourceClaim
+    controller), and the scheduler allocates around its devices until then: it is kept, and read again
+    `retry_seconds` later, then at doubling intervals up to ORPHAN_MAX_SECONDS, until it is deallocated or
+    deleted.
     """
 
     def __init__(
@@ -201,13 +208,16 @@ class ClaimFetcher:
         *,
         on_change: Callable[[], None],
         retry_seconds: float = RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._api = api
         self._on_change = on_change
         self._retry = retry_seconds
+        self._clock = clock
         self._lock = threading.Lock()
         self._wanted: dict[tuple[str, str], frozenset[str]] = {}  # (namespace, name) -> pod UIDs using it
         self._read: dict[tuple[str, str], tuple[frozenset[str], DraClaim | None]] = {}
+        self._orphans: dict[tuple[str, str], tuple[float, float]] = {}  # pods gone, allocated: (due, interval)
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self.gets = 0
@@ -219,12 +229,20 @@ class ClaimFetcher:
             for use in pod.claims:
                 wanted.setdefault((pod.namespace, use.claim), set()).add(pod.uid)
         with self._lock:
+            now = self._clock()
+            for key in set(self._wanted) - set(wanted):
+                claim = self._read.get(key, (frozenset(), None))[1]
+                if claim is not None and claim.devices:
+                    self._orphans[key] = (now + self._retry, self._retry)
+            for key in set(wanted) & set(self._orphans):
+                del self._orphans[key]
             self._wanted = {key: frozenset(uids) for key, uids in wanted.items()}
         self._wake.set()
 
     def claims(self) -> tuple[DraClaim, ...]:
         with self._lock:
-            found = [claim for key, (_, claim) in self._read.items() if key in self._wanted and claim]
+            kept = self._wanted.keys() | self._orphans.keys()
+            found = [claim for key, (_, claim) in self._read.items() if key in kept and claim]
         return tuple(sorted(found, key=lambda claim: (claim.namespace, claim.name)))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -239,13 +257,18 @@ class ClaimFetcher:
 
     def _due(self) -> list[tuple[tuple[str, str], frozenset[str]]]:
         with self._lock:
-            for key in set(self._read) - set(self._wanted):
+            for key in set(self._read) - set(self._wanted) - set(self._orphans):
                 del self._read[key]
+            now = self._clock()
             return [
                 (key, uids)
                 for key, uids in self._wanted.items()
                 if key not in self._read or self._read[key][0] != uids or not (self._read[key][1] or _NONE).devices
-            ]
+            ] + [(key, frozenset()) for key, (due, _) in self._orphans.items() if due <= now]
+
+    def _next_orphan(self) -> float | None:
+        with self._lock:
+            return min((due for due, _ in self._orphans.values()), default=None)
 
     def _loop(self, notify: Callable[[], None]) -> None:
         while not self._stopped.is_set():
@@ -264,10 +287,24 @@ class ClaimFetcher:
                 with self._lock:
                     before = self._read.get(key, (frozenset(), None))[1]
                     self._read[key] = (uids, claim)
-                pending = pending or claim is None or not claim.devices
-                if claim != before:
+                    if key in self._orphans:
+                        if claim is None or not claim.devices:  # deallocated or deleted: its devices are free
+                            del self._orphans[key]
+                        else:
+                            interval = min(self._orphans[key][1] * 2, ORPHAN_MAX_SECONDS)
+                            self._orphans[key] = (self._clock() + interval, interval)
+                        orphan = True
+                    else:
+                        orphan = False
+                pending = pending or (not orphan and (claim is None or not claim.devices))
+                if claim != before or (orphan and key not in self._orphans):
                     notify()
-            self._wake.wait(self._retry if pending else None)
+            timeout = self._retry if pending else None
+            due = self._next_orphan()
+            if due is not None:
+                wait = max(due - self._clock(), 0.0)
+                timeout = wait if timeout is None else min(timeout, wait)
+            self._wake.wait(timeout)
 
 
 _NONE = DraClaim(namespace="", name="", uid="", devices=())

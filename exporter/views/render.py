@@ -19,7 +19,8 @@ from exporter.units import hugepage_size_name, human_bytes
 
 def to_jsonable(value: Any) -> Any:
     """Dataclasses to dicts, sets to sorted lists, mappings with stringified keys. A set renders in one order
-    whatever it holds: numbers by value, then strings, then anything else by its JSON text (a dataclass by its fields in order)."""
+    whatever it holds: numbers by value, then strings, then anything else by its JSON text (a dataclass by its
+    fields in order)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if isinstance(value, frozenset | set):
