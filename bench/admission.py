@@ -166,10 +166,31 @@ def nrt_writes(kube: ControlPlane) -> float:
                if (m := NRT_WRITE.match(line)) and m.group(1).upper() in ("POST", "PUT", "PATCH", "APPLY", "CREATE", "UPDATE"))  # fmt: skip
 
 
-def quiet(kube: ControlPlane, nodes: list[RealNode]) -> None:
-    """Every kubelet holds no pod."""
+SYSTEM = "numa-system"
+
+
+def system_pods(kube: ControlPlane, nodes: list[RealNode]) -> None:
+    """What every node of a cluster runs whatever the workload: the agent's own DaemonSet pod (BestEffort, bound
+    by the DaemonSet controller). It matters to the scheduler's cache: scheduler-plugins 903da7df resyncs only
+    nodes where it lists a pod ("cannot find any pod for node": a node emptied by churn stays overreserved for
+    good), and on a cluster no node is ever without one."""
+    kube.ensure_namespace(SYSTEM)
     for node in nodes:
-        wait_until(lambda node=node: not kubelet_account(node).pods, timeout=120, what=f"{node.name} empty")
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"agent-{node.name}"},
+                "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "agent", "image": "numa-topology-exporter"}]}}  # fmt: skip
+        kube.ok("POST", f"/api/v1/namespaces/{SYSTEM}/pods", body)
+    for node in nodes:
+        path = f"/api/v1/namespaces/{SYSTEM}/pods/agent-{node.name}"
+        wait_until(lambda path=path: kube.ok("GET", path)["status"].get("phase") == "Running", timeout=60,
+                   what=f"the system pod on {node.name}")  # fmt: skip
+
+
+def quiet(kube: ControlPlane, nodes: list[RealNode]) -> None:
+    """Every kubelet holds no pod but the system ones."""
+    for node in nodes:
+        wait_until(lambda node=node: not {p for p in kubelet_account(node).pods if p[0] != SYSTEM}, timeout=120,
+                   what=f"{node.name} empty")  # fmt: skip
 
 
 def cpus_held(work: Workload) -> int:
@@ -244,9 +265,15 @@ def main() -> int:
             RealNode(f"bench-{i}", root / f"node-{i}", real_machine(root / f"machine-{i}"), kube.kubeconfig("admin"))
             for i in range(args.nodes)
         ]
+        for node in nodes:
+            # RTE reads each NUMA node's hugepages directory and refuses to start without one: an empty one, no
+            # hugepages (what the kubelet sees on this machine either way).
+            for numa in node.machine.node_dir.glob("node[0-9]*"):
+                (numa / "hugepages").mkdir(exist_ok=True)
         try:
             for node in nodes:
                 start_real_node(kube, node, bin_dir)
+            system_pods(kube, nodes)
             for seed in seeds:
                 for name in arms:
                     result = run_arm(kube, nodes, name, seed, pods=args.pods, bin_dir=bin_dir)

@@ -231,6 +231,17 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="the kubelet's --config-dir: its *.conf drop-ins are merged over the file as the kubelet merges them",
     )
     group.add_argument(
+        "--host-path-map",
+        dest="host_path_map",
+        type=_host_path_map,
+        action="append",
+        default=[],
+        metavar="HOST=LOCAL",
+        help="where a host directory is mounted here (repeatable; the chart sets one per mount): the kubelet's "
+        "--config and --config-dir, read from its command line, are host paths (default: none; on the host itself, "
+        "with --path.procfs /proc, host paths are ours)",
+    )
+    group.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME") or socket.gethostname(),
         help="Kubernetes node name (default: $NODE_NAME, then the hostname)",
@@ -285,7 +296,15 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
         podresources_socket_file=args.podresources_socket,
         cgroup=args.cgroup,
         container_logs=args.container_logs,
+        host_path_map=tuple(args.host_path_map),
     )
+
+
+def _host_path_map(text: str) -> tuple[str, Path]:
+    host, sep, local = text.partition("=")
+    if not sep or not host.startswith("/") or not local:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST=LOCAL with an absolute host path")
+    return host, Path(local)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -270,7 +270,12 @@ class KubeletConfig:
     known: bool = (
         False  # read from what the kubelet runs with (its files or /configz), not contradicted by its state files
     )
-    origin: tuple[str, ...] = ()  # the file and drop-ins merged, in order
+    origin: tuple[str, ...] = ()  # the file and drop-ins merged, in order, then "flags" where flags applied
+    # KubeletConfiguration field -> where its value came from: a file, a drop-in, "flag --name" or "/configz";
+    # a field absent here has the kubelet's default.
+    field_origins: Mapping[str, str] = field(default_factory=dict)
+    kubelet_pid: int | None = None  # the kubelet process whose command line was applied
+    flags_unchecked: str = ""  # why the kubelet's command line could not be read ("" where it was, or for /configz)
 
     def cpu_option(self, name: str) -> bool:
         """A CPU manager policy option is on, read as the kubelet reads it (Go's strconv.ParseBool)."""

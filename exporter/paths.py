@@ -28,6 +28,32 @@ class HostPaths:
     podresources_socket_file: Path | None = None
     cgroup: Path = DEFAULT_CGROUP
     container_logs: Path = DEFAULT_CONTAINER_LOGS
+    # Host path prefix -> where this agent sees it (the chart's mounts: /var/lib/kubelet -> /host/var/lib/kubelet).
+    # Without any, a host path is the agent's own path only when it reads the host's own /proc (run on the host).
+    host_path_map: tuple[tuple[str, Path], ...] = ()
+
+    def local(self, host_path: str) -> Path | None:
+        """Where this agent sees a path of the host's (the kubelet's `--config`), or None where it is not mounted."""
+        normal = os.path.normpath(host_path)
+        for prefix, local in sorted(self.host_path_map, key=lambda item: len(item[0]), reverse=True):
+            base = os.path.normpath(prefix)
+            if normal == base:
+                return local
+            if normal.startswith(base.rstrip("/") + "/"):
+                return local / normal[len(base.rstrip("/")) + 1 :]
+        if not self.host_path_map and self.procfs == DEFAULT_PROCFS:
+            return Path(normal)
+        return None
+
+    def host(self, local_path: Path) -> str | None:
+        """The host's path for one of this agent's (the reverse of `local`), or None where no mapping says."""
+        for prefix, local in sorted(self.host_path_map, key=lambda item: len(str(item[1])), reverse=True):
+            if local_path == local or local in local_path.parents:
+                relative = local_path.relative_to(local)
+                return os.path.normpath(os.path.join(prefix, relative)) if str(relative) != "." else prefix
+        if not self.host_path_map and self.procfs == DEFAULT_PROCFS:
+            return str(local_path)
+        return None
 
     @property
     def numa_nodes_dir(self) -> Path:

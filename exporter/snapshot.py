@@ -31,6 +31,7 @@ from exporter.kubelet.accounting import (
     without_gone_pods,
 )
 from exporter.kubelet.alignment import ContainerAlignment, container_alignment
+from exporter.kubelet.configuration import read_effective_config
 from exporter.kubelet.cpu_assignment import CpuTopology
 from exporter.kubelet.crosscheck import CrossCheck, Disagreement, cross_check
 from exporter.kubelet.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
@@ -266,8 +267,9 @@ class SnapshotBuilder:
         topology = self._topology()
         config = self._read(
             "kubelet_config",
-            self.config_reader or (lambda: kubelet_config.read_kubelet_config(self.paths)),
+            self.config_reader or (lambda: read_effective_config(self.paths)),
             needed=self.config_reader is not None or self._kubelet_node(),
+            note=lambda read: read.flags_unchecked or None,
         )
         config = config or KubeletConfig()
         state = KubeletState(

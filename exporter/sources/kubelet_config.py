@@ -6,6 +6,12 @@ cited in docs/product.md) or configure the kubelet through drop-ins only (k3s, R
 `--kubelet-config-dir` point at them. Unset fields take the kubelet's defaults
 (K pkg/kubelet/apis/config/v1beta1/defaults.go).
 
+The kubelet's command-line flags override both (K cmd/kubelet/app/server.go `kubeletConfigFlagPrecedence`: the
+flags given are parsed again over the merged configuration): `apply_flags` applies the ones that change what the
+agent publishes or accounts (FLAG_FIELDS), as the kubelet's flag types set them. A map flag (`--kube-reserved`,
+`--eviction-hard`, ...) replaces the file's map, repeated flags adding to it; `--reserved-memory` replaces the
+list; `--feature-gates` sets the gates it names over the file's.
+
 Drop-ins are merged as the kubelet v1.36 merges them (K cmd/kubelet/app/server.go `mergeKubeletConfigurations`,
 held to the real kubelet's /configz in tests/integration/test_real_kubelet_config.py): every `*.conf` file under the
 directory, subdirectories included, in lexical walk order, each applied as a JSON merge patch (RFC 7386: a
@@ -99,32 +105,136 @@ WHERE = (
 )
 
 
-def read_kubelet_config(paths: HostPaths) -> KubeletConfig:
-    """The file, then the drop-ins merged over it. A missing file is fine where a drop-in directory is given
-    (k3s and RKE2 configure the kubelet through drop-ins only); both missing is SourceMissing, saying what to set."""
-    file, directory = paths.kubelet_config, paths.kubelet_config_dir
+def read_kubelet_config(
+    paths: HostPaths,
+    *,
+    file: Path | None = None,
+    directory: Path | None = None,
+    flags: Mapping[str, tuple[str, ...]] | None = None,
+    no_file: bool = False,
+) -> KubeletConfig:
+    """The file, then the drop-ins merged over it, then the kubelet's flags (where its command line was read).
+    `file` and `directory` (the kubelet's own `--config` and `--config-dir`, as this agent sees them) replace the
+    configured paths; `no_file`: the kubelet runs without `--config`. A missing file is fine where a drop-in
+    directory is given (k3s and RKE2 configure the kubelet through drop-ins only); both missing is SourceMissing,
+    saying what to set."""
+    file = file or paths.kubelet_config
+    directory = directory or paths.kubelet_config_dir
     origin: list[str] = []
+    fields: dict[str, str] = {}
     if directory is not None and not directory.is_dir():
         raise SourceMissing(SOURCE, f"the drop-in directory {directory} does not exist: {WHERE}")
-    try:
-        document = _load_document(read_bounded(file, source=SOURCE, limit_bytes=LIMIT_BYTES), where=str(file))
-        origin.append(str(file))
-    except SourceMissing:
-        if directory is None:
-            raise SourceMissing(SOURCE, f"{file} does not exist: {WHERE}") from None
-        document = {}
+    document: dict[str, Any] = {}
+    if not no_file:
+        try:
+            document = _load_document(read_bounded(file, source=SOURCE, limit_bytes=LIMIT_BYTES), where=str(file))
+            origin.append(str(file))
+            fields.update(dict.fromkeys(document, str(file)))
+        except SourceMissing:
+            if directory is None:
+                raise SourceMissing(SOURCE, f"{file} does not exist: {WHERE}") from None
     if directory is not None:
         for path in dropin_files(directory):
             dropin = _load_document(read_bounded(path, source=SOURCE, limit_bytes=LIMIT_BYTES), where=str(path))
             document = merge_patch(document, {**DROPIN_DEFAULTS, **dropin})
             origin.append(str(path))
-    return _config(document, origin=tuple(origin))
+            fields.update(dict.fromkeys(dropin, str(path)))
+    if flags is not None:
+        document, from_flags = apply_flags(document, flags)
+        fields.update(from_flags)
+        if from_flags:
+            origin.append("flags")
+    return _config(document, origin=tuple(origin), fields=fields)
 
 
 def from_configz(document: Mapping[str, Any]) -> KubeletConfig:
     """The `kubeletconfig` object the kubelet's `/configz` serves: its effective configuration (file, drop-ins
     and flags merged, defaults applied), in v1beta1 field names."""
-    return _config(document, origin=("/configz",))
+    return _config(document, origin=("/configz",), fields=dict.fromkeys(document, "/configz"))
+
+
+# The kubelet's flags (v1.36) that set a field the agent reads: flag -> (KubeletConfiguration field, flag type).
+FLAG_FIELDS: dict[str, tuple[str, str]] = {
+    "cpu-manager-policy": ("cpuManagerPolicy", "string"),
+    "cpu-manager-policy-options": ("cpuManagerPolicyOptions", "map"),
+    "reserved-cpus": ("reservedSystemCPUs", "string"),
+    "memory-manager-policy": ("memoryManagerPolicy", "string"),
+    "reserved-memory": ("reservedMemory", "reserved-memory"),
+    "topology-manager-policy": ("topologyManagerPolicy", "string"),
+    "topology-manager-scope": ("topologyManagerScope", "string"),
+    "topology-manager-policy-options": ("topologyManagerPolicyOptions", "map"),
+    "kube-reserved": ("kubeReserved", "map"),
+    "system-reserved": ("systemReserved", "map"),
+    "eviction-hard": ("evictionHard", "eviction"),
+    "feature-gates": ("featureGates", "feature-gates"),
+    "cgroup-driver": ("cgroupDriver", "string"),
+    "cgroup-root": ("cgroupRoot", "string"),
+    "enforce-node-allocatable": ("enforceNodeAllocatable", "list"),
+    "system-reserved-cgroup": ("systemReservedCgroup", "string"),
+    "kube-reserved-cgroup": ("kubeReservedCgroup", "string"),
+}
+
+
+def apply_flags(
+    document: Mapping[str, Any], flags: Mapping[str, tuple[str, ...]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The configuration with the kubelet's flags applied over it, and field -> the flag that set it."""
+    merged = dict(document)
+    origins: dict[str, str] = {}
+    for flag, (name, kind) in FLAG_FIELDS.items():
+        values = flags.get(flag)
+        if not values:
+            continue
+        if kind == "string":
+            merged[name] = values[-1]
+        elif kind == "list":
+            merged[name] = [item.strip() for item in values[-1].split(",") if item.strip()]
+        elif kind == "map":
+            merged[name] = _flag_map(flag, values, "=")
+        elif kind == "eviction":
+            merged[name] = _flag_map(flag, values, "<")
+        elif kind == "feature-gates":
+            gates = dict(merged.get(name) or {})
+            for key, value in _flag_map(flag, values, "=").items():
+                if value.lower() not in ("true", "false"):
+                    raise SourceParseError(SOURCE, f"--{flag}: {key}={value} is not true or false")
+                gates[key] = value.lower() == "true"
+            merged[name] = gates
+        else:
+            merged[name] = _flag_reserved_memory(values)
+        origins[name] = f"flag --{flag}"
+    return merged, origins
+
+
+def _flag_map(flag: str, values: tuple[str, ...], separator: str) -> dict[str, str]:
+    """A map flag (`k=v,k2=v2`; `--eviction-hard` `signal<value`): repeated flags add to one map."""
+    found: dict[str, str] = {}
+    for value in values:
+        for raw in value.split(","):
+            item = raw.strip()
+            if not item:
+                continue
+            key, sep, text = item.partition(separator)
+            if not sep or not key.strip():
+                raise SourceParseError(SOURCE, f"--{flag}: {item!r} is not KEY{separator}VALUE")
+            found[key.strip()] = text.strip()
+    return found
+
+
+def _flag_reserved_memory(values: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`--reserved-memory 0:memory=1Gi,hugepages-1M=2Gi` (repeated, or `;`-separated): K pkg/util/flag
+    ReservedMemoryVar."""
+    entries: list[dict[str, Any]] = []
+    for value in values:
+        for raw in value.split(";"):
+            part = raw.strip()
+            if not part:
+                continue
+            node, sep, limits = part.partition(":")
+            if not sep or not node.strip().isdigit():
+                raise SourceParseError(SOURCE, f"--reserved-memory: {part!r} is not NUMA:RESOURCE=QUANTITY[,...]")
+            entries.append({"numaNode": int(node), "limits": _flag_map("reserved-memory", (limits,), "=")})
+    return entries
 
 
 def dropin_files(directory: Path) -> list[Path]:
@@ -190,7 +300,9 @@ def _load_document(raw: bytes, *, where: str = "") -> dict[str, Any]:
     return document
 
 
-def _config(document: Mapping[str, Any], *, origin: tuple[str, ...]) -> KubeletConfig:
+def _config(
+    document: Mapping[str, Any], *, origin: tuple[str, ...], fields: Mapping[str, str] | None = None
+) -> KubeletConfig:
     cpu_policy = _choice(document, "cpuManagerPolicy", "none", CPU_POLICIES)
     memory_policy = _choice(document, "memoryManagerPolicy", "None", MEMORY_POLICIES)
     topology_policy = _choice(document, "topologyManagerPolicy", "none", TOPOLOGY_POLICIES)
@@ -221,7 +333,13 @@ def _config(document: Mapping[str, Any], *, origin: tuple[str, ...]) -> KubeletC
         unknown_fields=tuple(sorted(str(key) for key in document if key not in FIELDS)),
         known=True,
         origin=origin,
+        field_origins={name: where for name, where in sorted((fields or {}).items()) if name in NUMA_FIELDS},
     )
+
+
+# The fields whose origin `snapshot --format json` and doctor show: those the published attributes and the
+# accounting come from.
+NUMA_FIELDS = frozenset({flag_field for flag_field, _ in FLAG_FIELDS.values()})
 
 
 def _first_line(exc: Exception) -> str:

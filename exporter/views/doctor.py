@@ -63,6 +63,13 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
         )
         add("warning", "kubelet-config", f"{where}. Distributions keep it at {places}. No topologyManagerPolicy is "
             "published meanwhile; the checks below use the kubelet's defaults")  # fmt: skip
+    if config.known and config.flags_unchecked:
+        add("info", "kubelet-flags", f"{config.flags_unchecked}; the kubelet's flags override its files: mount the "
+            "host's /proc (the chart does) to check them")  # fmt: skip
+    if config.known and config.field_origins:
+        origins = ", ".join(f"{name} from {where}" for name, where in sorted(config.field_origins.items()))
+        who = f"the kubelet (pid {config.kubelet_pid})" if config.kubelet_pid else "the kubelet's configuration"
+        add("info", "kubelet-config", f"{who}: {origins}; every other field has the kubelet's default")
     for key in config.unknown_fields:
         close = difflib.get_close_matches(key, sorted(FIELDS), n=1)
         add("warning", "kubelet-config", f"unknown field {key!r}: the kubelet ignores it"
