@@ -106,6 +106,7 @@ class RealNode:
     devices: str = GPU_DEVICES
     config_file: Path | None = None
     dropin_dir: Path | None = None
+    flags: str = ""  # more kubelet command-line flags (start-node's KUBELET_FLAGS)
     port: int = field(default_factory=free_port_pair)
 
     @property
@@ -139,12 +140,25 @@ class RealNode:
             env["CONFIG_FILE"] = str(self.config_file)
         if self.dropin_dir is not None:
             env["DROPIN_DIR"] = str(self.dropin_dir)
+        if self.flags:
+            env["KUBELET_FLAGS"] = self.flags
         done = subprocess.run(
             [str(START_NODE), str(self.directory), self.name, str(self.machine.root), str(self.kubeconfig)],
             env=env, capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
         if done.returncode != 0:
             raise AssertionError(f"start-node {self.name}: {done.stderr.strip()}\n{self.log()[-3000:]}")
+        self.link_kubelet_process()
+
+    def link_kubelet_process(self) -> None:
+        """The simulated machine's procfs holds the kubelet's process, as a host's /proc does: its entry links
+        to the real one (the agent reads `comm` and `cmdline` there). Entries of kubelets gone are removed."""
+        proc = self.machine.root / "proc"
+        for entry in proc.iterdir():
+            if entry.name.isdigit() and entry.is_symlink():
+                entry.unlink()
+        for pid in self.pids().get("kubelet", []):
+            (proc / str(pid)).symlink_to(f"/proc/{pid}")
 
     def pids(self) -> dict[str, list[int]]:
         found: dict[str, list[int]] = {}
@@ -236,10 +250,16 @@ def start_real_node(kube: ControlPlane, node: RealNode, bin_dir: Path, *, gpus: 
     untaint(kube, node.name)
 
 
-def agent(kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = ()) -> Daemon:
-    """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs."""
+def agent(
+    kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = (), host_paths: bool = True
+) -> Daemon:
+    """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs
+    (which holds the kubelet's process), and, with `host_paths`, the host's paths where they are (the kubelet
+    runs on this machine: the paths its command line names are ours, `--host-path-map /=/`)."""
     flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name, "--resync-interval", "5",
              "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "debug", *extra]  # fmt: skip
+    if host_paths:
+        flags += ["--host-path-map", "/=/"]
     if node.config_file is not None:
         flags += ["--kubelet-config", str(node.config_file)]
     if node.dropin_dir is not None:

@@ -371,8 +371,8 @@ def test_the_notes_give_the_kubelet_config_flags_and_the_recommended_scheduler()
         "/host/kubelet-config/config.json",
         "/host/kubelet-config.d",
     )
-    assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Dedicated}" in text
-    shared = notes({"nrt": {"schedulerInformerMode": "Shared"}})
+    assert "cacheResyncPeriodSeconds: 5, cache: {informerMode: Dedicated}" in text
+    shared = notes({"nrt": {"schedulerInformerMode": "Shared", "schedulerResyncSeconds": 1}})
     assert "cacheResyncPeriodSeconds: 1, cache: {informerMode: Shared}" in shared
     assert "cacheResyncPeriodSeconds" not in notes({"nrt": {"enabled": False}})
 

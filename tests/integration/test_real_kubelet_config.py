@@ -103,7 +103,7 @@ def test_the_agent_publishes_the_policy_the_kubelet_runs_and_never_a_guess(
     # Pointed at kubeadm's path (the default), where this node keeps nothing: no policy published, the source
     # down, and the reason names what to set.
     blind = RealNode(eks_node.name, eks_node.directory, eks_node.machine, eks_node.kubeconfig, port=eks_node.port)
-    with agent(kube, blind, user=AGENT_USER) as daemon:
+    with agent(kube, blind, user=AGENT_USER, host_paths=False) as daemon:
         obj = wait_until(lambda: kube.nrt(eks_node.name), timeout=30, what="the NRT")
         names = {a["name"] for a in obj["attributes"]}
         assert not names & {"topologyManagerPolicy", "topologyManagerScope"}, obj["attributes"]
