@@ -36,6 +36,7 @@ log = logging.getLogger("exporter")
 SNAPSHOT_FORMATS = ("table", "json", "nrt", "metrics")
 # scheduler-plugins' example configuration and the NUMA Resources Operator set cacheResyncPeriodSeconds to 5.
 DEFAULT_SCHEDULER_RESYNC_SECONDS = 5.0
+CANNOT_TELL = 3  # exit status of fit and explain when they cannot answer (the API server, the kubeconfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,7 +326,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _explain(args)
     except ExporterError as exc:
         print(f"numa-topology-exporter: {exc}", file=sys.stderr)
-        return 1
+        # fit and explain answer yes (0) or no (1), verify aligned (0) or not (1): what keeps them from answering
+        # is apart (fit and explain 3, after the usage errors' 2; verify 2, "could not verify").
+        if args.command == "verify":
+            return 2
+        return CANNOT_TELL if args.command in ("fit", "explain") else 1
     return 2
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
+import yaml
 
 from exporter import __version__
 from exporter.errors import (
@@ -110,6 +111,10 @@ def client_from(kubeconfig: Path | None) -> Any:
         if kubeconfig is not None:
             raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
         return None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {_yaml_problem(exc)}") from None
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
     configuration.retries = False
     return kubernetes.client.ApiClient(configuration)
 
@@ -134,10 +139,20 @@ def user_client(kubeconfig: Path | None, context: str | None) -> Any:
     except kubernetes.config.ConfigException as exc:
         where = kubeconfig or default
         raise ConfigError(f"no usable kubeconfig ({where}) and not in a cluster: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig or default}: {_yaml_problem(exc)}") from None
     except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
         raise ConfigError(f"cannot use kubeconfig {kubeconfig or default}: {exc}") from None
     configuration.retries = False
     return kubernetes.client.ApiClient(configuration)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`not valid YAML: expected the node content, but found '-' (line 3, column 3)`: one line."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"not valid YAML: {problem}{where}"
 
 
 FIELD_MANAGER = "numa-topology-exporter"

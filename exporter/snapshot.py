@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from exporter.errors import SourceContradicted, SourceError, SourceMissing
@@ -304,7 +305,15 @@ class SnapshotBuilder:
         )
         if self._use_podresources and not self._statuses[PODRESOURCES].up:
             state = dataclasses.replace(state, podresources_current=False)
-        state = dataclasses.replace(state, gone_pods=self._gone_pods & entry_pods(state))
+        state = dataclasses.replace(
+            state,
+            gone_pods=self._gone_pods & entry_pods(state),
+            unreadable=frozenset(
+                name
+                for name, status in self._statuses.items()
+                if not status.up and status.available and status.reason == "permission" and self._last.get(name) is None
+            ),
+        )
         contradiction = config_contradiction(state) if config.known else None
         if contradiction is not None:
             # Not what the kubelet runs with: nothing read from it is published as the kubelet's (no
@@ -336,14 +345,14 @@ class SnapshotBuilder:
         """A kubelet runs here (its state files are there): its configuration is then needed, and not finding it
         is an error, where on a machine without a kubelet it is an absent source."""
         return any(
-            path.exists()
+            _present(path)
             for path in (self.paths.cpu_manager_state, self.paths.memory_manager_state, self.paths.device_checkpoint)
         )
 
     def _read_podresources(self) -> PodResourcesReading:
         socket = self.paths.podresources_socket
         if self._podresources_client is None:
-            if not socket.exists():  # grpcio (about 17 MiB resident) is loaded only where there is a socket
+            if not _present(socket):  # grpcio (about 17 MiB resident) is loaded only where there is a socket
                 raise SourceMissing(PODRESOURCES, f"{socket} does not exist (no podresources socket here)")
             from exporter.sources import podresources  # noqa: PLC0415 (imported on first use, see above)
 
@@ -453,3 +462,15 @@ class SnapshotBuilder:
             else:
                 log.info("%s: not present (%s)", source, status.message)
         self._statuses[source] = status
+
+
+def _present(path: Path) -> bool:
+    """Something is there: it exists, or it cannot be told (a directory this process may not search, as the
+    kubelet's 0750 one for another user): unreadable is not absent."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True

@@ -53,6 +53,13 @@ class KubeletState:
     dra: DraCheckpoint | None = None
     dra_health: tuple[DraDeviceHealth, ...] | None = None
     dra_api: DraApiReading | None = None
+    # Sources that are there but could not be read, with no last good reading: unreadable is not absent, and
+    # nothing that depends on one is published as a number.
+    unreadable: frozenset[str] = frozenset()
+
+    def unknown(self, source: str) -> bool:
+        """The source's reading is unknown: unreadable, or the configuration that says what it holds is."""
+        return source in self.unreadable or "kubelet_config" in self.unreadable
 
     @property
     def cpu_policy(self) -> str:
@@ -185,8 +192,10 @@ def resource_accounts(
         node_cpus = numa_cpus.get(n, frozenset())
         capacity = len(node_cpus)
         allocatable = len(node_cpus - reserved)
-        if not cpu_static:
-            available: int | None = len(node_cpus - reserved - dra.exclusive_cpus)
+        if state.cpu is None and state.unknown("cpu_manager_state"):
+            available: int | None = None
+        elif not cpu_static:
+            available = len(node_cpus - reserved - dra.exclusive_cpus)
         elif state.cpu is None:
             available = None
         else:
@@ -207,7 +216,7 @@ def resource_accounts(
                 numa.memory_total_bytes,
                 numa.memory_total_bytes - hugepage_bytes - reserved_here.get("memory", 0),
                 tables.get("memory"),
-                static=memory_static,
+                static=memory_static or (state.memory is None and state.unknown("memory_manager_state")),
                 state_read=state.memory is not None,
                 grouped=grouped,
             )
@@ -222,7 +231,7 @@ def resource_accounts(
                     capacity,
                     capacity - reserved_here.get(resource, 0),
                     tables.get(resource),
-                    static=memory_static,
+                    static=memory_static or (state.memory is None and state.unknown("memory_manager_state")),
                     state_read=state.memory is not None,
                     grouped=grouped,
                 )

@@ -211,9 +211,32 @@ def diagnose(snapshot: Snapshot, placement: PlacementView | None = None) -> tupl
                 blocks_start=True,
             )
         )
+    if config_status is not None and config_status.reason == "permission":
+        return _unreadable_first(findings, snapshot)
     if not findings:
         add("info", "all", "nothing to change: the configuration supports NUMA alignment")
     return tuple(findings)
+
+
+# What doctor says from the kubelet's configuration: with that configuration unreadable these would advise from
+# the kubelet's defaults, not from what it runs (a node running static and single-numa-node told to set them).
+CONFIG_CHECKS = frozenset({"cpu-manager", "cpu-reservation", "topology-manager", "memory-manager", "kubelet-config",
+                           "kubelet-start", "kubelet-flags"})  # fmt: skip
+
+
+def _unreadable_first(findings: list[Finding], snapshot: Snapshot) -> tuple[Finding, ...]:
+    """The kubelet's files cannot be read by this process: that is the cause, said first; nothing is advised
+    from a configuration that was not read."""
+    unreadable = [s.source for s in snapshot.sources if not s.up and s.available and s.reason == "permission"]
+    lead = Finding(
+        severity="error",
+        check="sources",
+        message=f"cannot read {', '.join(unreadable)} (permission denied): run doctor as the agent runs (root, in "
+        "its pod: kubectl exec), or as root on the node; nothing below is judged from the kubelet's configuration",
+    )
+    said = tuple(f"{source} could not be read" for source in unreadable)
+    kept = [f for f in findings if f.check not in CONFIG_CHECKS and not f.message.startswith(said)]
+    return (lead, *kept)
 
 
 def _kinds(nodes: list[NumaNode]) -> str:

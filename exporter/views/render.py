@@ -226,8 +226,10 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
     out = [render_topology(snapshot.topology)]
     state, accounting = snapshot.kubelet, snapshot.accounting
     config = state.config
+    cpu_policy = "unknown" if state.cpu is None and state.unknown("cpu_manager_state") else state.cpu_policy
+    memory_policy = "unknown" if state.memory is None and state.unknown("memory_manager_state") else state.memory_policy
     out.append(
-        f"\nKubelet: cpuManagerPolicy={state.cpu_policy} memoryManagerPolicy={state.memory_policy} "
+        f"\nKubelet: cpuManagerPolicy={cpu_policy} memoryManagerPolicy={memory_policy} "
         + (
             f"topologyManagerPolicy={config.topology_manager_policy} scope={config.topology_manager_scope} "
             if config.known

@@ -598,7 +598,7 @@ def test_explain_names_the_causes(
     assert pending["numa_aware_scheduler"]
     assert not any("NUMA-aware" in c for c in pending["likely_causes"])
     code, _, err = run_cli(capsys, "explain", f"{namespace}/nope", *access)
-    assert code == 1
+    assert code == 3, "nothing to explain: cannot tell"
     assert err == f"numa-topology-exporter: pod {namespace}/nope not found\n"
 
 
@@ -616,14 +616,14 @@ def test_kubeconfig_and_context_as_kubectl_finds_them(
     monkeypatch.setenv("KUBECONFIG", f"{tmp_path / 'absent'}:{config}")
     selector = ("-l", f"nte-view={published['label']}")
     code, _, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", *selector)
-    assert code == 1
+    assert code == 3, "cannot tell, not fits nowhere"
     assert err.startswith("numa-topology-exporter: cannot list nodes: cannot reach the API server"), err
     assert err.count("\n") == 1
     code, out, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--context", "c", *selector)
     assert code == 0, err
     assert "fits on 2 of 3 nodes" in out
     code, _, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--context", "nonesuch", *selector)
-    assert code == 1
+    assert code == 3
     assert "nonesuch" in err
     assert err.count("\n") == 1
 
@@ -683,12 +683,12 @@ def test_api_failures_are_one_line_errors(
     kubeconfig = str(kube.kubeconfig("admin", server=proxy.url))
     proxy.fail(503, when=lambda method, path: "noderesourcetopologies" in path)
     code, out, err = run_cli(capsys, "fit", "cpu=1,memory=1Gi", "--kubeconfig", kubeconfig)
-    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert (code, out, err.count("\n")) == (3, "", 1), err
     assert err == "numa-topology-exporter: cannot list noderesourcetopologies: injected 503\n"
     proxy.heal()
     proxy.fail(404, when=lambda method, path: "noderesourcetopologies" in path)
     code, _, err = run_cli(capsys, "explain", f"{published['namespace']}/held", "--kubeconfig", kubeconfig)
-    assert code == 1
+    assert code == 3
     assert "install the NodeResourceTopology CRD" in err, err
     proxy.heal()
     code, out, _ = run_cli(capsys, "explain", f"{published['namespace']}/held", "--kubeconfig", kubeconfig)
