@@ -88,8 +88,8 @@ def test_no_library_at_all_in_a_fresh_process(tmp_path: Path) -> None:
         env=env,
     )
     nvml = next(s for s in json.loads(result.stdout)["sources"] if s["source"] == "nvml")
-    if nvml["up"]:  # a real NVIDIA host: nothing to assert about absence
-        return
+    if nvml["up"]:
+        pytest.skip("a real NVIDIA host: NVML is there, its absence cannot be shown")
     assert (nvml["available"], nvml["reason"]) == (False, "unavailable")
 
 
