@@ -113,6 +113,8 @@ def _assert_least_privilege(pod: dict[str, Any]) -> None:
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
     assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
+    types = {v["hostPath"].get("type") for v in pod["volumes"] if "hostPath" in v}
+    assert types <= {"Directory", "File", "Socket"}, f"no host directory created, none left unchecked: {types}"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["nodeSelector"]["kubernetes.io/os"] == "linux"
