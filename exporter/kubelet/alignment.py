@@ -36,7 +36,7 @@ class ContainerAlignment:
     pod: str
     container: str
     numa_nodes: Mapping[str, frozenset[int]]
-    dra_misaligned: bool = False
+    dra_misaligned: bool | None = False  # None: none of its DRA devices' NUMA node is known (never a guess)
     gpu_nic: PciePath | None = None  # the closest GPU-NIC path of a container given both (a: GPU, b: NIC)
 
     @property
@@ -54,12 +54,13 @@ class ContainerAlignment:
         return any(is_dra_resource(resource) for resource in self.numa_nodes)
 
 
-def _dra_misaligned(spans: Mapping[str, set[int]], others: set[int]) -> bool:
+def _dra_misaligned(spans: Mapping[str, set[int]], others: set[int]) -> bool | None:
     dra = {numa for resource, numas in spans.items() if is_dra_resource(resource) for numa in numas}
+    held = bool(dra)
     dra.discard(UNKNOWN_NUMA_NODE)
     others = others - {UNKNOWN_NUMA_NODE}
     if not dra:
-        return False
+        return None if held else False
     return bool(dra - others) if others else len(dra) > 1
 
 

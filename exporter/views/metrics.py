@@ -256,7 +256,7 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
         for resource, numas in container.numa_nodes.items():
             spans.add_metric([*ident, resource], len(numas))
         aligned.add_metric(ident, 1 if container.aligned else 0)
-        if container.holds_dra:
+        if container.holds_dra and container.dra_misaligned is not None:  # unknown places: no series, no guess
             dra_misaligned.add_metric(ident, 1 if container.dra_misaligned else 0)
     yield spans
     yield aligned

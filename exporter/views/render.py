@@ -291,7 +291,9 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
                         c.container,
                         " ".join(f"{r}={format_cpuset(n) if min(n) >= 0 else '-1'}" for r, n in c.numa_nodes.items()),
                         "yes" if c.aligned else "NO",
-                        ("MISALIGNED" if c.dra_misaligned else "aligned") if c.holds_dra else "-",
+                        ("unknown" if c.dra_misaligned is None else "MISALIGNED" if c.dra_misaligned else "aligned")
+                        if c.holds_dra
+                        else "-",
                         _gpu_nic(c.gpu_nic),
                     )
                     for c in accounting.containers
