@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fleet plan: how many more pods of each shape or profile fit aligned, stranded capacity, what to free",
     )
-    fit.add_argument("--profiles", type=Path, default=None, help="YAML profiles file for --summary")
+    fit.add_argument(
+        "--profiles", type=Path, default=None, help="YAML profiles file: the fleet plan for each (implies --summary)"
+    )
     fit.add_argument("-l", "--selector", default=None, help="only nodes matching this label selector")
     fit.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     _add_cluster(fit)
@@ -422,7 +424,8 @@ def _fit(args: argparse.Namespace) -> int:
             shapes[args.pod.name] = fit.pod_from_manifest(_yaml_file(args.pod), str(args.pod))
         elif args.shape:
             shapes[" ".join(args.shape)] = fit.parse_shape(args.shape)
-        if args.summary and args.profiles is not None:
+        if args.profiles is not None:
+            args.summary = True  # several shapes: the fleet plan is the answer for each
             for profile in load_profiles(args.profiles):
                 resources = ",".join(f"{name}={amount}" for name, amount in profile.requests.items())
                 shapes[profile.name] = fit.parse_shape([resources])
@@ -438,6 +441,8 @@ def _fit(args: argparse.Namespace) -> int:
     api = load.connect(args.kubeconfig, args.context)
     views = load.load(api, selector=args.selector)
     pods = {name: pod_shape(pod) for name, pod in shapes.items()}
+    for line in load.unknown_resources(views, pods):
+        print(f"numa-topology-exporter fit: {line}", file=sys.stderr)
     if args.summary:
         plans = plan.plan(views, pods)
         out = (

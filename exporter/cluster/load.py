@@ -5,8 +5,9 @@ Read-only: get and list on nodes, pods, events and noderesourcetopologies (docs/
 
 from __future__ import annotations
 
+import difflib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -14,9 +15,7 @@ from typing import Any
 
 import urllib3
 
-from exporter.cluster.nrtmatch import (
-    pod_shape,
-)
+from exporter.cluster.nrtmatch import PodShape, numa_zones, pod_shape
 from exporter.errors import ApiCrdMissing, ApiError
 from exporter.kubeapi import NRT_COLLECTION, TERMINAL_PHASES, KubeApi, user_client
 from exporter.units import parse_quantity_exact
@@ -96,3 +95,18 @@ def _exact(value: Any) -> Fraction:
         return parse_quantity_exact(value)
     except ValueError:
         return Fraction(0)
+
+
+def unknown_resources(views: Sequence[NodeView], shapes: Mapping[str, PodShape]) -> list[str]:
+    """What each shape asks for that no node has (neither in its allocatable nor in its NRT's zones): a typo
+    such as `cpus` or `nvidia.com/gpus` fits nowhere, and says so instead of a silent 0."""
+    known: set[str] = {"pods"}
+    for view in views:
+        known.update(((view.node.get("status") or {}).get("allocatable") or {}).keys())
+        known.update(r for zone in numa_zones(view.nrt or {}) for r in zone.available)
+    found = []
+    for name, shape in shapes.items():
+        for resource in sorted(set(shape.effective_request()) - known):
+            close = difflib.get_close_matches(resource, sorted(known), n=1)
+            found.append(f"{name}: no node has {resource}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return found

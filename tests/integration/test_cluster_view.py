@@ -561,6 +561,14 @@ def test_the_summary_counts_aligned_pods_fragmentation_stranded_and_what_to_free
     assert gpu["per_node"] == {published["a"]: 2, published["b"]: 4}, gpu
     assert gpu["available"]["nvidia.com/gpu"] == 2
     assert gpu["stranded"]["nvidia.com/gpu"] == 0
+    # --profiles alone is the fleet plan too; a resource no node has is said, with the name it likely meant.
+    profiles.write_text("profiles:\n  typo: {cpus: 1, memory: 1Gi, nvidia.com/gpus: 1}\n")
+    code, out, err = run_cli(capsys, "fit", "--profiles", str(profiles), "--format", "json", *access)
+    assert code == 0, err
+    (typo,) = json.loads(out)
+    assert typo["more_pods_aligned"] == 0
+    assert "typo: no node has cpus (did you mean cpu?)" in err, err
+    assert "typo: no node has nvidia.com/gpus (did you mean nvidia.com/gpu?)" in err, err
 
 
 def test_explain_names_the_causes(
