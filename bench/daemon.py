@@ -8,12 +8,16 @@ memory   resident memory after D seconds of scrapes and state changes, ours and 
 idle     CPU time and context switches while idle for D seconds, ours and node_exporter's
 imports  where the resident memory goes: RSS after each group of imports the daemon makes, in a fresh
          interpreter, standalone and publishing
+peer     ours and the real resource-topology-exporter v0.19 (../shared/k8s/start-rte) on the same real kubelet
+         (start-node), each with its defaults (ours: the chart's; RTE: upstream's DaemonSet flags), at the same
+         time: RSS, CPU seconds and threads idle for D seconds, then under pod churn, and NRT writes
 
   .venv/bin/python bench/daemon.py latency --changes 200
   .venv/bin/python bench/daemon.py scrape --seconds 10
   .venv/bin/python bench/daemon.py memory --seconds 600
   .venv/bin/python bench/daemon.py idle --seconds 60
   .venv/bin/python bench/daemon.py imports
+  .venv/bin/python bench/daemon.py peer --seconds 300
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from tests.controlplane import AGENT_USER, ControlPlane
 from tests.daemon import Daemon, cpu_series, wait_for
 from tests.hosttree import fixture_machine
 from tests.kubelet_files import KUBELET_FIXTURES, fixture_config, install, replace_atomically
+from tests.oracle import SHARED_K8S
 from tests.prometheus import free_port
+from tests.realnodes import RealNode, kubelet_account, real_machine, require_real_nodes, start_real_node
 
 LARGEST_FIXTURE = "64amd64-4s2n4ca2co"
 REFERENCE_SCAN_SECONDS = 60.0
@@ -274,6 +280,73 @@ def imports() -> None:
     print_table(("group", "+MiB", "+modules", "total MiB"), rows)
 
 
+def threads(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/task").iterdir()))
+
+
+def peer(seconds: float, churn: int) -> None:
+    bin_dir = require_real_nodes()
+    root = Path(tempfile.mkdtemp(prefix="bench-peer-"))
+    with real_control_plane() as kube:
+        node = RealNode("peer-0", root / "node", real_machine(root / "machine"), kube.kubeconfig("admin"))
+        for numa in node.machine.node_dir.glob("node[0-9]*"):
+            (numa / "hugepages").mkdir(exist_ok=True)  # RTE refuses to start without one (empty: no hugepages)
+        start_real_node(kube, node, bin_dir)
+        try:
+            # The chart's defaults (resync 60 s, debounce 0.1 s, placement sampling, podresources, DRA, NVML).
+            flags = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", node.name,
+                     "--host-path-map", "/=/", "--log-level", "warning"]  # fmt: skip
+            ours = Daemon(node.paths, extra=flags)
+            env = {**os.environ, "BIN_DIR": str(bin_dir), "NRT_NAME": f"{node.name}-rte"}
+            subprocess.run([str(SHARED_K8S / "start-rte"), str(node.directory), node.name,
+                            str(kube.kubeconfig("admin"))], env=env, check=True, timeout=120)  # fmt: skip
+            rte = node.pids()["resource-topology-exporter"][-1]
+            pids = {"ours": ours.process.pid, "rte": rte}
+            time.sleep(60)  # both settled: started, first writes done
+            rows = []
+            start = {name: cpu_and_switches(pid) for name, pid in pids.items()}
+            nrt_before = {name: kube.nrt(node.name if name == "ours" else f"{node.name}-rte") for name in pids}
+            time.sleep(seconds)
+            idle_cpu = {name: cpu_and_switches(pid)[0] - start[name][0] for name, pid in pids.items()}
+            idle_rss = {name: rss_kib(pid) for name, pid in pids.items()}
+            rv = {name: (kube.nrt(node.name if name == "ours" else f"{node.name}-rte") or {}).get("metadata", {})
+                  .get("resourceVersion") for name in pids}  # fmt: skip
+            changed = {name: rv[name] != (nrt_before[name] or {}).get("metadata", {}).get("resourceVersion")
+                       for name in pids}  # fmt: skip
+            kube.ensure_namespace("peer")
+            start = {name: cpu_and_switches(pid) for name, pid in pids.items()}
+            began = time.monotonic()
+            peak = dict(idle_rss)
+            for index in range(churn):
+                body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"p{index}"},
+                        "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 0, "containers": [
+                            {"name": "c", "image": "pause", "resources": {"requests": {"cpu": "2", "memory": "1Gi"},
+                                                                           "limits": {"cpu": "2", "memory": "1Gi"}}}]}}  # fmt: skip
+                kube.ok("POST", "/api/v1/namespaces/peer/pods", body)
+                key = ("peer", f"p{index}")
+                wait_for(lambda key=key: key in kubelet_account(node).pods, timeout=60, what="admitted")
+                kube.request("DELETE", f"/api/v1/namespaces/peer/pods/p{index}")
+                wait_for(lambda key=key: key not in kubelet_account(node).pods, timeout=60, what="gone")
+                peak = {name: max(peak[name], rss_kib(pid)) for name, pid in pids.items()}
+            churn_seconds = time.monotonic() - began
+            churn_cpu = {name: cpu_and_switches(pid)[0] - start[name][0] for name, pid in pids.items()}
+            for name, pid in pids.items():
+                rows.append((
+                    name, f"{idle_rss[name] / 1024:.1f}", f"{peak[name] / 1024:.1f}",
+                    f"{idle_cpu[name] * 3600 / seconds:.2f}", threads(pid),
+                    "yes" if changed[name] else "no", f"{churn_cpu[name]:.2f} over {churn_seconds:.0f} s",
+                ))  # fmt: skip
+            print(f"one real kubelet, both agents at once; idle {seconds:.0f} s, then {churn} pods started and stopped")
+            print_table(("agent", "RSS MiB idle", "peak RSS MiB", "CPU s per idle hour", "threads",
+                         "object written while idle", "CPU s under churn"), rows)  # fmt: skip
+            ratio = idle_rss["ours"] / max(idle_rss["rte"], 1)
+            print(f"RSS ours / RTE: {ratio:.2f}; idle CPU ours / RTE: {idle_cpu['ours'] / max(idle_cpu['rte'], 1e-9):.2f}")
+            ours.stop()
+        finally:
+            node.kill("resource-topology-exporter")
+            node.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -286,6 +359,9 @@ def main() -> None:
     memory_parser.add_argument("--with-nrt", action="store_true", help="also publish NRT to the real kube-apiserver")
     commands.add_parser("idle").add_argument("--seconds", type=float, default=60)
     commands.add_parser("imports")
+    peer_parser = commands.add_parser("peer")
+    peer_parser.add_argument("--seconds", type=float, default=300)
+    peer_parser.add_argument("--churn", type=int, default=20)
     args = parser.parse_args()
     if args.command == "latency":
         latency(args.changes)
@@ -295,6 +371,8 @@ def main() -> None:
         memory(args.seconds, with_nrt=args.with_nrt)
     elif args.command == "imports":
         imports()
+    elif args.command == "peer":
+        peer(args.seconds, args.churn)
     else:
         idle(args.seconds)
 
