@@ -14,7 +14,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 from exporter.errors import SourceContradicted, SourceError, SourceMissing
@@ -59,6 +58,7 @@ from exporter.sources import (
     nvml,
     pod_logs,
 )
+from exporter.sources.files import present
 from exporter.units import hugepage_resource
 
 log = logging.getLogger(__name__)
@@ -345,14 +345,14 @@ class SnapshotBuilder:
         """A kubelet runs here (its state files are there): its configuration is then needed, and not finding it
         is an error, where on a machine without a kubelet it is an absent source."""
         return any(
-            _present(path)
+            present(path)
             for path in (self.paths.cpu_manager_state, self.paths.memory_manager_state, self.paths.device_checkpoint)
         )
 
     def _read_podresources(self) -> PodResourcesReading:
         socket = self.paths.podresources_socket
         if self._podresources_client is None:
-            if not _present(socket):  # grpcio (about 17 MiB resident) is loaded only where there is a socket
+            if not present(socket):  # grpcio (about 17 MiB resident) is loaded only where there is a socket
                 raise SourceMissing(PODRESOURCES, f"{socket} does not exist (no podresources socket here)")
             from exporter.sources import podresources  # noqa: PLC0415 (imported on first use, see above)
 
@@ -463,14 +463,3 @@ class SnapshotBuilder:
                 log.info("%s: not present (%s)", source, status.message)
         self._statuses[source] = status
 
-
-def _present(path: Path) -> bool:
-    """Something is there: it exists, or it cannot be told (a directory this process may not search, as the
-    kubelet's 0750 one for another user): unreadable is not absent."""
-    try:
-        path.stat()
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True
-    return True

@@ -17,6 +17,7 @@ from exporter.errors import SourceMissing
 from exporter.model import KubeletConfig
 from exporter.paths import HostPaths
 from exporter.sources import kubelet_config, kubelet_process
+from exporter.sources.files import present
 
 
 def read_effective_config(paths: HostPaths) -> KubeletConfig:
@@ -62,7 +63,7 @@ def _visible(
     mapped = paths.local(host_path)
     if mapped is None and os.path.normpath(host_path).startswith(os.path.normpath(process.root_dir) + "/"):
         mapped = paths.kubelet_dir / os.path.relpath(host_path, process.root_dir)
-    if mapped is not None and mapped.exists():
+    if mapped is not None and present(mapped):
         return mapped
     if mapped is None and told is not None:
         unmapped.append(f"the kubelet runs with {flag} {host_path}, not mapped here (--host-path-map): read {told}")

@@ -55,6 +55,18 @@ def read_bounded(path: Path, *, source: str, limit_bytes: int = DEFAULT_LIMIT_BY
         os.close(fd)
 
 
+def present(path: Path) -> bool:
+    """Something is there: it exists, or it cannot be told (inside a directory this process may not search,
+    as the kubelet's 0750 one for another user). Unreadable is not absent: the read then says why."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 

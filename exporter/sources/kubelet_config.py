@@ -38,7 +38,7 @@ from exporter.errors import (
 )
 from exporter.model import KubeletConfig
 from exporter.paths import HostPaths
-from exporter.sources.files import read_bounded
+from exporter.sources.files import present, read_bounded
 from exporter.units import quantity_value
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's loader when PyYAML was built with it
@@ -122,7 +122,7 @@ def read_kubelet_config(
     directory = directory or paths.kubelet_config_dir
     origin: list[str] = []
     fields: dict[str, str] = {}
-    if directory is not None and not directory.is_dir():
+    if directory is not None and not present(directory):
         raise SourceMissing(SOURCE, f"the drop-in directory {directory} does not exist: {WHERE}")
     document: dict[str, Any] = {}
     if not no_file:

@@ -40,6 +40,12 @@ def test_a_kubelet_directory_this_process_cannot_read(machine: HostTree, capless
     of NUMA 0 would have been 'available' had the files been taken as absent), doctor names the cause first
     and advises nothing from a configuration it did not read."""
     install(machine, cpu="cpu_manager_state.static-2pods.json", config=fixture_config(memory="None"))
+    # The host's procfs shows the kubelet, whose command line names its file in that directory.
+    kubelet = machine.paths.procfs / "4242"
+    kubelet.mkdir(parents=True)
+    (kubelet / "comm").write_text("kubelet\n")
+    (kubelet / "cmdline").write_bytes(f"/usr/bin/kubelet\0--root-dir={machine.kubelet}\0"
+                                      f"--config={machine.kubelet / 'config.yaml'}\0".encode())  # fmt: skip
     os.chown(machine.kubelet, 65534, 65534)
     machine.kubelet.chmod(0o700)
     paths = ["--no-nvml", "--no-podresources", "--path.sysfs", str(machine.sys), "--path.procfs", str(machine.paths.procfs),
