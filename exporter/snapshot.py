@@ -31,7 +31,7 @@ from exporter.kubelet.accounting import (
     without_gone_pods,
 )
 from exporter.kubelet.alignment import ContainerAlignment, container_alignment
-from exporter.kubelet.configuration import read_effective_config
+from exporter.kubelet.configuration import EffectiveConfigReader
 from exporter.kubelet.cpu_assignment import CpuTopology
 from exporter.kubelet.crosscheck import CrossCheck, Disagreement, cross_check
 from exporter.kubelet.devices import DeviceRecord, admission_numa_nodes, device_inventory, device_numa_nodes
@@ -242,6 +242,7 @@ class SnapshotBuilder:
         self._clock = clock
         self._use_podresources = use_podresources
         self._podresources_client: Any = None
+        self._effective_config = EffectiveConfigReader(paths)
         self._last: dict[str, Any] = {}
         self._statuses: dict[str, SourceStatus] = {}
         self.errors_total: Counter[tuple[str, str]] = Counter()
@@ -268,7 +269,7 @@ class SnapshotBuilder:
         topology = self._topology()
         config = self._read(
             "kubelet_config",
-            self.config_reader or (lambda: read_effective_config(self.paths)),
+            self.config_reader or self._effective_config.read,
             needed=self.config_reader is not None or self._kubelet_node(),
             note=lambda read: read.flags_unchecked or None,
         )

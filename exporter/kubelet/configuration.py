@@ -20,16 +20,36 @@ from exporter.sources import kubelet_config, kubelet_process
 from exporter.sources.files import present
 
 
+class EffectiveConfigReader:
+    """Reads the effective configuration at every refresh; remembers the kubelet's process, so that a refresh
+    reads its command line again rather than every process's (a scan only when that process is gone)."""
+
+    def __init__(self, paths: HostPaths) -> None:
+        self.paths = paths
+        self._process: kubelet_process.KubeletCommandLine | None = None
+
+    def read(self) -> KubeletConfig:
+        paths = self.paths
+        try:
+            self._process = kubelet_process.find_kubelet(
+                paths.procfs, host_root_dir=paths.host(paths.kubelet_dir), last=self._process
+            )
+        except SourceMissing as exc:
+            self._process = None
+            read = kubelet_config.read_kubelet_config(paths)
+            unchecked = f"the kubelet's command-line flags are unchecked: {exc.message}"
+            return dataclasses.replace(read, flags_unchecked=unchecked)
+        return _with_process(paths, self._process)
+
+
 def read_effective_config(paths: HostPaths) -> KubeletConfig:
     """The kubelet's configuration as the kubelet builds it: its `--config` file and `--config-dir` drop-ins
     (where its command line names them, else where this agent was told), then its flags. Where no kubelet
     process is visible, the file and drop-ins alone, and the reason the flags are unchecked."""
-    try:
-        process = kubelet_process.find_kubelet(paths.procfs, host_root_dir=paths.host(paths.kubelet_dir))
-    except SourceMissing as exc:
-        read = kubelet_config.read_kubelet_config(paths)
-        unchecked = f"the kubelet's command-line flags are unchecked: {exc.message}"
-        return dataclasses.replace(read, flags_unchecked=unchecked)
+    return EffectiveConfigReader(paths).read()
+
+
+def _with_process(paths: HostPaths, process: kubelet_process.KubeletCommandLine) -> KubeletConfig:
     if process.embedded:  # k3s: the kubelet's files are k3s's own (the configured drop-ins), its flags k3s's
         read = kubelet_config.read_kubelet_config(paths, flags=process.flags)
         return dataclasses.replace(read, kubelet_pid=process.pid)

@@ -1,8 +1,9 @@
 """The kubelet's process and its command line, from procfs (`/proc/<pid>/comm` and `/proc/<pid>/cmdline`, both
 readable without privileges where procfs is mounted without `hidepid`, as kube-bench reads them).
 
-The kubelet is found by its executable's name (`comm` `kubelet`, or `argv[0]` ending in `/kubelet`): that
-needs nothing but procfs. The peer of the podresources socket would name it too, but finding a socket's peer
+The kubelet is found by its executable's name (`comm` `kubelet`; only such a process's `cmdline` is read):
+that needs nothing but procfs. The kubelet found last is asked first (`last`): while its command line is the
+same, nothing else is read. The peer of the podresources socket would name it too, but finding a socket's peer
 means reading other processes' `fd/` links, which needs ptrace rights over them (an agent that drops every
 capability has none). k3s runs the kubelet inside its own process (`k3s server` or `k3s agent`): there the
 kubelet's flags are the values of `--kubelet-arg` (RKE2 starts a `kubelet` process with them already expanded).
@@ -94,9 +95,16 @@ def k3s_kubelet_flags(argv: tuple[str, ...] | list[str]) -> dict[str, tuple[str,
     return {name: tuple(values) for name, values in flags.items()}
 
 
-def find_kubelet(procfs: Path, *, host_root_dir: str | None = None) -> KubeletCommandLine:
+def find_kubelet(
+    procfs: Path, *, host_root_dir: str | None = None, last: KubeletCommandLine | None = None
+) -> KubeletCommandLine:
     """The kubelet's command line. SourceMissing where no kubelet process is visible (no host procfs, hidepid)
-    or where several are and none has `host_root_dir` as its root directory."""
+    or where several are and none has `host_root_dir` as its root directory. `last`: the one found before,
+    taken again without a scan while its process still runs that command line."""
+    if last is not None:
+        again = _kubelet_at(procfs / str(last.pid), last.pid)
+        if again is not None and again.argv == last.argv:
+            return last
     candidates: list[KubeletCommandLine] = []
     try:
         entries = [entry for entry in os.scandir(procfs) if entry.name.isdigit()]
@@ -133,13 +141,14 @@ def _kubelet_at(directory: Path, pid: int) -> KubeletCommandLine | None:
         comm = (directory / "comm").read_text(errors="replace").strip()
     except OSError:
         return None  # gone, or not ours to read
+    if comm != "kubelet" and comm not in K3S_NAMES:
+        return None
     argv = _argv(directory)
     if argv is None or not argv:
         return None
-    program = os.path.basename(argv[0])
-    if comm == "kubelet" or program == "kubelet":
+    if comm == "kubelet":
         return KubeletCommandLine(pid=pid, argv=argv, flags=parse_flags(argv[1:]))
-    if (comm in K3S_NAMES or program == "k3s") and len(argv) > 1 and argv[1] in ("server", "agent"):
+    if len(argv) > 1 and argv[1] in ("server", "agent"):
         return KubeletCommandLine(pid=pid, argv=argv, flags=k3s_kubelet_flags(argv[2:]), embedded="k3s")
     return None
 

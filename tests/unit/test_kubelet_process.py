@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from exporter.errors import SourceMissing, SourceParseError
-from exporter.kubelet.configuration import read_effective_config
+from exporter.kubelet.configuration import EffectiveConfigReader, read_effective_config
 from exporter.paths import HostPaths
 from exporter.sources.kubelet_config import apply_flags, read_kubelet_config
 from exporter.sources.kubelet_process import find_kubelet, k3s_kubelet_flags, parse_flags
@@ -168,3 +168,21 @@ def test_a_kubelet_without_a_config_file_runs_on_defaults_and_flags(tmp_path: Pa
     effective = read_effective_config(HostPaths(procfs=procfs, kubelet_dir=tmp_path / "kubelet"))
     assert (effective.cpu_manager_policy, effective.topology_manager_policy) == ("static", "restricted")
     assert effective.origin == ("flags",)
+
+
+def test_a_refresh_reads_the_known_kubelet_again_not_every_process(tmp_path: Path) -> None:
+    """The reader remembers the kubelet's process: while it runs the same command line, no scan (a second
+    kubelet appearing, which a scan would find ambiguous, changes nothing); once it is gone, a scan finds the
+    new one (a kubelet restarted with other flags)."""
+    procfs = tmp_path / "proc"
+    write_process(procfs, 10, ["/usr/bin/kubelet", "--topology-manager-policy=restricted"])
+    reader = EffectiveConfigReader(HostPaths(procfs=procfs, kubelet_dir=tmp_path / "kubelet"))
+    assert (reader.read().kubelet_pid, reader.read().topology_manager_policy) == (10, "restricted")
+    write_process(procfs, 12, ["/usr/bin/kubelet", "--root-dir=/elsewhere"])
+    assert reader.read().kubelet_pid == 10, "the known one, without a scan"
+    for name in ("comm", "cmdline"):
+        (procfs / "10" / name).unlink()
+    (procfs / "10").rmdir()
+    (procfs / "12" / "cmdline").write_bytes(b"/usr/bin/kubelet\0--topology-manager-policy=best-effort\0")
+    restarted = reader.read()
+    assert (restarted.kubelet_pid, restarted.topology_manager_policy) == (12, "best-effort")
