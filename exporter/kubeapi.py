@@ -111,10 +111,8 @@ def client_from(kubeconfig: Path | None) -> Any:
         if kubeconfig is not None:
             raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
         return None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {_yaml_problem(exc)}") from None
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
+    except UNUSABLE as exc:
+        raise _unusable(kubeconfig, exc) from None
     configuration.retries = False
     return kubernetes.client.ApiClient(configuration)
 
@@ -139,20 +137,24 @@ def user_client(kubeconfig: Path | None, context: str | None) -> Any:
     except kubernetes.config.ConfigException as exc:
         where = kubeconfig or default
         raise ConfigError(f"no usable kubeconfig ({where}) and not in a cluster: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot use kubeconfig {kubeconfig or default}: {_yaml_problem(exc)}") from None
-    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise ConfigError(f"cannot use kubeconfig {kubeconfig or default}: {exc}") from None
+    except UNUSABLE as exc:
+        raise _unusable(kubeconfig or default, exc) from None
     configuration.retries = False
     return kubernetes.client.ApiClient(configuration)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """`not valid YAML: expected the node content, but found '-' (line 3, column 3)`: one line."""
+# What the client's kubeconfig loader raises on a file it cannot use, besides its own ConfigException.
+UNUSABLE = (yaml.YAMLError, OSError, ValueError, TypeError, AttributeError, KeyError)
+
+
+def _unusable(where: object, exc: Exception) -> ConfigError:
+    """One line: `cannot use kubeconfig F: not valid YAML: expected ..., but found '-' (line 3, column 3)`."""
+    if not isinstance(exc, yaml.YAMLError):
+        return ConfigError(f"cannot use kubeconfig {where}: {exc}")
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     mark = getattr(exc, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return f"not valid YAML: {problem}{where}"
+    at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return ConfigError(f"cannot use kubeconfig {where}: not valid YAML: {problem}{at}")
 
 
 FIELD_MANAGER = "numa-topology-exporter"

@@ -250,6 +250,19 @@ def start_real_node(kube: ControlPlane, node: RealNode, bin_dir: Path, *, gpus: 
     untaint(kube, node.name)
 
 
+@contextlib.contextmanager
+def running(kube: ControlPlane, node: RealNode) -> Iterator[RealNode]:
+    """The node started, Ready and untainted; then stopped, its Node and NRT object deleted."""
+    bin_dir = require_real_nodes()
+    try:
+        start_real_node(kube, node, bin_dir)
+        yield node
+    finally:
+        node.stop()
+        kube.request("DELETE", f"/api/v1/nodes/{node.name}")
+        kube.delete_nrt(node.name)
+
+
 def agent(
     kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = (), host_paths: bool = True
 ) -> Daemon:

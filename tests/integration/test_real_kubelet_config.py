@@ -27,6 +27,7 @@ from tests.realnodes import (
     reachable_at_node_ip,
     real_machine,
     require_real_nodes,
+    running,
     start_real_node,
 )
 
@@ -55,7 +56,6 @@ def configz(node: RealNode) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def eks_node(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealNode]:
-    bin_dir = require_real_nodes()
     root = tmp_path_factory.mktemp("eks")
     host_etc = root / "host" / "etc" / "kubernetes" / "kubelet"
     dropins = host_etc / "config.json.d"
@@ -70,13 +70,8 @@ def eks_node(kube: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> It
     node = RealNode("real-eks", root / "node", real_machine(root / "machine"), kube.kubeconfig("admin"),
                     config={**DEFAULT_CONFIG, "topologyManagerPolicy": "single-numa-node"},
                     config_file=host_etc / "config.json", dropin_dir=dropins)  # fmt: skip
-    try:
-        start_real_node(kube, node, bin_dir)
+    with running(kube, node):
         yield node
-    finally:
-        node.stop()
-        kube.request("DELETE", f"/api/v1/nodes/{node.name}")
-        kube.delete_nrt(node.name)
 
 
 def test_drop_ins_merge_as_the_real_kubelet_merges_them(eks_node: RealNode) -> None:

@@ -23,7 +23,7 @@ import pytest
 from exporter.kubelet.configuration import read_effective_config
 from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.integration.test_real_kubelet_config import configz
-from tests.realnodes import DEFAULT_CONFIG, RealNode, agent, real_machine, require_real_nodes, start_real_node
+from tests.realnodes import DEFAULT_CONFIG, RealNode, agent, real_machine, require_real_nodes, running, start_real_node
 
 # The file: no CPU, memory or topology policy, no reservations. The flags: all of it, as a distribution's extra
 # kubelet arguments give it.
@@ -37,17 +37,9 @@ FLAGS = ("--cpu-manager-policy=static --reserved-cpus=0,16 --memory-manager-poli
          "--topology-manager-policy-options=prefer-closest-numa-nodes=true")  # fmt: skip
 
 
-@contextlib.contextmanager
-def real_node(kube: ControlPlane, root: Path, name: str, **options: Any) -> Iterator[RealNode]:
-    bin_dir = require_real_nodes()
-    node = RealNode(name, root / name, real_machine(root / f"{name}-machine"), kube.kubeconfig("admin"), **options)
-    try:
-        start_real_node(kube, node, bin_dir)
-        yield node
-    finally:
-        node.stop()
-        kube.request("DELETE", f"/api/v1/nodes/{name}")
-        kube.delete_nrt(name)
+def real_node(kube: ControlPlane, root: Path, name: str, **options: Any) -> contextlib.AbstractContextManager[RealNode]:
+    return running(kube, RealNode(name, root / name, real_machine(root / f"{name}-machine"), kube.kubeconfig("admin"),
+                                  **options))  # fmt: skip
 
 
 def assert_equal_to_configz(node: RealNode) -> dict[str, Any]:

@@ -6,8 +6,10 @@ tested is when the fetcher asks and what it keeps, not the API (tests/integratio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from exporter.agent.pods import ClaimFetcher
@@ -37,16 +39,25 @@ class Api:
 POD = PodRef(uid="p1", namespace="ns", name="trainer", claims=(ContainerClaim(container="c", claim="gpu"),))
 
 
+@contextlib.asynccontextmanager
+async def fetching(api: Api, retry_seconds: float) -> AsyncIterator[ClaimFetcher]:
+    """A started fetcher that has read the pod's claim once."""
+    fetcher = ClaimFetcher(api, on_change=lambda: None, retry_seconds=retry_seconds)  # type: ignore[arg-type]
+    fetcher.start(asyncio.get_running_loop())
+    try:
+        fetcher.want([POD])
+        while not fetcher.claims():
+            await asyncio.sleep(0.01)
+        yield fetcher
+    finally:
+        fetcher.stop()
+
+
 def test_a_claim_outlives_its_pod_until_it_is_deallocated() -> None:
     api = Api()
 
     async def scenario() -> None:
-        fetcher = ClaimFetcher(api, on_change=lambda: None, retry_seconds=0.2)  # type: ignore[arg-type]
-        fetcher.start(asyncio.get_running_loop())
-        try:
-            fetcher.want([POD])
-            while not fetcher.claims():
-                await asyncio.sleep(0.01)
+        async with fetching(api, 0.2) as fetcher:
             assert [d.ref.device for d in fetcher.claims()[0].devices] == ["gpu-0"]
             gets = len(api.gets)
             fetcher.want([])  # the pod is gone; nothing deallocated the claim
@@ -63,8 +74,6 @@ def test_a_claim_outlives_its_pod_until_it_is_deallocated() -> None:
                 await asyncio.sleep(0.01)
             assert fetcher.claims() == ()
             assert fetcher._next_orphan() is None, "forgotten once deallocated: no read is due"
-        finally:
-            fetcher.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
 
@@ -73,12 +82,7 @@ def test_a_claim_deleted_with_its_pod_is_forgotten() -> None:
     api = Api()
 
     async def scenario() -> None:
-        fetcher = ClaimFetcher(api, on_change=lambda: None, retry_seconds=0.05)  # type: ignore[arg-type]
-        fetcher.start(asyncio.get_running_loop())
-        try:
-            fetcher.want([POD])
-            while not fetcher.claims():
-                await asyncio.sleep(0.01)
+        async with fetching(api, 0.05) as fetcher:
             with api.lock:
                 del api.objects[PATH]
             fetcher.want([])
@@ -87,7 +91,5 @@ def test_a_claim_deleted_with_its_pod_is_forgotten() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert fetcher.claims() == ()
-        finally:
-            fetcher.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=10))
