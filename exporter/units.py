@@ -47,14 +47,17 @@ def parse_quantity_exact(text: str | int | float) -> Fraction:
     for name, factor in _BINARY_SUFFIXES:
         if suffix == name:
             return number * factor
-    if suffix[:1] in ("e", "E"):
+    if suffix[:1] in ("e", "E") and len(suffix) > 1:  # `1e3`; a lone `E` is exa
         return number * Fraction(10) ** int(suffix[1:])
     return number * Fraction(10) ** _DECIMAL_SUFFIXES[suffix]
 
 
 def parse_quantity(text: str | int | float) -> float:
     """A Kubernetes quantity as a number of base units (see parse_quantity_exact)."""
-    return float(parse_quantity_exact(text))
+    try:
+        return float(parse_quantity_exact(text))
+    except OverflowError:
+        raise InvalidText(f"quantity {text!r} is out of range") from None
 
 
 def quantity_value(text: str | int | float) -> int:
