@@ -241,17 +241,15 @@ IMPORT_STEPS = (
     ("the interpreter", ""),
     ("ssl (libssl, libcrypto)", "import ssl"),
     ("asyncio", "import asyncio"),
-    ("aiohttp (the HTTP server; its package also loads its client)", "import aiohttp.web"),
+    ("h11 (the HTTP server's parser)", "import h11"),
     ("prometheus_client", "import prometheus_client"),
     ("PyYAML", "import yaml"),
     ("the exporter (sources, accounting, CLI)", "import exporter.cli"),
-    ("the exporter's server (app, metrics, refresher)", "import exporter.agent.app"),
-    ("urllib3", "import urllib3"),
-    ("pydantic (the client's api_client)", "import pydantic"),
-    ("requests, oauthlib (the client's kube_config)", "import requests, requests_oauthlib"),
-    ("python-dateutil", "import dateutil.parser"),
-    ("kubernetes client and config, and the publisher", "import exporter.agent.writer, exporter.agent.pods, "
+    ("the exporter's server (app, metrics, refresher, HTTP)", "import exporter.agent.app, exporter.agent.http"),
+    ("protobuf, h2 and the podresources client", "import exporter.sources.podresources"),
+    ("urllib3, the API calls and the publisher (in a pod)", "import exporter.agent.writer, exporter.agent.pods, "
      "exporter.agent.ownwatch"),
+    ("with a kubeconfig: the kubernetes package's loader and client", "import exporter.kubeapi as k; k._import_config()"),
 )  # fmt: skip
 
 RSS_PROBE = """
@@ -293,10 +291,10 @@ def peer(seconds: float, churn: int) -> None:
             (numa / "hugepages").mkdir(exist_ok=True)  # RTE refuses to start without one (empty: no hugepages)
         start_real_node(kube, node, bin_dir)
         try:
-            # The chart's defaults (resync 60 s, debounce 0.1 s, placement sampling, podresources, DRA, NVML).
-            flags = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", node.name,
-                     "--host-path-map", "/=/", "--log-level", "warning"]  # fmt: skip
-            ours = Daemon(node.paths, extra=flags)
+            # The chart's defaults (resync 60 s, debounce 0.1 s, placement sampling, podresources, DRA, NVML),
+            # and the API server reached as in a pod: its service account's token and CA, no kubeconfig.
+            flags = ["--node-name", node.name, "--host-path-map", "/=/", "--log-level", "warning"]
+            ours = Daemon(node.paths, extra=flags, env=kube.in_cluster_env(AGENT_USER))
             env = {**os.environ, "BIN_DIR": str(bin_dir), "NRT_NAME": f"{node.name}-rte"}
             subprocess.run([str(SHARED_K8S / "start-rte"), str(node.directory), node.name,
                             str(kube.kubeconfig("admin"))], env=env, check=True, timeout=120)  # fmt: skip

@@ -345,7 +345,7 @@ def _snapshot(args: argparse.Namespace) -> int:
     snapshot = builder(args).build()
     sampler = PlacementSampler(host_paths(args), all_containers=args.placement_all_containers)
     placement = sampler.sample(snapshot) if args.placement else None
-    # The daemon's modules (aiohttp, prometheus_client) are imported only by the commands that use them:
+    # The daemon's modules (its HTTP server, prometheus_client) are imported only by the commands that use them:
     # a one-shot `snapshot` or `doctor` (often run through `kubectl exec`) starts in a fraction of the time.
     if args.format == "nrt":
         from exporter.views.nrt import build_nrt  # noqa: PLC0415

@@ -1,5 +1,13 @@
-"""A thin wrapper over the `kubernetes` client for the few calls the agent makes, and the one function
-that maps API failures to the exporter's exception tree (errors.py)."""
+"""The agent's few calls to the Kubernetes API over urllib3, and the one function that maps API failures
+to the exporter's exception tree (errors.py).
+
+In a pod (the DaemonSet) the connection comes from the service account, as client-go's rest.InClusterConfig
+reads it: `KUBERNETES_SERVICE_HOST`/`_PORT`, the token (read again once a minute: bound tokens rotate) and
+the CA. A kubeconfig (the CLI, a standalone agent, tests) is read by the `kubernetes` package's loader, which
+knows every form a kubeconfig takes (exec plugins, client certificates, merged `$KUBECONFIG` lists); it is
+imported only then. The requests themselves need neither the package's generated client nor its models:
+an agent in a pod loads neither, 15 MiB less resident (BENCHMARKS.md, "Beside the real peer").
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,15 @@ import importlib
 import importlib.util
 import json
 import os
+import ssl
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import urllib3
 import yaml
@@ -32,115 +44,196 @@ from exporter.model import PodRef
 from exporter.views.nrt import GROUP, PLURAL, VERSION
 
 T = TypeVar("T")
+REQUEST_TIMEOUT_SECONDS = 30.0
+TERMINAL_PHASES = ("Succeeded", "Failed")
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_ACCOUNT_DIR_ENV = "NUMA_EXPORTER_SERVICE_ACCOUNT_DIR"  # tests and benchmarks only: a pod has the standard one
+TOKEN_REREAD_SECONDS = 60.0  # client-go's cachingTokenSource re-reads the file as often
 
 
-def _import_client() -> Any:
-    """The `kubernetes` package with only the sub-packages the agent uses (`client`, `config`).
+def _import_config() -> Any:
+    """The `kubernetes` package's `config` (and the `client` it needs), without the package's `__init__`.
 
-    The package's own `__init__` imports every sub-package: `dynamic` (and through it kubernetes-validate
-    and jsonschema, where installed), `stream`, `watch`, `informer`, `leaderelection`. None is used here, and
-    together they cost 1.5 to 3.5 MiB resident (BENCHMARKS.md, "Resident memory"). The package is registered
-    from its import spec without running that `__init__`; its sub-packages then import as usual. Where the
+    That `__init__` imports every sub-package: `dynamic` (and through it kubernetes-validate and jsonschema,
+    where installed), `stream`, `watch`, `informer`, `leaderelection`, none used here. The package is
+    registered from its import spec without running it; its sub-packages then import as usual. Where the
     package was already imported whole (a process that uses it for more), that module is used as it is.
     """
     if "kubernetes" not in sys.modules:
         spec = importlib.util.find_spec("kubernetes")
         if spec is None or spec.submodule_search_locations is None:
-            raise ImportError("the kubernetes package is not installed")
+            raise ConfigError(
+                "reading a kubeconfig needs the kubernetes package: pip install 'numa-topology-exporter[kubeconfig]'"
+                " (in a pod, leave --kubeconfig out: the service account is used)"
+            )
         sys.modules["kubernetes"] = importlib.util.module_from_spec(spec)
-    for name in ("kubernetes.client", "kubernetes.client.exceptions", "kubernetes.config"):
+    for name in ("kubernetes.client", "kubernetes.config"):
         importlib.import_module(name)
     return sys.modules["kubernetes"]
 
 
-kubernetes: Any = _import_client()  # the client's annotations are partial: treat it as untyped, check our side
-ApiException: Any = kubernetes.client.exceptions.ApiException
-REQUEST_TIMEOUT_SECONDS = 30.0
-TERMINAL_PHASES = ("Succeeded", "Failed")
-
-
 def api_error(exc: BaseException) -> ApiError:
-    """Map whatever the client raised to the exporter's API errors."""
+    """Map a failure to reach the API server to the exporter's API errors."""
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, ApiException):
-        status = int(exc.status or 0)
-        body = _status_body(exc.body)
-        message = str(body.get("message") or exc.reason or f"HTTP {status}")
-        if status == 404:
-            details = body.get("details") or {}
-            if body.get("kind") == "Status" and details.get("name"):
-                return ApiNotFound(message, status=status)
-            return ApiCrdMissing(
-                f"the API server has no {PLURAL}.{GROUP}/{VERSION}: install the NodeResourceTopology CRD ({message})",
-                status=status,
-            )
-        if status == 409:
-            return ApiConflict(message, status=status)
-        if status == 422:
-            return ApiInvalid(message, status=status)
-        if status in (401, 403):
-            return ApiForbidden(message, status=status)
-        return ApiUnavailable(message, status=status)
     if isinstance(exc, urllib3.exceptions.HTTPError | OSError | TimeoutError):
         return ApiUnavailable(f"cannot reach the API server: {exc}")
     return ApiError(f"unexpected API client failure: {exc!r}")
 
 
-def _status_body(body: Any) -> dict[str, Any]:
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not isinstance(body, str):
-        return {}
+def status_error(status: int, body: bytes, reason: str = "") -> ApiError:
+    """Map an answer other than 2xx to the exporter's API errors, with the server's own message."""
+    decoded = _status_body(body)
+    message = str(decoded.get("message") or reason or f"HTTP {status}")
+    if status == 404:
+        details = decoded.get("details") or {}
+        if decoded.get("kind") == "Status" and details.get("name"):
+            return ApiNotFound(message, status=status)
+        return ApiCrdMissing(
+            f"the API server has no {PLURAL}.{GROUP}/{VERSION}: install the NodeResourceTopology CRD ({message})",
+            status=status,
+        )
+    if status == 409:
+        return ApiConflict(message, status=status)
+    if status == 422:
+        return ApiInvalid(message, status=status)
+    if status in (401, 403):
+        return ApiForbidden(message, status=status)
+    return ApiUnavailable(message, status=status)
+
+
+def _status_body(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body)
+        value = json.loads(body.decode("utf-8", "replace"))
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
 
-def client_from(kubeconfig: Path | None) -> Any:
-    """An API client from a kubeconfig, or the in-cluster service account; None when neither exists."""
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the API server is and how to talk to it: its URL, TLS, and the `Authorization` header's value
+    (asked for on each request: tokens rotate, exec plugins refresh)."""
+
+    server: str
+    verify: bool
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_hostname: str | None = None
+    proxy: str | None = None
+    authorization: Callable[[], str | None] = lambda: None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+class TokenFile:
+    """A bearer token file read again once a minute (the kubelet rotates projected tokens)."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.path, self._clock = path, clock
+        self._value, self._read_at = "", float("-inf")
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str | None:
+        with self._lock:
+            if self._clock() - self._read_at >= TOKEN_REREAD_SECONDS:
+                try:
+                    self._value = self.path.read_text().strip()
+                    self._read_at = self._clock()
+                except OSError:
+                    if not self._value:
+                        raise
+            return f"Bearer {self._value}" if self._value else None
+
+
+def in_cluster() -> Endpoint | None:
+    """The service account's endpoint (client-go rest.InClusterConfig), or None outside a pod."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT")
+    directory = Path(os.environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
+    token = directory / "token"
+    if not host or not port or not token.is_file():
+        return None
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    ca = directory / "ca.crt"
+    return Endpoint(
+        server=f"https://{host}:{port}",
+        verify=True,
+        ca_file=str(ca) if ca.is_file() else None,
+        authorization=TokenFile(token),
+    )
+
+
+def _from_configuration(configuration: Any) -> Endpoint:
+    """The kubernetes package's Configuration, as loaded from a kubeconfig, as an Endpoint."""
+
+    def authorization() -> str | None:
+        # The library's own header (exec plugins: its refresh hook renews an expired token here).
+        setting = configuration.auth_settings().get("BearerToken") or {}
+        value = setting.get("value")
+        return str(value) if value else None
+
+    return Endpoint(
+        server=str(configuration.host),
+        verify=bool(configuration.verify_ssl),
+        ca_file=configuration.ssl_ca_cert or None,
+        cert_file=configuration.cert_file or None,
+        key_file=configuration.key_file or None,
+        server_hostname=getattr(configuration, "tls_server_name", None) or None,
+        proxy=configuration.proxy or None,
+        authorization=authorization,
+    )
+
+
+def client_from(kubeconfig: Path | None) -> Endpoint | None:
+    """The endpoint of a kubeconfig, or of the in-cluster service account; None when neither exists."""
+    if kubeconfig is None:
+        return in_cluster()
+    kubernetes = _import_config()
     configuration = kubernetes.client.Configuration()
     try:
-        if kubeconfig is not None:
-            kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-        else:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     except kubernetes.config.ConfigException as exc:
-        if kubeconfig is not None:
-            raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
-        return None
+        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
     except UNUSABLE as exc:
         raise _unusable(kubeconfig, exc) from None
-    configuration.retries = False
-    return kubernetes.client.ApiClient(configuration)
+    return _from_configuration(configuration)
 
 
-def user_client(kubeconfig: Path | None, context: str | None) -> Any:
-    """An API client the way kubectl finds one: `--kubeconfig`, else `$KUBECONFIG` (a list of files, merged),
+def user_client(kubeconfig: Path | None, context: str | None) -> Endpoint:
+    """An endpoint the way kubectl finds one: `--kubeconfig`, else `$KUBECONFIG` (a list of files, merged),
     else ~/.kube/config, else the in-cluster service account; `--context` picks a context of the file."""
-    configuration = kubernetes.client.Configuration()
-    default = os.environ.get("KUBECONFIG") or "~/.kube/config"  # the client splits and merges a list itself
+    default = os.environ.get("KUBECONFIG") or "~/.kube/config"  # the loader splits and merges a list itself
     have_file = kubeconfig is not None or any(Path(p).expanduser().exists() for p in default.split(":") if p)
-    try:
-        if have_file:
-            kubernetes.config.load_kube_config(
-                config_file=str(kubeconfig) if kubeconfig is not None else default,
-                context=context,
-                client_configuration=configuration,
-            )
-        elif context is not None:
+    if not have_file:
+        if context is not None:
             raise ConfigError(f"--context {context}: no kubeconfig found ($KUBECONFIG, ~/.kube/config)")
-        else:
-            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        endpoint = in_cluster()
+        if endpoint is None:
+            raise ConfigError(f"no usable kubeconfig ({default}) and not in a cluster")
+        return endpoint
+    kubernetes = _import_config()
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_kube_config(
+            config_file=str(kubeconfig) if kubeconfig is not None else default,
+            context=context,
+            client_configuration=configuration,
+        )
     except kubernetes.config.ConfigException as exc:
         where = kubeconfig or default
         raise ConfigError(f"no usable kubeconfig ({where}) and not in a cluster: {exc}") from None
     except UNUSABLE as exc:
         raise _unusable(kubeconfig or default, exc) from None
-    configuration.retries = False
-    return kubernetes.client.ApiClient(configuration)
+    return _from_configuration(configuration)
 
 
 # What the client's kubeconfig loader raises on a file it cannot use, besides its own ConfigException.
@@ -166,16 +259,26 @@ GONE = 410
 class KubeApi:
     """The calls the agent makes, each returning plain data or raising an ApiError.
 
-    Every request goes through the client's ApiClient (auth, TLS, proxies from the kubeconfig) with the
-    agent's own user agent; writes name the field manager `numa-topology-exporter` and ask for server-side
-    field validation in `Warn` mode. The server's `Warning` headers are handed to `on_warning`. CoreV1Api
-    and CustomObjectsApi are not used: the generated modules cost memory for a handful of calls.
+    Every request carries the agent's own user agent; writes name the field manager `numa-topology-exporter`
+    and ask for server-side field validation in `Warn` mode. The server's `Warning` headers are handed to
+    `on_warning`. Thread-safe: the watches run in threads of their own beside the writer.
     """
 
-    def __init__(self, client: Any, *, on_warning: Callable[[str], None] | None = None) -> None:
-        self._client = client
-        client.user_agent = USER_AGENT
+    def __init__(self, endpoint: Endpoint, *, on_warning: Callable[[str], None] | None = None) -> None:
+        self.endpoint = endpoint
         self.on_warning = on_warning or (lambda text: None)
+        try:
+            context = endpoint.ssl_context()
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use the API server's TLS settings ({endpoint.server}): {exc}") from None
+        options: dict[str, Any] = {"ssl_context": context, "maxsize": 4, "retries": False}
+        if not endpoint.verify:
+            options.update(cert_reqs="CERT_NONE", assert_hostname=False)
+        if endpoint.server_hostname:
+            options["server_hostname"] = endpoint.server_hostname
+        self._pool: urllib3.PoolManager = (
+            urllib3.ProxyManager(endpoint.proxy, **options) if endpoint.proxy else urllib3.PoolManager(**options)
+        )
 
     def _request(
         self,
@@ -188,26 +291,37 @@ class KubeApi:
         timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Any:
         """Decoded JSON, or the open urllib3 response when `stream` (a watch). Raises ApiError."""
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        payload = None
         if body is not None:
             headers["Content-Type"] = "application/json"
+            payload = json.dumps(body).encode()
+        url = self.endpoint.server.rstrip("/") + path + (f"?{urlencode(query)}" if query else "")
         try:
-            method, url, headers, payload, _post = self._client.param_serialize(
-                method, path, query_params=query or [], header_params=headers, body=body,
-                auth_settings=["BearerToken"],
+            authorization = self.endpoint.authorization()
+            if authorization:
+                headers["Authorization"] = authorization
+            response = self._pool.request(
+                method, url, body=payload, headers=headers, preload_content=not stream, redirect=False,
+                timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             )  # fmt: skip
-            response = self._client.call_api(method, url, header_params=headers, body=payload, _request_timeout=timeout)
-            for warning in response.response.headers.getlist("Warning"):
-                self.on_warning(warning)
-            if stream:
-                if not 200 <= response.status <= 299:
-                    response.read()
-                    self._client.response_deserialize(response, {})  # raises the ApiException for the status
-                return response.response
-            response.read()
-            return self._client.response_deserialize(response, {"2XX": "object"}).data
+        except ApiError:
+            raise
         except Exception as exc:
             raise api_error(exc) from None
+        for warning in response.headers.getlist("Warning"):
+            self.on_warning(warning)
+        if not 200 <= response.status <= 299:
+            data = response.data if not stream else response.read()
+            if stream:
+                response.release_conn()
+            raise status_error(response.status, data, response.reason or "")
+        if stream:
+            return response
+        try:
+            return json.loads(response.data)
+        except ValueError:
+            raise ApiUnavailable(f"the API server answered {method} {path} with something that is not JSON") from None
 
     def get_nrt(self, name: str) -> dict[str, Any] | None:
         try:

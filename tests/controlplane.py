@@ -228,6 +228,17 @@ class ControlPlane:
 
     # --- access --------------------------------------------------------------------------------------
 
+    def in_cluster_env(self, user: str) -> dict[str, str]:
+        """The environment of a pod whose service account is `user`: KUBERNETES_SERVICE_HOST/_PORT and a
+        service account directory (token, and the API server's own certificate as the CA, so that TLS is
+        verified as in a pod), named by NUMA_EXPORTER_SERVICE_ACCOUNT_DIR."""
+        directory = self.root / f"serviceaccount-{user.replace(':', '_')}"
+        directory.mkdir(exist_ok=True)
+        (directory / "token").write_text(self.tokens[user])
+        (directory / "ca.crt").write_bytes((self.pki / "apiserver.crt").read_bytes())
+        return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port),
+                "NUMA_EXPORTER_SERVICE_ACCOUNT_DIR": str(directory)}  # fmt: skip
+
     def kubeconfig(self, user: str, *, server: str | None = None) -> Path:
         path = self.root / f"{user.replace(':', '_')}-{(server or self.url).split(':')[-1]}.kubeconfig"
         path.write_text(

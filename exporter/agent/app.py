@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from exporter.agent.http import build_app
+from exporter.agent.http import Endpoints, HttpServer
 from exporter.agent.refresher import Refresher
 from exporter.agent.threads import in_daemon_thread
 from exporter.agent.triggers import DirectoryWatcher, Trigger, WatchSpec, attach_watcher, resync, udev_monitor
@@ -43,7 +41,6 @@ from exporter.views.exposition import CachedExposition, registry_for
 from exporter.views.metrics import PROCESS_SECONDS, NrtStats, SnapshotCollector
 
 log = logging.getLogger(__name__)
-SHUTDOWN_SECONDS = 0.5
 STANDALONE = (
     "no API server configured (not in a cluster, no --kubeconfig): running standalone, "
     "NodeResourceTopology not published, pod names from the pod log directory"
@@ -147,20 +144,17 @@ async def serve(
         lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples, str(refresher.failure)),
         process=True,
     )
-    app = build_app(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS)
-    await runner.setup()
+    server = HttpServer(Endpoints(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy))
     context = tls_context(options.tls_cert_file, options.tls_key_file)
-    site = web.TCPSite(runner, options.host, options.port, ssl_context=context)
     try:
-        await site.start()
+        await server.start(options.host, options.port, ssl_context=context)
     except OSError as exc:
-        await runner.cleanup()
+        await server.close()
         builder.close()
         where = f"{options.host or ''}:{options.port}"
         raise ConfigError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     scheme = "https" if context is not None else "http"
-    for address in runner.addresses:
+    for address in server.addresses:
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
         on_listening(f"numa-topology-exporter: serving metrics on {scheme}://{shown}:{port}/metrics")
@@ -203,7 +197,7 @@ async def serve(
     watcher.close()
     if udev is not None:
         loop.remove_reader(udev[0])
-    await runner.cleanup()
+    await server.close()
     if refresher.building:
         # A read still runs in its thread (NVML, a slow file): exiting does not wait for it, and closing the
         # builder's handles under it could crash it; the process's exit releases them.

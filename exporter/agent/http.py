@@ -1,22 +1,35 @@
 """The HTTP endpoints: /metrics, /healthz, /readyz, /snapshot.json and a small index page.
 
-Nothing here reads the host: every answer comes from the refresher's current snapshot.
+Nothing here reads the host: every answer comes from the refresher's current snapshot. The server is
+asyncio's own (`asyncio.start_server`, TLS included) with `h11`, the HTTP/1.1 state machine, parsing and
+framing: five read-only GET routes need no web framework, and aiohttp's 14 MiB were a fifth of the agent's
+resident memory (BENCHMARKS.md, "Beside the real peer"). Only small GET and HEAD requests are served;
+a connection idle past its keep-alive, or slow to send its request, is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
-from collections.abc import Awaitable, Callable
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from aiohttp import web
+import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from exporter import __version__
 from exporter.snapshot import Snapshot
 from exporter.views.render import render_json
 
+log = logging.getLogger(__name__)
+
 MAX_REQUEST_BYTES = 16 * 1024
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_SECONDS = 10.0  # to receive a whole request once its first byte came
+KEEP_ALIVE_SECONDS = 75.0  # an idle connection between requests (aiohttp's and nginx's default)
+READ_BYTES = 64 * 1024
+SERVER = f"numa-topology-exporter/{__version__}"
 
 INDEX = """<!doctype html>
 <html><head><title>numa-topology-exporter</title></head>
@@ -31,53 +44,205 @@ INDEX = """<!doctype html>
 </body></html>
 """
 
-
-@web.middleware
-async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Only small GET/HEAD requests: everything here is read-only, and nothing needs a body."""
-    if request.method not in ("GET", "HEAD"):
-        return web.Response(status=405, text="method not allowed\n", headers={"Allow": "GET, HEAD"})
-    if (request.content_length or 0) > MAX_REQUEST_BYTES:
-        return web.Response(status=413, text="request too large\n")
-    return await handler(request)
+TEXT = "text/plain; charset=utf-8"
 
 
-def build_app(
-    *,
-    exposition: Callable[[], bytes],
-    current: Callable[[], Snapshot | None],
-    healthy: Callable[[], bool],
-) -> web.Application:
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[_guard])
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = TEXT
+    extra: tuple[tuple[str, str], ...] = ()
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def healthz(_request: web.Request) -> web.Response:
-        if healthy():
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="refresher stalled\n")
+class Endpoints:
+    """What each path answers, from the refresher's state (no I/O)."""
 
-    async def readyz(_request: web.Request) -> web.Response:
-        if current() is not None:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="no snapshot yet\n")
+    def __init__(
+        self,
+        *,
+        exposition: Callable[[], bytes],
+        current: Callable[[], Snapshot | None],
+        healthy: Callable[[], bool],
+    ) -> None:
+        self._exposition, self._current, self._healthy = exposition, current, healthy
+        self._routes: dict[str, Callable[[], Answer]] = {
+            "/": self.index,
+            "/metrics": self.metrics,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/snapshot.json": self.snapshot_json,
+        }
 
-    async def snapshot_json(_request: web.Request) -> web.Response:
-        snapshot = current()
+    def answer(self, method: str, target: str, content_length: int) -> Answer:
+        if method not in ("GET", "HEAD"):
+            return Answer(405, b"method not allowed\n", extra=(("Allow", "GET, HEAD"),))
+        if content_length > MAX_REQUEST_BYTES:
+            return Answer(413, b"request too large\n")
+        route = self._routes.get(target.split("?", 1)[0])
+        if route is None:
+            return Answer(404, b"404: Not Found")
+        return route()
+
+    def metrics(self) -> Answer:
+        return Answer(200, self._exposition(), CONTENT_TYPE_LATEST)
+
+    def healthz(self) -> Answer:
+        return Answer(200, b"ok\n") if self._healthy() else Answer(503, b"refresher stalled\n")
+
+    def readyz(self) -> Answer:
+        return Answer(200, b"ready\n") if self._current() is not None else Answer(503, b"no snapshot yet\n")
+
+    def snapshot_json(self) -> Answer:
+        snapshot = self._current()
         if snapshot is None:
-            return web.Response(status=503, text="no snapshot yet\n")
-        return web.Response(text=render_json(snapshot), content_type="application/json")
+            return Answer(503, b"no snapshot yet\n")
+        return Answer(200, render_json(snapshot).encode(), "application/json; charset=utf-8")
 
-    async def index(_request: web.Request) -> web.Response:
-        snapshot = current()
+    def index(self) -> Answer:
+        snapshot = self._current()
         status = "no snapshot yet" if snapshot is None else f"{len(snapshot.topology.numa_nodes)} NUMA nodes"
-        return web.Response(text=INDEX.format(version=html.escape(__version__), status=html.escape(status)),
-                            content_type="text/html")  # fmt: skip
+        page = INDEX.format(version=html.escape(__version__), status=html.escape(status))
+        return Answer(200, page.encode(), "text/html; charset=utf-8")
 
-    app.router.add_get("/", index)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/snapshot.json", snapshot_json)
-    return app
+
+class HttpServer:
+    """The endpoints on one listening address (TLS where a context is given)."""
+
+    def __init__(self, endpoints: Endpoints) -> None:
+        self.endpoints = endpoints
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str | None, port: int, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Listen; raises OSError (a port in use, an address not here)."""
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=ssl_context, reuse_address=True)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [(str(sock.getsockname()[0]), int(sock.getsockname()[1])) for sock in self._server.sockets]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        try:
+            await Connection(self.endpoints, reader, writer).run()
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+            pass  # the client went away, or never finished: nothing to answer
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+
+
+class Connection:
+    """One client connection: requests answered in order until either side closes."""
+
+    def __init__(self, endpoints: Endpoints, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.endpoints, self.reader, self.writer = endpoints, reader, writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+
+    async def run(self) -> None:
+        while True:
+            request = await self._next_request()
+            if request is None:
+                return
+            answer = self._answer(request)
+            await self._send(request, answer)
+            if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                self.h11.start_next_cycle()
+            except h11.LocalProtocolError:
+                return  # the client's request body is not all read (a refused upload): close
+
+    async def _next_request(self) -> h11.Request | None:
+        """The next request's head, or None where the client closed or sent something that is not HTTP
+        (answered 400 where it can be)."""
+        timeout = KEEP_ALIVE_SECONDS
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._refuse(exc.error_status_hint, "bad request\n")
+                return None
+            if isinstance(event, h11.Request):
+                if (
+                    len(event.target) + sum(len(name) + len(value) + 4 for name, value in event.headers)
+                    > MAX_REQUEST_BYTES
+                ):
+                    await self._refuse(431, "request header fields too large\n")
+                    return None
+                return event
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if event is h11.NEED_DATA:
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_BYTES), timeout)
+                except TimeoutError:
+                    return None
+                self.h11.receive_data(data)
+                timeout = REQUEST_SECONDS
+            # anything else (a request body's Data, EndOfMessage of a body-less request) is skipped
+
+    def _answer(self, request: h11.Request) -> Answer:
+        method = request.method.decode("ascii", "replace")
+        target = request.target.decode("ascii", "replace")
+        length = 0
+        for name, value in request.headers:
+            if name == b"content-length":
+                length = int(value)  # h11 checked it is a number
+        try:
+            return self.endpoints.answer(method, target, length)
+        except Exception:
+            log.exception("%s %s failed", method, target)
+            return Answer(500, b"internal error\n")
+
+    async def _send(self, request: h11.Request, answer: Answer) -> None:
+        headers = [
+            ("Content-Type", answer.content_type),
+            ("Content-Length", str(len(answer.body))),
+            ("Server", SERVER),
+            *answer.extra,
+        ]
+        if answer.status in (405, 413):
+            headers.append(("Connection", "close"))  # the request's body, if any, is not read
+        data = self.h11.send(h11.Response(status_code=answer.status, headers=headers)) or b""
+        if request.method != b"HEAD" and answer.body:
+            data += self.h11.send(h11.Data(data=answer.body)) or b""
+        data += self.h11.send(h11.EndOfMessage()) or b""
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def _refuse(self, status: int, text: str) -> None:
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = text.encode()
+        try:
+            data = (
+                self.h11.send(
+                    h11.Response(
+                        status_code=status,
+                        headers=[("Content-Type", TEXT), ("Content-Length", str(len(body))), ("Connection", "close")],
+                    )
+                )
+                or b""
+            )
+            data += (self.h11.send(h11.Data(data=body)) or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError:
+            return
+        self.writer.write(data)
+        await self.writer.drain()

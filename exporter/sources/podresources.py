@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import grpc
+from google.protobuf.message import DecodeError
 
 from exporter.errors import SourceMissing, SourceNotAFile, SourcePermissionError, SourceRpcError
 from exporter.model import (
@@ -37,10 +37,13 @@ from exporter.model import (
     ReportedMemory,
     ReportedPod,
 )
-from exporter.sources.podresources_v1 import api_pb2, api_pb2_grpc
+from exporter.sources import grpc_unix
+from exporter.sources.podresources_v1 import api_pb2
 
 SOURCE = "podresources"
-STUB: Any = api_pb2_grpc.PodResourcesListerStub  # generated, untyped
+LIST = "/v1.PodResourcesLister/List"
+GET_ALLOCATABLE = "/v1.PodResourcesLister/GetAllocatableResources"
+USER_AGENT = "numa-topology-exporter"
 KUBELET_QPS = 100.0  # K pkg/kubelet/apis/podresources/constants.go: DefaultQPS
 KUBELET_BURST = 10  # DefaultBurstTokens
 CALLS_PER_READ = 2
@@ -49,11 +52,11 @@ MAX_MESSAGE_BYTES = 16 << 20  # a List of thousands of containers fits; anything
 MAX_CPU_ID = 1 << 16
 MAX_NUMA_ID = 1 << 10
 REASONS = {
-    grpc.StatusCode.UNAVAILABLE: "unavailable",
-    grpc.StatusCode.DEADLINE_EXCEEDED: "deadline",
-    grpc.StatusCode.RESOURCE_EXHAUSTED: "resource_exhausted",
-    grpc.StatusCode.INTERNAL: "bad_response",  # what grpcio raises for an answer that does not deserialize
-    grpc.StatusCode.UNIMPLEMENTED: "unavailable",  # a kubelet without GetAllocatableResources (< 1.23)
+    grpc_unix.UNAVAILABLE: "unavailable",
+    grpc_unix.DEADLINE_EXCEEDED: "deadline",
+    grpc_unix.RESOURCE_EXHAUSTED: "resource_exhausted",
+    grpc_unix.INTERNAL: "bad_response",  # an answer that breaks the protocol or does not parse
+    12: "unavailable",  # UNIMPLEMENTED: a kubelet without GetAllocatableResources (< 1.23)
 }
 
 
@@ -88,8 +91,8 @@ class TokenBucket:
 
 
 class PodResourcesClient:
-    """One channel to the kubelet's socket, kept across reads (gRPC reconnects by itself when the kubelet
-    restarts). Not thread-safe beyond the rate limiter: one refresher owns it."""
+    """The kubelet's podresources API: each read is one connection to the socket and its two calls
+    (sources/grpc_unix.py), so a kubelet restarted between reads costs nothing. One refresher owns it."""
 
     def __init__(
         self,
@@ -101,39 +104,34 @@ class PodResourcesClient:
         self.path = path
         self.timeout_seconds = timeout_seconds
         self.limiter = limiter or TokenBucket(KUBELET_QPS, KUBELET_BURST)
-        self._channel: grpc.Channel | None = None
 
     def read(self) -> PodResourcesReading:
         self.limiter.take(CALLS_PER_READ)
-        stub = STUB(self._open())
+        timeout = self.timeout_seconds
         try:
-            listed = stub.List(api_pb2.ListPodResourcesRequest(), timeout=self.timeout_seconds)
-            allocatable = stub.GetAllocatableResources(
-                api_pb2.AllocatableResourcesRequest(), timeout=self.timeout_seconds
-            )
-        except grpc.RpcError as exc:
-            self.close()  # a fresh channel next time: no backoff state carried over from a dead kubelet
-            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNAVAILABLE:
-                self._check_socket()  # gRPC says only UNAVAILABLE: connect(2) says which failure it was
+            with grpc_unix.connect(
+                str(self.path), timeout=timeout, max_message_bytes=MAX_MESSAGE_BYTES, user_agent=USER_AGENT
+            ) as connection:
+                listed = connection.call(LIST, api_pb2.ListPodResourcesRequest().SerializeToString(), timeout=timeout)
+                allocatable = connection.call(
+                    GET_ALLOCATABLE, api_pb2.AllocatableResourcesRequest().SerializeToString(), timeout=timeout
+                )
+        except OSError:
+            self._check_socket()  # connect(2) failed: say which failure it was
+            raise SourceRpcError(SOURCE, f"{self.path}: cannot connect", reason="unavailable") from None
+        except grpc_unix.RpcError as exc:
             raise rpc_error(exc) from None
-        return reading_from(listed, allocatable)
+        try:
+            return reading_from(
+                api_pb2.ListPodResourcesResponse.FromString(listed),
+                api_pb2.AllocatableResourcesResponse.FromString(allocatable),
+            )
+        except DecodeError as exc:
+            raise SourceRpcError(SOURCE, f"INTERNAL: an answer that does not parse ({exc})", reason="bad_response") \
+                from None
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-
-    def _open(self) -> grpc.Channel:
-        if self._channel is None:
-            self._channel = grpc.insecure_channel(
-                f"unix://{self.path}",
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.enable_retries", 0),
-                    ("grpc.primary_user_agent", "numa-topology-exporter"),
-                ],
-            )
-        return self._channel
+        """Nothing held between reads (kept for the refresher's shutdown)."""
 
     def _check_socket(self) -> None:
         """After an UNAVAILABLE, what connect(2) says about the socket: missing, not a socket, permission
@@ -162,12 +160,9 @@ class PodResourcesClient:
             probe.close()
 
 
-def rpc_error(exc: grpc.RpcError) -> SourceRpcError:
-    code: Any = exc.code() if isinstance(exc, grpc.Call) else None
-    details = (exc.details() if isinstance(exc, grpc.Call) else None) or str(exc)
-    reason = REASONS.get(code, "rpc")
-    name = code.name if code is not None else "error"
-    return SourceRpcError(SOURCE, f"{name}: {details.splitlines()[0][:200]}", reason=reason)
+def rpc_error(exc: grpc_unix.RpcError) -> SourceRpcError:
+    details = exc.details.splitlines()[0][:200] if exc.details else "error"
+    return SourceRpcError(SOURCE, f"{exc.name}: {details}", reason=REASONS.get(exc.code, "rpc"))
 
 
 # --- the answer, checked -------------------------------------------------------------------------------

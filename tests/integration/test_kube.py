@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,29 @@ def test_created_owned_and_attributed_to_the_agent(
     assert agents
     assert all(ua.startswith("numa-topology-exporter/") for ua in agents), agents
     assert all(seen.status != 403 for seen in proxy.requests()), "the chart's RBAC allows all the agent does"
+
+
+def test_in_a_pod_the_service_account_is_used_and_tls_verified(
+    static_machine: HostTree, kube: ControlPlane, node: str
+) -> None:
+    """No kubeconfig: the service account's token and CA, and the API server's certificate checked against
+    that CA (the agent's own in-cluster client, kubeapi.in_cluster). A CA that did not sign the server's
+    certificate gets no write through."""
+    extra = ["--node-name", node, "--resync-interval", str(RESYNC), "--debounce", "0", "--no-nvml"]
+    env = kube.in_cluster_env(AGENT_USER)
+    with Daemon(static_machine.paths, extra=extra, env=env):
+        wait_until(lambda: cpu_available(kube, node) == 10, timeout=15, what="the NRT object")
+    obj = kube.nrt(node)
+    assert obj is not None
+    assert {entry["manager"] for entry in obj["metadata"]["managedFields"]} == {FIELD_MANAGER}
+
+    kube.request("DELETE", f"{NRT_PATH}/{node}")
+    wait_until(lambda: kube.nrt(node) is None, timeout=10, what="the NRT object deleted")
+    wrong_ca = Path(env["NUMA_EXPORTER_SERVICE_ACCOUNT_DIR"]) / "ca.crt"
+    wrong_ca.write_bytes((kube.pki / "client-ca.crt").read_bytes())
+    with Daemon(static_machine.paths, extra=extra, env=env) as daemon:
+        wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in daemon.text, timeout=15, what="the TLS failure logged")
+        assert kube.nrt(node) is None
 
 
 def test_an_idle_agent_makes_no_request_beyond_watch_renewals(
