@@ -38,7 +38,7 @@ from exporter.snapshot import RESOURCE_SLICES, SnapshotBuilder
 from exporter.sources import kubelet_config
 from exporter.sources.dra_api import slice_devices
 from exporter.views.exposition import CachedExposition, registry_for
-from exporter.views.metrics import PROCESS_SECONDS, NrtStats, SnapshotCollector
+from exporter.views.metrics import NrtStats, SnapshotCollector
 
 log = logging.getLogger(__name__)
 STANDALONE = (
@@ -176,7 +176,6 @@ async def serve(
         asyncio.create_task(refresher.run(), name="refresher"),
         asyncio.create_task(resync(trigger, interval_seconds=options.resync_interval_seconds), name="resync"),
     }
-    tasks.add(asyncio.create_task(_refresh_process(cache), name="process-metrics"))
     if options.placement_interval_seconds is not None:
         tasks.add(asyncio.create_task(sample_placement(sampler, refresher, options.placement_interval_seconds),
                                       name="placement"))  # fmt: skip
@@ -206,13 +205,6 @@ async def serve(
         builder.close()
     log.info("stopped")
     return code
-
-
-async def _refresh_process(cache: CachedExposition) -> None:
-    """`process_*` read from /proc/self every PROCESS_SECONDS, so that no scrape reads anything."""
-    while True:
-        await asyncio.sleep(PROCESS_SECONDS)
-        cache.refresh_process()
 
 
 async def sample_placement(sampler: PlacementSampler, refresher: Refresher, interval_seconds: float) -> None:

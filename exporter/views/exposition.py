@@ -3,6 +3,7 @@ and tests)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -10,7 +11,7 @@ from prometheus_client.exposition import generate_latest
 
 from exporter.kubelet.placement import PlacementView
 from exporter.snapshot import Snapshot
-from exporter.views.metrics import NrtStats, RefreshStats, SnapshotCollector
+from exporter.views.metrics import PROCESS_SECONDS, NrtStats, RefreshStats, SnapshotCollector
 
 
 class CachedExposition:
@@ -20,29 +21,37 @@ class CachedExposition:
     happens, so between those every scrape would render the same text: it is rendered once instead.
     """
 
-    def __init__(self, registry: CollectorRegistry, version: Callable[[], object], *, process: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        version: Callable[[], object],
+        *,
+        process: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._registry = registry
         self._version = version
         self._seen: object = object()
         self._body = b""
         # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them), read
-        # from /proc/self by `refresh_process` on a timer (serve: every PROCESS_SECONDS), never by a scrape.
+        # from /proc/self by a scrape at most once every PROCESS_SECONDS: no timer wakes an idle agent for
+        # them, and scrapes in between are served the same text.
         self._process: CollectorRegistry | None = None
         self._process_body = b""
+        self._process_at = float("-inf")
+        self._clock = clock
         if process:
             self._process = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process)
-            self.refresh_process()
-
-    def refresh_process(self) -> None:
-        if self._process is not None:
-            self._process_body = generate_latest(self._process)
 
     def body(self) -> bytes:
         version = self._version()
         if version != self._seen:
             self._body = generate_latest(self._registry)
             self._seen = version
+        if self._process is not None and self._clock() - self._process_at >= PROCESS_SECONDS:
+            self._process_body = generate_latest(self._process)
+            self._process_at = self._clock()
         return self._body + self._process_body
 
 
