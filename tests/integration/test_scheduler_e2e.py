@@ -221,24 +221,22 @@ def test_no_pod_is_bound_where_the_kubelet_rejects_it(
     fits_somewhere = [
         pod["metadata"]["name"] for pod in pending if any(player.would_admit(pod) for player, _ in cluster.values())
     ]
-    # Goal 0. A rejection is ours unless the logs show the scheduler cache's own race (tests/workload.py
-    # `scheduler_race`: a reservation dropped at a resync from an object written before the reserved pod was
-    # admitted, which nothing an agent publishes prevents); each is printed, and any other fails.
+    # Goal 0, whatever the cause. The logs' account of each rejection (tests/workload.py `scheduler_race`: a
+    # reservation dropped at a resync from an object written before the reserved pod was admitted) is printed
+    # beside it, never subtracted: the agent names a pod bound to its node before its admission, which closes
+    # that race from our side.
     lines = kube.log("kube-scheduler-nrt").splitlines()
-    races: list[str] = []
-    ours: list[str] = []
+    rejected: list[str] = []
     for mismatch in mismatches:
         why = scheduler_race(NAMESPACE, mismatch.pod, mismatch.node, scheduler_log=lines,
                              agent_log=cluster[mismatch.node][1].text, admitted=ADMITTED)  # fmt: skip
-        (races if why else ours).append(f"{mismatch.text} ({why})" if why else mismatch.text)
-    COUNTS.update(pods=PODS, bound=len(bound), pending=len(pending), mismatches=len(ours),
-                  pending_that_fit=len(fits_somewhere), **{"rejections from the scheduler cache's race": len(races)})  # fmt: skip
+        rejected.append(f"{mismatch.text} ({why or 'not the cache race'})")
+    COUNTS.update(pods=PODS, bound=len(bound), pending=len(pending), mismatches=len(rejected),
+                  pending_that_fit=len(fits_somewhere))  # fmt: skip
     print("E2E COUNTS", COUNTS)
-    for line in races:
-        print("E2E SCHEDULER RACE", line)
-    if ours and os.environ.get("E2E_TRACE"):  # the scheduler's own account of each mismatched node
+    if rejected and os.environ.get("E2E_TRACE"):  # the scheduler's own account of each mismatched node
         Path(os.environ["E2E_TRACE"]).write_text(kube.log("kube-scheduler-nrt"))
-    assert not ours, ours
+    assert not rejected, rejected
     assert not fits_somewhere, f"pods a kubelet would admit left Pending with nothing outside the product acting: {fits_somewhere}"
     assert len(bound) >= 20, COUNTS
     assert pending, "the nodes fill up: some shapes must stay Pending"

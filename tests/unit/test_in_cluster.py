@@ -35,10 +35,12 @@ def test_a_pods_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     endpoint = in_cluster()
     assert endpoint is not None
     assert endpoint.server == "https://[fd00::1]:443"
-    assert endpoint.verify and endpoint.ca_file is None
+    assert endpoint.verify
+    assert endpoint.ca_file is None
     (tmp_path / "ca.crt").write_text("x")
     endpoint = in_cluster()
-    assert endpoint is not None and endpoint.ca_file == str(tmp_path / "ca.crt")
+    assert endpoint is not None
+    assert endpoint.ca_file == str(tmp_path / "ca.crt")
     assert endpoint.authorization() == "Bearer t"
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
     assert in_cluster() is None
