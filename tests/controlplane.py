@@ -259,11 +259,13 @@ class ControlPlane:
 
     def request(
         self, method: str, path: str, body: Any = None, *, user: str = "admin", raw: bool = False,
-        content_type: str = "application/json",
+        content_type: str = "application/json", headers: Mapping[str, str] | None = None,
     ) -> ApiResponse:  # fmt: skip
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
         request = urllib.request.Request(self.url + path, data=data, method=method)
         request.add_header("Authorization", f"Bearer {self.tokens[user]}")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
         if data is not None:
             request.add_header("Content-Type", content_type)
         try:
@@ -308,6 +310,20 @@ class ControlPlane:
             ("ClusterRole", "/apis/rbac.authorization.k8s.io/v1/clusterroles"),
             ("ClusterRoleBinding", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"),
         ):
+            for document in by_kind(documents, kind):
+                self.put(path, document)
+                applied.append(document)
+        return applied
+
+    def apply_chart_admission_policy(self, values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The chart's ValidatingAdmissionPolicy and its binding (rbac.ownNodeOnly), rendered by the Helm engine."""
+        documents = render(dict(values or {}))
+        applied = []
+        for kind, path in (
+            ("ValidatingAdmissionPolicy", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"),
+            ("ValidatingAdmissionPolicyBinding",
+             "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"),
+        ):  # fmt: skip
             for document in by_kind(documents, kind):
                 self.put(path, document)
                 applied.append(document)

@@ -15,6 +15,8 @@ import yaml
 from exporter.cli import build_parser
 from exporter.sources.kubelet_config import DISTRIBUTIONS
 from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, notes, render
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
+                  "ValidatingAdmissionPolicyBinding")  # fmt: skip
 
 
 def daemonsets(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -287,7 +289,7 @@ def test_what_prometheus_node_exporter_users_expect() -> None:
     assert image({"image": {"digest": digest, "tag": "ignored"}}).endswith(f"numa-topology-exporter@{digest}")
     moved = render({"namespaceOverride": "numa-system", "serviceMonitor": {"enabled": True}})
     namespaced = [
-        d for d in moved if d["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition")
+        d for d in moved if d["kind"] not in CLUSTER_SCOPED
     ]
     assert {d["metadata"]["namespace"] for d in namespaced} == {"numa-system"}
     spec = daemonset({"revisionHistoryLimit": 3, "terminationGracePeriodSeconds": 5})["spec"]

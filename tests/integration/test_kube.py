@@ -283,6 +283,52 @@ def test_rbac_is_exactly_what_the_agent_uses(
     assert observed == granted
 
 
+def test_the_admission_policy_lets_an_agent_write_only_its_own_nodes_object(kube: ControlPlane, node: str) -> None:
+    """rbac.ownNodeOnly, enforced by the real API server: the agent's ServiceAccount with a token bound to a
+    pod on `node` (the API server puts the node in the user's extra; played here by impersonation, which sets
+    the same user info) may write `node`'s object and no other; without a node in its token, none; anyone
+    else is not matched."""
+    other = f"{node}-other"
+    policy = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+    binding = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+
+    def as_agent(on: str | None) -> dict[str, str]:
+        headers = {"Impersonate-User": AGENT_USER, "Impersonate-Group": "system:serviceaccounts"}
+        if on is not None:
+            headers["Impersonate-Extra-authentication.kubernetes.io%2fnode-name"] = on
+        return headers
+
+    def create(name: str, on: str | None) -> tuple[int, str]:
+        body = {"apiVersion": "topology.node.k8s.io/v1alpha2", "kind": "NodeResourceTopology",
+                "metadata": {"name": name}, "zones": [], "topologyPolicies": ["None"]}  # fmt: skip
+        answer = kube.request("POST", NRT_PATH, body, headers=as_agent(on))
+        if answer.status == 201:
+            kube.request("DELETE", f"{NRT_PATH}/{name}")
+        return answer.status, str((answer.body or {}).get("message", "")) if isinstance(answer.body, dict) else ""
+
+    applied = kube.apply_chart_admission_policy()
+    assert [doc["kind"] for doc in applied] == ["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    try:
+        # The API server enforces a policy once its informer has it: wait for the first denial.
+        status, message = wait_until(lambda: (a := create(other, node))[0] == 403 and a, timeout=30,
+                                     what="the policy enforced")  # fmt: skip
+        assert "only the NodeResourceTopology of the node its pod runs on" in message, message
+        assert other in message, message
+        assert create(node, node)[0] == 201, "its own node's object"
+        status, message = create(node, None)
+        assert status == 403, f"a token that names no node writes nothing: {status} {message}"
+        assert "its token names no node" in message, message
+        assert kube.request("POST", NRT_PATH, {"apiVersion": "topology.node.k8s.io/v1alpha2",
+                            "kind": "NodeResourceTopology", "metadata": {"name": other}, "zones": [],
+                            "topologyPolicies": ["None"]}).status == 201, "another writer is not matched"  # fmt: skip
+        kube.request("DELETE", f"{NRT_PATH}/{other}")
+    finally:
+        for document, collection in zip(reversed(applied), (binding, policy), strict=True):
+            kube.request("DELETE", f"{collection}/{document['metadata']['name']}")
+        # The other tests' agents run with tokens that name no node: wait until the policy is gone for them.
+        wait_until(lambda: create(other, None)[0] == 201, timeout=30, what="the policy gone")
+
+
 def test_the_servers_warnings_are_logged_and_counted(kube: ControlPlane, node: str) -> None:
     warnings: list[str] = []
     api = KubeApi(client_from(kube.kubeconfig(AGENT_USER)), on_warning=warnings.append)
