@@ -15,6 +15,7 @@ import yaml
 from exporter.cli import build_parser
 from exporter.sources.kubelet_config import DISTRIBUTIONS
 from tests.chart import CHART, KUBE_VERSIONS, OPERATOR_KINDS, SCENARIOS, by_kind, notes, render
+
 CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "ValidatingAdmissionPolicy",
                   "ValidatingAdmissionPolicyBinding")  # fmt: skip
 

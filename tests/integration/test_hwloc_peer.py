@@ -12,6 +12,7 @@ each spelled out in DIVERGENCES below and asserted, never skipped:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.cpuset import parse_cpuset
 from exporter.hardware.discovery import discover
 from exporter.hardware.pcie import bridge_path_class, interesting, pairs
 from exporter.model import Topology
@@ -282,3 +284,62 @@ def test_memory_kinds_match_hwloc(hwloc_trees: dict[str, Path], name: str) -> No
     expected = {"nvidiagpunumanodes": {"dram", "gpu-memory"}, "fakeheteromemtiers": {"dram", "hbm", "nvm"},
                 "fakememinitiators-1np2c+1npp+gi": {"dram", "nvm"}}  # fmt: skip
     assert {kind for kind, _ in theirs.values()} == expected.get(name, {"dram"})
+
+
+GOLDEN_METRICS = Path(__file__).parents[1] / "golden" / "metrics"
+SERIES = re.compile(r"^(\w+)\{([^}]*)\} (\S+)$")
+
+
+def golden_series(name: str) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """A committed golden exposition (tests/golden/metrics): metric name -> labels -> value."""
+    series: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for line in (GOLDEN_METRICS / f"{name}.prom").read_text().splitlines():
+        if (m := SERIES.match(line)) is not None:
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            series.setdefault(m.group(1), {})[labels] = float(m.group(3))
+    return series
+
+
+@pytest.mark.parametrize("name", HWLOC_NAMES)
+def test_the_committed_golden_metrics_say_what_hwloc_says(hwloc_trees: dict[str, Path], name: str) -> None:
+    """The golden files of test_metrics_golden are the product's own output, regenerated with
+    --update-golden: here each is held to hwloc's view of the same tree (CPUs, memory, hugepages and distances
+    per NUMA node), so a golden regenerated from a wrong output fails."""
+    peer = run_lstopo(hwloc_trees[name], name)
+    series = golden_series(name)
+    numa_ids = sorted(peer.numa_nodes) if name not in BUGGY_NUMA else [0]
+    checked = 0
+    for numa in numa_ids:
+        theirs = peer.numa_nodes[numa]
+
+        def capacity(resource: str, numa: int = numa) -> float | None:
+            return series["numa_topology_resource_capacity"].get(
+                frozenset({("numa_node", str(numa)), ("resource", resource), ("unit", "core" if resource == "cpu" else "byte")})
+            )
+
+        assert capacity("memory") == theirs.memory_bytes, f"memory of NUMA node {numa}"
+        info = [dict(labels) for labels in series["numa_topology_numa_node_info"] if ("numa_node", str(numa)) in labels]
+        assert len(info) == 1, info
+        ours_cpus = parse_cpuset(info[0]["cpulist"])
+        if ours_cpus:  # a CPU-less memory node: hwloc gives it its initiators' CPUs (DIVERGENCES)
+            assert ours_cpus == theirs.cpus, f"CPUs of NUMA node {numa}"
+            if name not in BUGGY_NUMA:  # there every node lists every CPU: each is counted once, on one node
+                assert capacity("cpu") == len(theirs.cpus)
+        for size, pages in theirs.hugepages.items():
+            label = f"{size >> 30}Gi" if size >= 1 << 30 else f"{size >> 20}Mi"
+            total = series["numa_topology_hugepages_pages"][
+                frozenset({("numa_node", str(numa)), ("size", label), ("state", "total")})
+            ]
+            assert total == pages, f"{label} pages of NUMA node {numa}"
+        checked += 1
+    if name not in BUGGY_NUMA:
+        distances = {
+            (int(dict(labels)["numa_node"]), int(dict(labels)["to_numa_node"])): value
+            for labels, value in series["numa_topology_distance"].items()
+        }
+        assert peer.distances, "hwloc reported no distance matrix"
+        assert {pair: distances[pair] for pair in peer.distances} == peer.distances
+    cpu_capacity = [value for labels, value in series["numa_topology_resource_capacity"].items()
+                    if ("resource", "cpu") in labels]  # fmt: skip
+    assert sum(cpu_capacity) == len(peer.machine_cpus), "every CPU counted once"
+    assert checked == len(numa_ids) >= 1
