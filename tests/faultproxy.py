@@ -51,6 +51,7 @@ class Rule:
 class Faults:
     rules: list[Rule] = field(default_factory=list)
     down: bool = False
+    warning: str | None = None  # a Warning header added to every answer passed through
 
 
 class FaultProxy:
@@ -101,6 +102,11 @@ class FaultProxy:
     def slow(self, seconds: float, *, when: Callable[[str, str], bool] = lambda m, p: True) -> None:
         with self._lock:
             self.faults.rules.append(Rule(matches=when, delay=seconds))
+
+    def warn(self, text: str) -> None:
+        """Add `Warning: 299 - "<text>"` to every answer from now on, as an API server does (RFC 7234)."""
+        with self._lock:
+            self.faults.warning = text
 
     def heal(self) -> None:
         with self._lock:
@@ -210,6 +216,8 @@ class FaultProxy:
                 status=upstream.status,
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS},
             )
+            if self.faults.warning is not None:
+                response.headers.add("Warning", f'299 - "{self.faults.warning}"')
             await response.prepare(request)
             self._streams.add(response)
             try:

@@ -18,7 +18,6 @@ import pytest
 from exporter.agent.pods import PodWatcher
 from exporter.errors import ApiForbidden
 from exporter.kubeapi import FIELD_MANAGER, KubeApi, client_from
-from exporter.views.metrics import NrtStats
 from tests.controlplane import AGENT_USER, LIMITED_USER, NRT_PATH, ControlPlane, guaranteed_pod, wait_until
 from tests.daemon import Daemon
 from tests.faultproxy import FaultProxy
@@ -336,9 +335,19 @@ def test_the_servers_warnings_are_logged_and_counted(kube: ControlPlane, node: s
             "metadata": {"name": node}, "zones": [], "surprise": "an unknown field"}  # fmt: skip
     api.create_nrt(body)
     assert any("surprise" in warning for warning in warnings), warnings
-    stats = NrtStats()
-    stats.warning()
-    assert stats.api_warnings == 1
+
+
+def test_the_agent_counts_the_servers_warnings_and_logs_each_once(
+    static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
+) -> None:
+    """The running agent, its API server sending a Warning on every answer: counted on /metrics, each distinct
+    text logged once."""
+    proxy.warn("injected deprecation notice")
+    with agent(static_machine, kube, proxy, node) as daemon:
+        wait_until(lambda: cpu_available(kube, node) == 10, timeout=15, what="the NRT object")
+        wait_until(lambda: (daemon.sample("numa_topology_api_warnings_total") or 0) >= 3, timeout=15,
+                   what="the warnings counted")  # fmt: skip
+        assert daemon.text.count("injected deprecation notice") == 1, daemon.text
 
 
 def test_pod_watch_lists_once_then_resumes_with_bookmarks(kube: ControlPlane, node: str) -> None:
