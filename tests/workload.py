@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from tests.controlplane import ControlPlane, wait_until
@@ -214,20 +214,50 @@ def pending_that_fit_after(
     return seen
 
 
-def _seconds(stamp: str) -> float:
-    """A klog "HH:MM:SS.ffffff" or a Python logging "HH:MM:SS,mmm" time of day, in seconds."""
+EPOCH_DAY = date(2000, 1, 1).toordinal()
+
+
+def _seconds(stamp: str, day: date | None = None) -> float:
+    """A klog "HH:MM:SS.ffffff" or a Python logging "HH:MM:SS,mmm" time on `day` (today where not given), in
+    seconds on one scale for every day: a run that passes midnight compares its times rightly."""
     hours, minutes, seconds = stamp.replace(",", ".").split(":")
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    days = (day or date.today()).toordinal() - EPOCH_DAY  # a small number keeps microseconds in a float
+    return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def time_of_day() -> float:
-    """Now, in the seconds since midnight the klog and agent log times are compared in."""
-    return _seconds(datetime.now().strftime("%H:%M:%S.%f"))
+    """Now, on the scale the klog and agent log times are compared in."""
+    now = datetime.now()
+    return _seconds(now.strftime("%H:%M:%S.%f"), now.date())
+
+
+def _klog_day(header: str) -> date:
+    """klog's `Lmmdd` says month and day, not the year: the latest such day not after tomorrow."""
+    today = date.today()
+    month, day = int(header[1:3]), int(header[3:5])
+    for year in (today.year + 1, today.year, today.year - 1):
+        try:
+            candidate = date(year, month, day)
+        except ValueError:
+            continue
+        if candidate.toordinal() <= today.toordinal() + 1:
+            return candidate
+    return today
 
 
 def _klog_time(line: str) -> float | None:
     parts = line.split()
-    return _seconds(parts[1]) if len(parts) > 2 and len(parts[0]) == 5 and parts[0][0] in "IWEF" else None
+    if len(parts) > 2 and len(parts[0]) == 5 and parts[0][0] in "IWEF" and parts[0][1:].isdigit():
+        return _seconds(parts[1], _klog_day(parts[0]))
+    return None
+
+
+def _agent_time(line: str, stamp: str) -> float:
+    """An agent log line's time (Python logging: `YYYY-MM-DD HH:MM:SS,mmm ...`)."""
+    try:
+        return _seconds(stamp, date.fromisoformat(line.split(" ", 1)[0]))
+    except ValueError:
+        return _seconds(stamp)
 
 
 FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]+)" computed="([^"]+)"')
@@ -275,7 +305,7 @@ def scheduler_race(
     if not resyncs:
         return None
     checked_at, flushed_at, fingerprint = resyncs[-1]
-    writes = [(_seconds(m.group(1)), m.group(4)) for line in agent_log.splitlines()
+    writes = [(_agent_time(line, m.group(1)), m.group(4)) for line in agent_log.splitlines()
               if (m := WRITTEN.search(line)) and m.group(2) == node and m.group(3) == fingerprint]  # fmt: skip
     written_at, named_text = max((w for w in writes if w[0] <= checked_at), default=(checked_at, None))
     named = set(ast.literal_eval(named_text)) if named_text else None
@@ -346,7 +376,7 @@ def timeline(
                                           or ("bound pod" in line and f'pod="{namespace}/' in line))):  # fmt: skip
             events.append((t, "scheduler " + line.split("]", 1)[-1].strip()[:400]))
     for line in agent_log.splitlines():
-        if (m := WRITTEN.search(line)) and m.group(2) == node and start <= (t := _seconds(m.group(1))) <= end:
+        if (m := WRITTEN.search(line)) and m.group(2) == node and start <= (t := _agent_time(line, m.group(1))) <= end:
             events.append((t, "agent " + line.split(": ", 1)[-1][:600]))
     for line in kubelet_log.splitlines():
         t = _klog_time(line)
@@ -358,4 +388,11 @@ def timeline(
         ):
             events.append((t, "kubelet " + line.split("]", 1)[-1].strip()[:300]))
     events.sort()
-    return [f"{time.strftime('%H:%M:%S', time.gmtime(t))}.{int(t % 1 * 1e6):06d} {text}" for t, text in events][-limit:]
+    return [f"{_clock(t)} {text}" for t, text in events][-limit:]
+
+
+def _clock(t: float) -> str:
+    """HH:MM:SS.ffffff of a time on the scale of `_seconds`."""
+    micros = round(t * 1e6) % (86400 * 10**6)
+    seconds, micros = divmod(micros, 10**6)
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{micros:06d}"

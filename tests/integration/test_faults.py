@@ -54,11 +54,11 @@ def running(
 
 
 def converges_after_recovery(daemon: Daemon, kube: ControlPlane, node: str, expected: int, *, fault: str) -> None:
-    """NRT shows `expected` within one resync (plus a request's time) of the fault ending."""
+    """NRT shows `expected` within one resync of the fault ending, plus a second for the write (the fixed file's
+    inotify event usually brings it sooner: the times are printed at the end of the run)."""
     started = time.monotonic()
-    wait_for(lambda: nrt_cpu(kube, node) == expected, timeout=RESYNC * 2 + 3, what="NRT convergence", interval=0.005)
+    wait_for(lambda: nrt_cpu(kube, node) == expected, timeout=RESYNC + 1.0, what="NRT convergence", interval=0.005)
     RECOVERY_SECONDS[fault] = time.monotonic() - started
-    assert RECOVERY_SECONDS[fault] < RESYNC * 2 + 3
 
 
 def scrapes_keep_working(daemon: Daemon, expected_cpu: int) -> None:

@@ -3,7 +3,7 @@ the scheduler, the kubelet and the agent write (taken from a real run, names sho
 
 from __future__ import annotations
 
-from tests.workload import scheduler_race, timeline
+from tests.workload import _klog_day, _klog_time, _seconds, scheduler_race, timeline
 
 NS = "real-x"
 
@@ -71,8 +71,19 @@ def test_admitted_after_our_write_but_before_the_resync_is_the_race_too() -> Non
 def test_admission_times_can_come_from_a_played_kubelet() -> None:
     """The oracle-played end-to-end test has no kubelet log: it says when it admitted each pod."""
     logs = scheduler_log(q_bound="17:13:38.310182", flush="17:13:38.359202", p_reserved="17:13:38.471475")
-    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62018.32}) is not None
-    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": 62017.60}) is None
+    day = _klog_day("I1204")  # the day of the log lines above
+    admitted_late, admitted_early = _seconds("17:13:38.32", day), _seconds("17:13:37.60", day)
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": admitted_late}) is not None
+    assert scheduler_race(NS, "p", "n-2", agent_log=AGENT, scheduler_log=logs, admitted={"q": admitted_early}) is None
+
+
+def test_times_on_either_side_of_midnight_keep_their_order() -> None:
+    before = "I1231 23:59:59.900000   1 store.go:1] \"x\""
+    after = "I0101 00:00:00.100000   1 store.go:1] \"x\""
+    first, second = _klog_time(before), _klog_time(after)
+    assert first is not None
+    assert second is not None
+    assert 0 < second - first < 1, (first, second)
 
 
 def agent_naming(*pods: str) -> str:
