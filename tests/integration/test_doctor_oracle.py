@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -38,8 +40,13 @@ COUNTS: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _oracle() -> None:
+def _oracle() -> Iterator[None]:
     asset("kubelet-oracle")
+    yield
+    if COUNTS:  # the property test ran: it compared enough of each, and mostly by cause, not by yes and no
+        assert COUNTS["refused by both"] >= EXAMPLES // 10, COUNTS
+        assert COUNTS["accepted by both"] >= EXAMPLES // 10, COUNTS
+        assert COUNTS["refused by both, for the same cause"] >= 0.8 * COUNTS["refused by both"], COUNTS
 
 
 @st.composite
@@ -145,6 +152,49 @@ def test_doctor_refuses_exactly_what_the_kubelet_refuses(config: dict[str, Any])
     blocking = [finding.message for finding in diagnose(_snapshot(config)) if finding.blocks_start]
     assert bool(blocking) == bool(refused), f"kubelet: {refused!r}; doctor: {blocking!r}"
     COUNTS["refused by both" if refused else "accepted by both"] += 1
+    if refused:
+        # Not only yes and no: the kubelet stops at the first error it meets, and doctor must name that one
+        # among the errors it lists.
+        words = cause(str(refused))
+        if words is not None:
+            assert any(all(w.lower() in m.lower() for w in words) for m in blocking), (
+                f"the kubelet refuses for {refused!r} ({words}); doctor says {blocking!r}"
+            )
+            COUNTS["refused by both, for the same cause"] += 1
+
+
+# The kubelet's refusal (its own error text) -> words doctor's finding of the same cause contains.
+CAUSES: tuple[tuple[str, str], ...] = (
+    (r'cannot set feature gate (\w+)', "feature gate {0}"),
+    (r'reserved-cpus: (\S+) is not a subset', "reservedSystemCPUs {0}"),
+    (r'unable to reserve the required amount of CPUs', "reserved CPUs"),
+    (r'unable to determine reserved CPU resources', "CPU reservation"),
+    (r'(?:Alpha|Beta)-level Options not enabled, but option "([^"]+)"', "cpuManagerPolicyOptions {0}"),
+    (r'unknown CPU Manager Policy option: "([^"]+)"', "cpuManagerPolicyOptions|{0}"),
+    (r'unknown Topology Manager Policy option: "([^"]+)"', "topologyManagerPolicyOptions|{0}"),
+    (r'--(system|kube)-reserved value failed to parse: resource quantity for "([^"]+)"', "{0}Reserved {1}"),
+    (r'eviction percentage threshold (\S+) must', "evictionHard {0}"),
+    (r'eviction threshold (\S+) must be positive', "evictionHard {0}|positive"),
+    (r'unsupported eviction signal (\S+)', "evictionHard|unsupported eviction signal '{0}'"),
+    (r'memory manager: the total amount', "reservedMemory"),
+    (r'reserved memory may not be zero for NUMA node (\d+) and resource "([^"]+)"',
+     "reservedMemory for NUMA node {0} and {1} may not be zero"),
+    (r'bad value for option "([^"]+)": strconv.ParseBool', "{0}|is not a boolean"),
+    (r'unable to convert policy option to integer "([^"]+)"', "topologyManagerPolicyOptions {0}"),
+    (r'minimum value of "([^"]+)" should not be less than (\d+)', "topologyManagerPolicyOptions {0}|at least {1}"),
+    (r'None policy: received unsupported options', "the none policy takes no options"),
+    (r'--(system|kube)-reserved value failed to parse: cannot reserve "([^"]+)" resource', "{0}Reserved|{1}"),
+    (r'(\w+)Cgroup \(--[\w-]+\) must be specified when "([^"]+)"', "enforceNodeAllocatable {1}|{0}Cgroup"),
+    (r'may not contain additional enforcements when "none"', "enforceNodeAllocatable|none"),
+    (r'error: (\w+) is enabled, but depends on features that are disabled: \[(\w+)', "feature gate {1}|{0}"),
+)
+
+
+def cause(refusal: str) -> list[str] | None:
+    for pattern, words in CAUSES:
+        if (m := re.search(pattern, refusal)) is not None:
+            return words.format(*m.groups()).split("|")
+    return None
 
 
 def _snapshot(config: dict[str, Any], state_files: dict[str, Any] | None = None) -> Snapshot:
