@@ -1,7 +1,7 @@
 """A real gRPC server (grpcio) on a unix socket playing the kubelet's podresources API (v1).
 
 It answers `List` and `GetAllocatableResources` with what a test sets, built by default from a fixture
-host's own state files the way the kubelet's server builds them (K pkg/kubelet/apis/podresources/
+host's own state files (read with `json`, not the exporter's parsers) the way the kubelet's server builds them (K pkg/kubelet/apis/podresources/
 server_v1.go): each container's pinned CPUs, its devices grouped by resource with the NUMA nodes their
 plugin reported, its Static memory blocks; allocatable = every CPU but the reserved ones, every registered
 device, every memory block. Faults: abort with a status code, answer slowly, or answer with bytes that are
@@ -10,6 +10,7 @@ not the message (the handlers serialize whatever they are given).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,6 @@ from typing import Any
 import grpc
 
 from exporter.paths import HostPaths
-from exporter.sources import cpu_manager, device_checkpoint, memory_manager
 from exporter.sources.podresources_v1 import api_pb2
 
 SERVICE = "v1.PodResourcesLister"
@@ -99,38 +99,54 @@ def topology(nodes: set[int] | frozenset[int]) -> api_pb2.TopologyInfo:
     return api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=node) for node in sorted(nodes)])
 
 
+def _cpus(text: str) -> list[int]:
+    """A kubelet cpuset string ("0-3,8"), read here without the exporter's parser."""
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus.extend(range(int(low), int(high or low) + 1))
+    return sorted(cpus)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    return dict(json.loads(path.read_text())) if path.exists() else None
+
+
 def answers_from_state(
     paths: HostPaths, names: Mapping[str, tuple[str, str]], *, cpus: int
 ) -> tuple[api_pb2.ListPodResourcesResponse, api_pb2.AllocatableResourcesResponse]:
-    cpu = cpu_manager.read_cpu_manager_state(paths) if paths.cpu_manager_state.exists() else None
-    memory = memory_manager.read_memory_manager_state(paths) if paths.memory_manager_state.exists() else None
-    devices = device_checkpoint.read_device_checkpoint(paths) if paths.device_checkpoint.exists() else None
+    """The answers the kubelet's server would give for the state files under `paths`, read with `json` here
+    (docs/reference.md's formats), not with the exporter's sources: a test comparing the agent's two
+    accounts then compares the exporter with an independent reading, not with itself."""
+    cpu = _json(paths.cpu_manager_state)
+    memory = _json(paths.memory_manager_state)
+    checkpoint = (_json(paths.device_checkpoint) or {}).get("Data") or {}
     containers: dict[tuple[str, str], api_pb2.ContainerResources] = {}
 
     def container(pod: str, name: str) -> api_pb2.ContainerResources:
         return containers.setdefault((pod, name), api_pb2.ContainerResources(name=name))
 
-    for pod, entries in cpu.entries.items() if cpu is not None else ():
+    for pod, entries in ((cpu or {}).get("entries") or {}).items():
         for name, cpuset in entries.items():
-            container(pod, name).cpu_ids.extend(sorted(cpuset))
-    if memory is not None and memory.is_static:
-        for pod, memory_entries in memory.entries.items():
+            container(pod, name).cpu_ids.extend(_cpus(cpuset))
+    if memory is not None and memory.get("policyName") == "Static":
+        for pod, memory_entries in (memory.get("entries") or {}).items():
             for name, blocks in memory_entries.items():
                 for block in blocks:
                     container(pod, name).memory.append(
                         api_pb2.ContainerMemory(
-                            memory_type=block.resource,
-                            size=block.size_bytes,
-                            topology=topology(set(block.numa_affinity)),
+                            memory_type=block["type"], size=block["size"], topology=topology(set(block["numaAffinity"]))
                         )
                     )
-    for allocation in devices.allocations if devices is not None else ():
-        for numa, ids in sorted(allocation.devices_by_numa.items()):
-            container(allocation.pod_uid, allocation.container).devices.append(
+    filed: dict[str, int] = {}
+    for entry in checkpoint.get("PodDeviceEntries") or []:
+        for numa, ids in sorted((entry.get("DeviceIDs") or {}).items()):
+            filed.update((device, int(numa)) for device in ids)
+            container(entry["PodUID"], entry["ContainerName"]).devices.append(
                 api_pb2.ContainerDevices(
-                    resource_name=allocation.resource,
+                    resource_name=entry["ResourceName"],
                     device_ids=list(ids),
-                    topology=topology({numa} if numa >= 0 else set()),
+                    topology=topology({int(numa)} if int(numa) >= 0 else set()),
                 )
             )
     listed = api_pb2.ListPodResourcesResponse()
@@ -140,13 +156,7 @@ def answers_from_state(
             if pod_uid == uid:
                 pod.containers.append(resources)
     allocatable = api_pb2.AllocatableResourcesResponse(cpu_ids=list(range(cpus)))
-    filed = {
-        device: numa
-        for allocation in (devices.allocations if devices is not None else ())
-        for numa, ids in allocation.devices_by_numa.items()
-        for device in ids
-    }
-    for resource, ids in sorted((devices.registered if devices is not None else {}).items()):
+    for resource, ids in sorted((checkpoint.get("RegisteredDevices") or {}).items()):
         for device in ids:
             numa = filed.get(device, hardware_numa(paths, device))
             allocatable.devices.append(
