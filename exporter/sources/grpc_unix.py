@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from urllib.parse import unquote
 
 import h2.config
+import h2.errors
 import h2.connection
 import h2.events
 import h2.exceptions
@@ -106,8 +107,7 @@ class Connection:
                     body += event.data
                     self._h2.acknowledge_received_data(event.flow_controlled_length, stream)
                     if len(body) > self._max + 5:
-                        self._h2.reset_stream(stream)
-                        self.flush(deadline)
+                        self._cancel(stream, deadline)
                         raise RpcError(RESOURCE_EXHAUSTED, f"answer larger than {self._max} bytes")
                 elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream:
                     raise RpcError(UNAVAILABLE if status is None else status, f"stream reset ({event.error_code!r})")
@@ -116,6 +116,14 @@ class Connection:
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream:
                     return _message(body, status, details, http_status)
             self.flush(deadline)
+
+    def _cancel(self, stream: int, deadline: float) -> None:
+        """Reset a stream whose answer is refused (no more of it sent); one the server already ended is left."""
+        try:
+            self._h2.reset_stream(stream, error_code=h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:
+            return
+        self.flush(deadline)
 
     def _receive(self, deadline: float) -> list[h2.events.Event]:
         remaining = deadline - time.monotonic()

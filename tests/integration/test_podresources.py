@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from exporter.model import PodRef
 from exporter.paths import HostPaths
 from exporter.snapshot import Snapshot, SnapshotBuilder
+from exporter.sources import podresources
 from exporter.sources.podresources import TokenBucket
 from exporter.sources.podresources_v1 import api_pb2
 from tests.daemon import Daemon, wait_for, without_capabilities
@@ -206,6 +207,25 @@ def test_rpc_failures_keep_the_last_good_reading(
     assert bad.accounting.crosscheck == good.accounting.crosscheck, "the last good reading is kept"
     server.fault = None
     assert builder.build().source("podresources").up  # type: ignore[union-attr]
+
+
+def test_an_answer_over_the_size_limit_is_refused_not_read(
+    host: HostTree, server: PodResourcesServer, socket_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's own limit (MAX_MESSAGE_BYTES, 16 MiB; 2 KiB here): the stream is reset as soon as the answer
+    passes it, the reading is refused as resource_exhausted, and the last good one is kept."""
+    builder = SnapshotBuilder(paths_with(host, socket_path), use_nvml=False, use_udev=False)
+    good = builder.build()
+    monkeypatch.setattr(podresources, "MAX_MESSAGE_BYTES", 2048)
+    for index in range(200):
+        server.listed.pod_resources.add(name=f"filler-{index}", namespace="a-namespace-with-a-long-name")
+    assert server.listed.ByteSize() > 2048
+    bad = builder.build()
+    status = bad.source("podresources")
+    assert status is not None
+    assert (status.up, status.reason) == (False, "resource_exhausted"), status.message
+    assert "larger than 2048 bytes" in status.message, status.message
+    assert bad.accounting.crosscheck == good.accounting.crosscheck, "the last good reading is kept"
 
 
 def test_a_socket_nobody_listens_on_is_unavailable(host: HostTree, socket_path: Path) -> None:
