@@ -20,8 +20,8 @@ from contextlib import contextmanager
 from urllib.parse import unquote
 
 import h2.config
-import h2.errors
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
