@@ -162,12 +162,9 @@ class Connection:
                 return
             answer = self._answer(request)
             await self._send(request, answer)
-            if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                self.h11.start_next_cycle()
-            except h11.LocalProtocolError:
-                return  # the client's request body is not all read (a refused upload): close
+            if not self._request_read() or self.h11.our_state is not h11.DONE:
+                return  # a request body not read (a refused upload), or a close asked for: close
+            self.h11.start_next_cycle()
 
     async def _next_request(self) -> h11.Request | None:
         """The next request's head, or None where the client closed or sent something that is not HTTP
@@ -197,6 +194,17 @@ class Connection:
                 self.h11.receive_data(data)
                 timeout = REQUEST_SECONDS
             # anything else (a request body's Data, EndOfMessage of a body-less request) is skipped
+
+    def _request_read(self) -> bool:
+        """Whether the request is read to its end from what has arrived (a GET's end comes with its head)."""
+        while self.h11.their_state is h11.SEND_BODY:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return False
+        return self.h11.their_state is h11.DONE
 
     def _answer(self, request: h11.Request) -> Answer:
         method = request.method.decode("ascii", "replace")

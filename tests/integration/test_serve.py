@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
 import os
 import signal
 import time
@@ -82,6 +83,34 @@ def test_endpoints(static_machine: HostTree) -> None:
         assert '"numa_node": 1' in body
         assert daemon.get("/nope")[0] == 404
         assert daemon.get("/healthz") == (200, "ok\n")
+
+
+def test_one_connection_serves_requests_in_turn_and_head_has_no_body(static_machine: HostTree) -> None:
+    """As Prometheus scrapes: one kept-alive connection, request after request; HEAD answers the headers of
+    GET without its body; a query string does not change the route."""
+    with Daemon(static_machine.paths, extra=NO_RESYNC) as daemon:
+        wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
+        host, port = daemon.base_url.removeprefix("http://").rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=5)
+        try:
+            bodies = []
+            for _ in range(3):
+                connection.request("GET", "/metrics?x=1")
+                response = connection.getresponse()
+                assert response.status == 200
+                assert response.getheader("Content-Type", "").startswith("text/plain; version=")
+                bodies.append(response.read())
+            assert all(b"numa_topology_resource_capacity" in body for body in bodies)
+            connection.request("HEAD", "/healthz")
+            response = connection.getresponse()
+            assert (response.status, response.getheader("Content-Length"), response.read()) == (200, "3", b"")
+            connection.request("GET", "/healthz")
+            assert connection.getresponse().read() == b"ok\n", "the same connection, after a HEAD"
+            sock = connection.sock
+            assert sock is not None
+            assert sock.getsockname()[1] == connection.sock.getsockname()[1], "one connection throughout"
+        finally:
+            connection.close()
 
 
 def test_sigterm_during_a_slow_nvml_init_stops_within_a_second(
