@@ -47,12 +47,20 @@ from bench.common import print_table, real_control_plane
 from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.daemon import Daemon
 from tests.oracle import SHARED_K8S
-from tests.realnodes import RealNode, agent, kubelet_account, real_machine, require_real_nodes, start_real_node
+from tests.realnodes import (
+    CHART_DEBOUNCE_SECONDS,
+    RealNode,
+    agent,
+    kubelet_account,
+    real_machine,
+    require_real_nodes,
+    start_real_node,
+)
 from tests.workload import Workload, pending_that_fit_after, scheduler_race
 
 BACKOFF_MAX_SECONDS = 10.0  # the scheduler's podMaxBackoffSeconds default
 REQUEUE_MARGIN_SECONDS = 0.5  # exporter/agent/writer.py
-DEBOUNCE_SECONDS = 0.05  # tests/realnodes.py agent()
+DEBOUNCE_SECONDS = CHART_DEBOUNCE_SECONDS  # tests/realnodes.py agent()
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ class Agents:
                 subprocess.run([str(SHARED_K8S / "start-rte"), str(node.directory), node.name,
                                 str(kube.kubeconfig("admin"))], env=env, check=True, timeout=120)  # fmt: skip
             else:
-                # --resync-interval 5 comes first in agent(); a later one in `flags` wins (argparse keeps the last).
+                # agent() runs the chart's resync and debounce; an arm's own flags come later and win.
                 self.daemons.append(agent(kube, node, user=AGENT_USER, extra=list(arm.agent_flags)))
         for node in nodes:
             wait_until(lambda node=node: kube.nrt(node.name), timeout=60, what=f"the NRT of {node.name}")

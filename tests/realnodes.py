@@ -263,14 +263,20 @@ def running(kube: ControlPlane, node: RealNode) -> Iterator[RealNode]:
         kube.delete_nrt(node.name)
 
 
+CHART_RESYNC_SECONDS = 60  # helm/numa-topology-exporter/values.yaml exporter.resyncInterval
+CHART_DEBOUNCE_SECONDS = 0.1  # exporter.debounce
+
+
 def agent(
     kube: ControlPlane, node: RealNode, *, user: str, extra: Sequence[str] = (), host_paths: bool = True
 ) -> Daemon:
     """The agent of one real node, as the chart runs it: the kubelet's directory, the machine's sysfs/procfs
     (which holds the kubelet's process), and, with `host_paths`, the host's paths where they are (the kubelet
-    runs on this machine: the paths its command line names are ours, `--host-path-map /=/`)."""
-    flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name, "--resync-interval", "5",
-             "--debounce", "0.05", "--no-nvml", "--no-placement", "--log-level", "debug", *extra]  # fmt: skip
+    runs on this machine: the paths its command line names are ours, `--host-path-map /=/`). The chart's
+    resync (60 s) and debounce: nothing a faster resync would repair behind the events is hidden."""
+    flags = ["--kubeconfig", str(kube.kubeconfig(user)), "--node-name", node.name,
+             "--resync-interval", str(CHART_RESYNC_SECONDS), "--debounce", str(CHART_DEBOUNCE_SECONDS),
+             "--no-nvml", "--no-placement", "--log-level", "debug", *extra]  # fmt: skip
     if host_paths:
         flags += ["--host-path-map", "/=/"]
     if node.config_file is not None:

@@ -26,6 +26,7 @@ from exporter.fingerprint import fingerprint
 from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.daemon import Daemon
 from tests.realnodes import (
+    CHART_DEBOUNCE_SECONDS,
     RealNode,
     agent,
     disagreements,
@@ -59,7 +60,7 @@ AGENT_RESYNC: dict[str, int] = {}  # node -> the scheduler's cache resync period
 # the scheduler's retry backoff at most (podMaxBackoffSeconds, 10 s by default) and the agent's debounce.
 BACKOFF_MAX_SECONDS = 10.0
 REQUEUE_MARGIN_SECONDS = 0.5
-DEBOUNCE_SECONDS = 0.05  # tests/realnodes.py agent()
+DEBOUNCE_SECONDS = CHART_DEBOUNCE_SECONDS  # tests/realnodes.py agent()
 
 
 def tell_agents(
