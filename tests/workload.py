@@ -264,6 +264,38 @@ FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]
 WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+), available .*?(?:, pods (\[.*\]))?$")
 
 
+def flushed_before_bound(namespace: str, pod: str, node: str, *, scheduler_log: list[str]) -> str | None:
+    """The scheduler cache's race that no agent can see coming, proven from the scheduler's own log alone: before
+    `pod` was reserved on `node`, the cache flushed `node` on a fingerprint check that ran after another pod Q's
+    reservation there and before Q's bind. An agent names the pods bound to its node (`<name>#pending` before
+    their admission); Q was not bound yet, so no object could name it, and the flush dropped Q's reservation.
+    None where the log does not show that (then the rejection is one an agent could have prevented)."""
+    def when(what: str, who: str) -> float | None:
+        line = next((line for line in scheduler_log if what in line and f'pod="{namespace}/{who}"' in line
+                     and f'node="{node}"' in line), None)  # fmt: skip
+        return _klog_time(line) if line is not None else None
+
+    reserved_at = when('"post reserve"', pod)
+    if reserved_at is None:
+        return None
+    checks = [t for line in scheduler_log if (m := FLUSH.search(line)) and m.group(1) == node
+              and m.group(2) == m.group(3) and (t := _klog_time(line)) is not None and t <= reserved_at]  # fmt: skip
+    ns = re.escape(namespace)
+    for line in scheduler_log:
+        found = re.search(rf'"post reserve".* pod="{ns}/([^"]+)".* node="{re.escape(node)}"', line)
+        if found is None or found.group(1) == pod or (q_reserved := _klog_time(line)) is None:
+            continue
+        q_bound = when('"Successfully bound pod to node"', found.group(1))
+        if q_bound is None:
+            continue
+        for checked in checks:
+            if q_reserved < checked < q_bound:
+                return (f"the scheduler checked {node}'s fingerprint at {_clock(checked)}, between {found.group(1)}'s "
+                        f"reservation ({_clock(q_reserved)}) and its bind ({_clock(q_bound)}), and flushed the node: "
+                        f"no object could name a pod not bound yet")  # fmt: skip
+    return None
+
+
 def scheduler_race(
     namespace: str,
     pod: str,

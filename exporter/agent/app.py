@@ -289,10 +289,18 @@ def _start_publishing(
     loop = asyncio.get_running_loop()
     claims = ClaimFetcher(api, on_change=lambda: trigger.fire("resourceclaims")) if options.read_dra else None
 
+    known: set[str] = set()
+
     def pods_changed() -> None:
+        pods = watcher.pods()
         if claims is not None:
-            claims.want(watcher.pods())
-        trigger.fire("pods")
+            claims.want(pods)
+        # A pod newly bound here is named in the next write at once, not after the debounce: until our object
+        # names it, the scheduler's cache may resync from it and drop that pod's reservation (docs/product.md).
+        uids = {pod.uid for pod in pods}
+        trigger.fire("pods", urgent=bool(uids - known))
+        known.clear()
+        known.update(uids)
 
     if options.kubelet_configz:
         builder.use_config_reader(configz_reader(api, node_name=options.node_name))

@@ -94,9 +94,9 @@ class Refresher:
     async def run(self) -> None:
         await self.refresh_once({"start"})
         while True:
-            reasons = await self._trigger.wait()
+            await self._trigger.wait_fired()
             if self._debounce > 0:
-                await asyncio.sleep(self._debounce)  # let a burst of events settle into one refresh
-                reasons |= self._trigger.take() if self._trigger.pending else set()
+                await self._trigger.settle(self._debounce)  # a burst of events settles into one refresh
+            reasons = self._trigger.take()
             log.debug("refresh: %s", ", ".join(sorted(reasons)))
             await self.refresh_once(reasons)

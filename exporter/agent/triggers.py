@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -43,19 +44,36 @@ class Trigger:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._urgent_event = asyncio.Event()
         self.reasons: set[str] = set()
+        self.urgent = False  # a fired reason that must not wait for the debounce
 
-    def fire(self, reason: str) -> None:
+    def fire(self, reason: str, *, urgent: bool = False) -> None:
         self.reasons.add(reason)
+        self.urgent = self.urgent or urgent
         self._event.set()
+        if urgent:
+            self._urgent_event.set()
 
     async def wait(self) -> set[str]:
         await self._event.wait()
         return self.take()
 
+    async def settle(self, seconds: float) -> None:
+        """Sleep `seconds` for more events to gather, or less where an urgent one comes."""
+        if not self.urgent:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._urgent_event.wait(), seconds)
+
+    async def wait_fired(self) -> None:
+        """Until something fired, taking nothing (the caller reads `urgent`, then `take()`s)."""
+        await self._event.wait()
+
     def take(self) -> set[str]:
         self._event.clear()
         reasons, self.reasons = self.reasons, set()
+        self.urgent = False
+        self._urgent_event.clear()
         return reasons
 
     @property

@@ -3,7 +3,7 @@ the scheduler, the kubelet and the agent write (taken from a real run, names sho
 
 from __future__ import annotations
 
-from tests.workload import _klog_day, _klog_time, _seconds, scheduler_race, timeline
+from tests.workload import _klog_day, _klog_time, _seconds, flushed_before_bound, scheduler_race, timeline
 
 NS = "real-x"
 
@@ -173,3 +173,20 @@ def test_a_reservation_made_before_the_flush_is_dropped_by_it_even_when_the_bind
     )
     # Never bound: it held nothing on the node.
     assert scheduler_race(NS, "p", "n-2", agent_log=agent, scheduler_log=logs(q_reserved="07:53:08.523136", flushing="07:53:08.650991", q_bound=None)) is None  # fmt: skip
+
+
+def test_a_flush_between_a_reservation_and_its_bind_is_told_from_the_schedulers_log_alone() -> None:
+    """Q reserved at 31.4636 and bound at 31.4767; the cache checked the node at 31.4708 and flushed; P reserved
+    after: the flush dropped Q's reservation before any object could name Q. A check after Q's bind is not this
+    race (an agent sees the bind and names Q)."""
+    def log(check: str) -> list[str]:
+        return [
+            f'I1207 05:37:31.463639    8839 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/q" podUID="u" node="n-0" assumedResources="x"',
+            f'I1207 {check}    8839 store.go:433] "podset fingerprint check" logger="nrtcache.resync" generation=4 node="n-0" expected="pfpA" computed="pfpA" onlyExclusiveResources=true',
+            f'I1207 05:37:31.476743    8839 schedule_one.go:481] "Successfully bound pod to node" pod="{NS}/q" node="n-0" evaluatedNodes=3 feasibleNodes=1',
+            f'I1207 05:37:31.549111    8839 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/p" podUID="v" node="n-0" assumedResources="x"',
+        ]  # fmt: skip
+
+    assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.470835")) is not None
+    assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.480000")) is None, "after the bind"
+    assert flushed_before_bound(NS, "q", "n-0", scheduler_log=log("05:37:31.470835")) is None, "Q itself"
