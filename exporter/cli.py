@@ -32,6 +32,7 @@ from exporter.views.doctor import diagnose
 from exporter.views.render import render_json, render_snapshot
 
 log = logging.getLogger("exporter")
+QUIET_LIBRARIES = ("hpack", "h2", "h11", "urllib3", "kubernetes")
 
 SNAPSHOT_FORMATS = ("table", "json", "nrt", "metrics")
 # scheduler-plugins' example configuration and the NUMA Resources Operator set cacheResyncPeriodSeconds to 5.
@@ -313,6 +314,10 @@ def _host_path_map(text: str) -> tuple[str, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # --log-level is the exporter's own: the libraries under it (HTTP/2 and HPACK framing of every podresources
+    # call, urllib3's connection pool) would log each frame and header at debug, slowing every refresh.
+    for library in QUIET_LIBRARIES:
+        logging.getLogger(library).setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         if args.command == "snapshot":
             return _snapshot(args)

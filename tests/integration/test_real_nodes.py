@@ -243,6 +243,8 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
         print("\n".join(evidence))
         raise AssertionError(f"rejected after binding: {unexplained}; evidence in {keep_evidence(kube, real_cluster)}")
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
+    for name, (_, daemon) in real_cluster.items():  # --log-level debug is the exporter's, not its libraries'
+        assert " DEBUG hpack" not in daemon.text, f"{name}'s agent logged HTTP/2 frames at debug"
     for name, (_, daemon) in real_cluster.items():
         # The evidence printed beside a rejection reads what each write named from the agent's log: those names
         # are the fingerprint's pods (a check of the log, not of the fingerprint: `scheduler_in_sync` below holds
