@@ -264,12 +264,19 @@ FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]
 WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+), available .*?(?:, pods (\[.*\]))?$")
 
 
-def flushed_before_bound(namespace: str, pod: str, node: str, *, scheduler_log: list[str]) -> str | None:
-    """The scheduler cache's race that no agent can see coming, proven from the scheduler's own log alone: before
+BIND_REACTION_SECONDS = 0.05
+
+
+def flushed_before_bound(
+    namespace: str, pod: str, node: str, *, scheduler_log: list[str], grace: float = BIND_REACTION_SECONDS
+) -> str | None:
+    """The scheduler cache's race that no agent can see coming, read from the scheduler's own log alone: before
     `pod` was reserved on `node`, the cache flushed `node` on a fingerprint check that ran after another pod Q's
-    reservation there and before Q's bind. An agent names the pods bound to its node (`<name>#pending` before
-    their admission); Q was not bound yet, so no object could name it, and the flush dropped Q's reservation.
-    None where the log does not show that (then the rejection is one an agent could have prevented)."""
+    reservation there and before Q's bind, or less than `grace` after it. An agent names the pods bound to its
+    node (`<name>#pending` before their admission) as soon as its pod watch shows the bind, with one refresh
+    and one write; before the bind no object can name Q, and 50 ms after it is less than that watch, refresh
+    and write take on the test machine (a check 16 ms after a bind was seen in CI). None where the log does not
+    show that (then the rejection is one an agent could have prevented: a check 139 ms after the bind was)."""
     def when(what: str, who: str) -> float | None:
         line = next((line for line in scheduler_log if what in line and f'pod="{namespace}/{who}"' in line
                      and f'node="{node}"' in line), None)  # fmt: skip
@@ -289,10 +296,10 @@ def flushed_before_bound(namespace: str, pod: str, node: str, *, scheduler_log: 
         if q_bound is None:
             continue
         for checked in checks:
-            if q_reserved < checked < q_bound:
-                return (f"the scheduler checked {node}'s fingerprint at {_clock(checked)}, between {found.group(1)}'s "
-                        f"reservation ({_clock(q_reserved)}) and its bind ({_clock(q_bound)}), and flushed the node: "
-                        f"no object could name a pod not bound yet")  # fmt: skip
+            if q_reserved < checked < q_bound + grace:
+                return (f"the scheduler checked {node}'s fingerprint at {_clock(checked)}, after {found.group(1)}'s "
+                        f"reservation ({_clock(q_reserved)}) and {(checked - q_bound) * 1000:+.0f} ms from its bind "
+                        f"({_clock(q_bound)}), and flushed the node: no agent names a pod before it sees the bind")  # fmt: skip
     return None
 
 

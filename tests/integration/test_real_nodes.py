@@ -216,9 +216,9 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
           f"p50 {outcome.percentile(0.5, outcome.bind_to_admission):.2f} s "
           f"p99 {outcome.percentile(0.99, outcome.bind_to_admission):.2f} s")  # fmt: skip
     # The verdict is 0 rejected after binding. One cause alone is set apart, and only on the scheduler's own
-    # log (tests/workload.py `flushed_before_bound`): its cache checked a node's fingerprint between another
-    # pod's reservation there and that pod's bind, and flushed the reservation; no object can name a pod that
-    # is not bound yet. Those are printed and counted. Any other rejection fails, with the logs' account of it
+    # log (tests/workload.py `flushed_before_bound`): its cache checked a node's fingerprint after another pod's
+    # reservation there and before that pod's bind (or less than 50 ms after it, before any agent's watch,
+    # refresh and write), and flushed the reservation; no object can name a pod it has not seen bound. Those are printed and counted. Any other rejection fails, with the logs' account of it
     # beside (`scheduler_race`, which reads the agent's log too: evidence, never an excuse): the agent names a
     # pod bound to its node at once (`<name>#pending`, without the debounce), and a regression there fails here.
     lines, _ = scheduler_log_since(kube, log_start)

@@ -222,7 +222,8 @@ def test_no_pod_is_bound_where_the_kubelet_rejects_it(
         pod["metadata"]["name"] for pod in pending if any(player.would_admit(pod) for player, _ in cluster.values())
     ]
     # Goal 0. Set apart only what the scheduler's own log proves no agent could prevent (tests/workload.py
-    # `flushed_before_bound`: a flush on a fingerprint check between another pod's reservation and its bind),
+    # `flushed_before_bound`: a flush on a fingerprint check after another pod's reservation and before its bind or
+    # less than 50 ms after it),
     # printed and counted; the logs' wider account (`scheduler_race`, which reads the agent's log) is printed
     # beside any other rejection, which fails.
     lines = kube.log("kube-scheduler-nrt").splitlines()

@@ -177,8 +177,8 @@ def test_a_reservation_made_before_the_flush_is_dropped_by_it_even_when_the_bind
 
 def test_a_flush_between_a_reservation_and_its_bind_is_told_from_the_schedulers_log_alone() -> None:
     """Q reserved at 31.4636 and bound at 31.4767; the cache checked the node at 31.4708 and flushed; P reserved
-    after: the flush dropped Q's reservation before any object could name Q. A check after Q's bind is not this
-    race (an agent sees the bind and names Q)."""
+    after: the flush dropped Q's reservation before any object could name Q. A check well after Q's bind is not
+    this race (an agent sees the bind and names Q)."""
     def log(check: str) -> list[str]:
         return [
             f'I1207 05:37:31.463639    8839 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/q" podUID="u" node="n-0" assumedResources="x"',
@@ -188,5 +188,6 @@ def test_a_flush_between_a_reservation_and_its_bind_is_told_from_the_schedulers_
         ]  # fmt: skip
 
     assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.470835")) is not None
-    assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.480000")) is None, "after the bind"
+    assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.490000")) is not None, "13 ms after"
+    assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.540000")) is None, "63 ms after the bind"
     assert flushed_before_bound(NS, "q", "n-0", scheduler_log=log("05:37:31.470835")) is None, "Q itself"
