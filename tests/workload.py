@@ -190,20 +190,30 @@ def now_stamp() -> str:
 
 
 def pending_that_fit_after(
-    work: Workload, nodes: Sequence[RealNode], points: Sequence[float], *, interval: float = 0.5
+    work: Workload, nodes: Sequence[RealNode], points: Sequence[float], *, interval: float = 0.5,
+    limit: float = 180.0,
 ) -> dict[float, list[str]]:
-    """Nothing outside the scheduler and the agents acts: from now (the last change the workload made), the
-    pods still Pending that some node's kubelet would admit (kubelet-oracle), as seen at each of `points`
-    seconds. Once every pod is decided and none that fits waits, nothing can change in a quiet cluster: the
-    later points are that answer."""
-    started = time.monotonic()
+    """Nothing outside the scheduler and the agents acts: the pods still Pending that some node's kubelet would
+    admit (kubelet-oracle), seen `points` seconds after the last change of the workload's pods (one created,
+    bound, started, failed or deleted; the scheduler's own binds are changes too, and each may make the next
+    pod wait for another cache resync). A pod that fits and waits through that many quiet seconds is counted.
+    Once every pod is decided and none that fits waits, nothing can change in a quiet cluster: the later
+    points are that answer. `limit`: the most seconds in all, for a cluster that never goes quiet."""
+    started = last_change = time.monotonic()
+    state: frozenset[tuple[str, str, str, bool]] | None = None
     seen: dict[float, list[str]] = {}
     for point in sorted(points):
         while True:
             items = work.pods()
+            now = time.monotonic()
+            current = frozenset((pod["metadata"]["name"], pod["spec"].get("nodeName") or "",
+                                 (pod.get("status") or {}).get("phase") or "",
+                                 bool(pod["metadata"].get("deletionTimestamp"))) for pod in items)  # fmt: skip
+            if current != state:
+                state, last_change = current, now
             pending = [pod for pod in items if not pod["spec"].get("nodeName")]
             fit = pending_that_fit(work.kube, nodes, pending)
-            if (not fit and work.settled() is not None) or time.monotonic() - started >= point:
+            if (not fit and work.settled() is not None) or now - last_change >= point or now - started >= limit:
                 break
             time.sleep(interval)
         seen[point] = fit
