@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
 import threading
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from exporter.errors import SourceMissing, SourceNotAFile, SourcePermissionError, SourceRpcError
+from exporter.errors import SourceError, SourceMissing, SourceNotAFile, SourcePermissionError, SourceRpcError
 from exporter.model import (
     ClaimDevice,
     PodResourcesReading,
@@ -56,7 +55,7 @@ REASONS = {
     grpc_unix.DEADLINE_EXCEEDED: "deadline",
     grpc_unix.RESOURCE_EXHAUSTED: "resource_exhausted",
     grpc_unix.INTERNAL: "bad_response",  # an answer that breaks the protocol or does not parse
-    12: "unavailable",  # UNIMPLEMENTED: a kubelet without GetAllocatableResources (< 1.23)
+    grpc_unix.UNIMPLEMENTED: "unavailable",  # a kubelet without GetAllocatableResources (< 1.23)
 }
 
 
@@ -116,48 +115,37 @@ class PodResourcesClient:
                 allocatable = connection.call(
                     GET_ALLOCATABLE, api_pb2.AllocatableResourcesRequest().SerializeToString(), timeout=timeout
                 )
-        except OSError:
-            self._check_socket()  # connect(2) failed: say which failure it was
-            raise SourceRpcError(SOURCE, f"{self.path}: cannot connect", reason="unavailable") from None
+        except OSError as exc:
+            raise self._connect_failed(exc) from None
         except grpc_unix.RpcError as exc:
             raise rpc_error(exc) from None
         try:
-            return reading_from(
-                api_pb2.ListPodResourcesResponse.FromString(listed),
-                api_pb2.AllocatableResourcesResponse.FromString(allocatable),
-            )
+            listed_answer = api_pb2.ListPodResourcesResponse.FromString(listed)
+            allocatable_answer = api_pb2.AllocatableResourcesResponse.FromString(allocatable)
         except DecodeError as exc:
-            raise SourceRpcError(SOURCE, f"INTERNAL: an answer that does not parse ({exc})", reason="bad_response") \
-                from None
+            raise _bad(f"an answer that does not parse ({exc})") from None
+        return reading_from(listed_answer, allocatable_answer)
 
     def close(self) -> None:
         """Nothing held between reads (kept for the refresher's shutdown)."""
 
-    def _check_socket(self) -> None:
-        """After an UNAVAILABLE, what connect(2) says about the socket: missing, not a socket, permission
-        (connecting needs write access to the socket), or nobody listening. Returns when it connects (the
-        kubelet itself answered UNAVAILABLE)."""
-        try:
-            mode = self.path.stat().st_mode
-        except FileNotFoundError:
-            raise SourceMissing(SOURCE, f"{self.path} does not exist (no podresources socket here)") from None
-        except PermissionError:
-            raise SourcePermissionError(SOURCE, f"{self.path}: permission denied") from None
-        if not stat.S_ISSOCK(mode):
-            raise SourceNotAFile(SOURCE, f"{self.path} is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.settimeout(self.timeout_seconds)
-            probe.connect(str(self.path))
-        except PermissionError:
-            raise SourcePermissionError(
+    def _connect_failed(self, exc: OSError) -> SourceError:
+        """What connect(2) said about the socket: missing, permission (connecting needs write access to the
+        socket), not a socket, or nobody listening."""
+        if isinstance(exc, FileNotFoundError):
+            return SourceMissing(SOURCE, f"{self.path} does not exist (no podresources socket here)")
+        if isinstance(exc, PermissionError):
+            return SourcePermissionError(
                 SOURCE, f"{self.path}: permission denied (connecting needs write access to the socket)"
-            ) from None
-        except OSError as exc:
-            reason = "unavailable" if exc.errno in (errno.ECONNREFUSED, errno.ENOENT) else "rpc"
-            raise SourceRpcError(SOURCE, f"{self.path}: {os.strerror(exc.errno or 0)}", reason=reason) from None
-        finally:
-            probe.close()
+            )
+        if exc.errno == errno.ECONNREFUSED:
+            try:
+                if not stat.S_ISSOCK(self.path.stat().st_mode):
+                    return SourceNotAFile(SOURCE, f"{self.path} is not a socket")
+            except OSError:
+                pass
+            return SourceRpcError(SOURCE, f"{self.path}: {os.strerror(exc.errno)}", reason="unavailable")
+        return SourceRpcError(SOURCE, f"{self.path}: {exc.strerror or exc}", reason="rpc")
 
 
 def rpc_error(exc: grpc_unix.RpcError) -> SourceRpcError:

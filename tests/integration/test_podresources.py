@@ -238,6 +238,15 @@ def test_a_socket_nobody_listens_on_is_unavailable(host: HostTree, socket_path: 
     assert snapshot.errors_total == {("podresources", "unavailable"): 1}
 
 
+def test_a_regular_file_where_the_socket_should_be_is_said_so(host: HostTree, socket_path: Path) -> None:
+    socket_path.write_text("not a socket")
+    snapshot = SnapshotBuilder(paths_with(host, socket_path), use_nvml=False, use_udev=False).build()
+    status = snapshot.source("podresources")
+    assert status is not None
+    assert not status.up
+    assert "is not a socket" in status.message, status.message
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(garbage=st.binary(max_size=512))
 def test_garbage_answers_never_crash_or_reach_the_numbers(
