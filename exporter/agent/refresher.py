@@ -94,9 +94,6 @@ class Refresher:
     async def run(self) -> None:
         await self.refresh_once({"start"})
         while True:
-            await self._trigger.wait_fired()
-            if self._debounce > 0:
-                await self._trigger.settle(self._debounce)  # a burst of events settles into one refresh
-            reasons = self._trigger.take()
+            reasons = await self._trigger.next(self._debounce)
             log.debug("refresh: %s", ", ".join(sorted(reasons)))
             await self.refresh_once(reasons)

@@ -40,45 +40,31 @@ _EVENT = struct.Struct("iIII")
 
 
 class Trigger:
-    """A coalescing trigger: any number of `fire()` calls before the refresher wakes become one refresh."""
+    """A coalescing trigger: any number of `fire()` calls before the refresher wakes become one refresh. An
+    urgent fire (a pod newly bound to the node) ends the debounce at once."""
 
     def __init__(self) -> None:
-        self._event = asyncio.Event()
-        self._urgent_event = asyncio.Event()
+        self._fired = asyncio.Event()
+        self._urgent = asyncio.Event()
         self.reasons: set[str] = set()
-        self.urgent = False  # a fired reason that must not wait for the debounce
 
     def fire(self, reason: str, *, urgent: bool = False) -> None:
         self.reasons.add(reason)
-        self.urgent = self.urgent or urgent
-        self._event.set()
+        self._fired.set()
         if urgent:
-            self._urgent_event.set()
+            self._urgent.set()
 
-    async def wait(self) -> set[str]:
-        await self._event.wait()
-        return self.take()
-
-    async def settle(self, seconds: float) -> None:
-        """Sleep `seconds` for more events to gather, or less where an urgent one comes."""
-        if not self.urgent:
+    async def next(self, debounce_seconds: float = 0.0) -> set[str]:
+        """The reasons of the next refresh: once something fired, up to `debounce_seconds` more for a burst of
+        events to gather, unless an urgent one comes."""
+        await self._fired.wait()
+        if debounce_seconds > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._urgent_event.wait(), seconds)
-
-    async def wait_fired(self) -> None:
-        """Until something fired, taking nothing (the caller reads `urgent`, then `take()`s)."""
-        await self._event.wait()
-
-    def take(self) -> set[str]:
-        self._event.clear()
+                await asyncio.wait_for(self._urgent.wait(), debounce_seconds)
+        self._fired.clear()
+        self._urgent.clear()
         reasons, self.reasons = self.reasons, set()
-        self.urgent = False
-        self._urgent_event.clear()
         return reasons
-
-    @property
-    def pending(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,33 +9,33 @@ from exporter.agent.triggers import Trigger
 
 
 def test_an_urgent_fire_cuts_the_debounce_short() -> None:
-    async def run() -> tuple[float, float, set[str]]:
+    async def run() -> tuple[float, float, set[str], set[str]]:
         trigger = Trigger()
         trigger.fire("cpu_manager_state")
         started = time.monotonic()
-        await trigger.settle(0.3)  # nothing urgent: the whole debounce
+        first = await trigger.next(0.3)  # nothing urgent: the whole debounce
         plain = time.monotonic() - started
         trigger.fire("cpu_manager_state")
-        started = time.monotonic()
         asyncio.get_running_loop().call_later(0.02, lambda: trigger.fire("pods", urgent=True))
-        await trigger.settle(5.0)  # ends when the urgent one comes
-        cut = time.monotonic() - started
-        return plain, cut, trigger.take()
+        started = time.monotonic()
+        second = await trigger.next(5.0)  # ends when the urgent one comes
+        return plain, time.monotonic() - started, first, second
 
-    plain, cut, reasons = asyncio.run(run())
+    plain, cut, first, second = asyncio.run(run())
     assert plain >= 0.3
+    assert first == {"cpu_manager_state"}
     assert cut < 1.0, "an urgent fire ends the debounce at once"
-    assert reasons == {"cpu_manager_state", "pods"}
+    assert second == {"cpu_manager_state", "pods"}, "the burst so far is one refresh"
 
 
-def test_taking_the_reasons_clears_the_urgency() -> None:
+def test_an_urgent_fire_is_taken_with_its_refresh() -> None:
     async def run() -> float:
         trigger = Trigger()
         trigger.fire("pods", urgent=True)
-        trigger.take()
+        await trigger.next(0.2)
         trigger.fire("memory_manager_state")
         started = time.monotonic()
-        await trigger.settle(0.2)
+        await trigger.next(0.2)
         return time.monotonic() - started
 
-    assert asyncio.run(run()) >= 0.2
+    assert asyncio.run(run()) >= 0.2, "the next, plain, fire waits the whole debounce again"
