@@ -144,7 +144,8 @@ async def serve(
         lambda: (refresher.refreshes, refresher.stats.count, nrt.version, sampler.samples, str(refresher.failure)),
         process=True,
     )
-    server = HttpServer(Endpoints(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy))
+    server = HttpServer(Endpoints(exposition=cache.body, current=refresher.current, healthy=lambda: refresher.healthy,
+                                  after_scrape=cache.refresh_process))  # fmt: skip
     context = tls_context(options.tls_cert_file, options.tls_key_file)
     try:
         await server.start(options.host, options.port, ssl_context=context)

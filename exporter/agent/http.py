@@ -10,6 +10,7 @@ a connection idle past its keep-alive, or slow to send its request, is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import logging
 import ssl
@@ -53,6 +54,7 @@ class Answer:
     body: bytes
     content_type: str = TEXT
     extra: tuple[tuple[str, str], ...] = ()
+    then: Callable[[], None] | None = None  # run once the answer is sent (never delays it)
 
 
 class Endpoints:
@@ -64,8 +66,10 @@ class Endpoints:
         exposition: Callable[[], bytes],
         current: Callable[[], Snapshot | None],
         healthy: Callable[[], bool],
+        after_scrape: Callable[[], None] | None = None,
     ) -> None:
         self._exposition, self._current, self._healthy = exposition, current, healthy
+        self._after_scrape = after_scrape
         self._routes: dict[str, Callable[[], Answer]] = {
             "/": self.index,
             "/metrics": self.metrics,
@@ -85,7 +89,7 @@ class Endpoints:
         return route()
 
     def metrics(self) -> Answer:
-        return Answer(200, self._exposition(), CONTENT_TYPE_LATEST)
+        return Answer(200, self._exposition(), CONTENT_TYPE_LATEST, then=self._after_scrape)
 
     def healthz(self) -> Answer:
         return Answer(200, b"ok\n") if self._healthy() else Answer(503, b"refresher stalled\n")
@@ -161,7 +165,9 @@ class Connection:
             if request is None:
                 return
             answer = self._answer(request)
-            await self._send(request, answer)
+            await self._send(answer, head=request.method == b"HEAD", close=answer.status in (405, 413))
+            if answer.then is not None:
+                answer.then()
             if not self._request_read() or self.h11.our_state is not h11.DONE:
                 return  # a request body not read (a refused upload), or a close asked for: close
             self.h11.start_next_cycle()
@@ -219,38 +225,26 @@ class Connection:
             log.exception("%s %s failed", method, target)
             return Answer(500, b"internal error\n")
 
-    async def _send(self, request: h11.Request, answer: Answer) -> None:
+    async def _send(self, answer: Answer, *, head: bool = False, close: bool = False) -> None:
+        """The answer framed by h11; `close` (a request body left unread, a request refused) ends the
+        connection after it."""
         headers = [
             ("Content-Type", answer.content_type),
             ("Content-Length", str(len(answer.body))),
             ("Server", SERVER),
             *answer.extra,
+            *((("Connection", "close"),) if close else ()),
         ]
-        if answer.status in (405, 413):
-            headers.append(("Connection", "close"))  # the request's body, if any, is not read
         data = self.h11.send(h11.Response(status_code=answer.status, headers=headers)) or b""
-        if request.method != b"HEAD" and answer.body:
+        if not head and answer.body:
             data += self.h11.send(h11.Data(data=answer.body)) or b""
         data += self.h11.send(h11.EndOfMessage()) or b""
         self.writer.write(data)
         await self.writer.drain()
 
     async def _refuse(self, status: int, text: str) -> None:
+        """A request that cannot be served (not HTTP, headers too large), answered where the state allows."""
         if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
-        body = text.encode()
-        try:
-            data = (
-                self.h11.send(
-                    h11.Response(
-                        status_code=status,
-                        headers=[("Content-Type", TEXT), ("Content-Length", str(len(body))), ("Connection", "close")],
-                    )
-                )
-                or b""
-            )
-            data += (self.h11.send(h11.Data(data=body)) or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
-        except h11.LocalProtocolError:
-            return
-        self.writer.write(data)
-        await self.writer.drain()
+        with contextlib.suppress(h11.LocalProtocolError):
+            await self._send(Answer(status, text.encode()), close=True)

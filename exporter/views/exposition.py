@@ -34,8 +34,8 @@ class CachedExposition:
         self._seen: object = object()
         self._body = b""
         # The process's own CPU, memory and file descriptors (`process_*`, as every exporter has them), read
-        # from /proc/self by a scrape at most once every PROCESS_SECONDS: no timer wakes an idle agent for
-        # them, and scrapes in between are served the same text.
+        # from /proc/self at start and then after a scrape has been answered, at most once every
+        # PROCESS_SECONDS (`refresh_process`): a scrape itself reads nothing, and no timer wakes an idle agent.
         self._process: CollectorRegistry | None = None
         self._process_body = b""
         self._process_at = float("-inf")
@@ -43,16 +43,20 @@ class CachedExposition:
         if process:
             self._process = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process)
+            self.refresh_process()
 
     def body(self) -> bytes:
         version = self._version()
         if version != self._seen:
             self._body = generate_latest(self._registry)
             self._seen = version
+        return self._body + self._process_body
+
+    def refresh_process(self) -> None:
+        """`process_*` read again where the last reading is PROCESS_SECONDS old (the next scrape serves it)."""
         if self._process is not None and self._clock() - self._process_at >= PROCESS_SECONDS:
             self._process_body = generate_latest(self._process)
             self._process_at = self._clock()
-        return self._body + self._process_body
 
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:

@@ -212,8 +212,8 @@ def test_a_device_plugins_directory_created_after_start_is_watched(static_machin
 
 
 def test_process_metrics_are_served_fresh_beside_the_cached_exposition(static_machine: HostTree) -> None:
-    """`process_*` as every exporter has them, read by a scrape at most every 5 s (no timer wakes an idle agent for
-    them): they move while the snapshot does not."""
+    """`process_*` as every exporter has them, read after a scrape is answered, at most every 5 s (no timer wakes an
+    idle agent for them, and no scrape waits for /proc): they move while the snapshot does not."""
     with Daemon(static_machine.paths, extra=["--no-nvml", "--no-nrt", "--resync-interval", "3600"]) as daemon:
         wait_for(lambda: daemon.get("/readyz")[0] == 200, what="readiness")
         first = daemon.sample("process_cpu_seconds_total")
