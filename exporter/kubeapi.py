@@ -195,44 +195,35 @@ def _from_configuration(configuration: Any) -> Endpoint:
 
 def client_from(kubeconfig: Path | None) -> Endpoint | None:
     """The endpoint of a kubeconfig, or of the in-cluster service account; None when neither exists."""
-    if kubeconfig is None:
-        return in_cluster()
-    kubernetes = _import_config()
-    configuration = kubernetes.client.Configuration()
-    try:
-        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    except kubernetes.config.ConfigException as exc:
-        raise ConfigError(f"cannot use kubeconfig {kubeconfig}: {exc}") from None
-    except UNUSABLE as exc:
-        raise _unusable(kubeconfig, exc) from None
-    return _from_configuration(configuration)
+    return in_cluster() if kubeconfig is None else _from_kubeconfig(str(kubeconfig), context=None)
 
 
 def user_client(kubeconfig: Path | None, context: str | None) -> Endpoint:
     """An endpoint the way kubectl finds one: `--kubeconfig`, else `$KUBECONFIG` (a list of files, merged),
     else ~/.kube/config, else the in-cluster service account; `--context` picks a context of the file."""
     default = os.environ.get("KUBECONFIG") or "~/.kube/config"  # the loader splits and merges a list itself
-    have_file = kubeconfig is not None or any(Path(p).expanduser().exists() for p in default.split(":") if p)
-    if not have_file:
-        if context is not None:
-            raise ConfigError(f"--context {context}: no kubeconfig found ($KUBECONFIG, ~/.kube/config)")
-        endpoint = in_cluster()
-        if endpoint is None:
-            raise ConfigError(f"no usable kubeconfig ({default}) and not in a cluster")
-        return endpoint
+    if kubeconfig is not None:
+        return _from_kubeconfig(str(kubeconfig), context=context)
+    if any(Path(p).expanduser().exists() for p in default.split(":") if p):
+        return _from_kubeconfig(default, context=context)
+    if context is not None:
+        raise ConfigError(f"--context {context}: no kubeconfig found ($KUBECONFIG, ~/.kube/config)")
+    endpoint = in_cluster()
+    if endpoint is None:
+        raise ConfigError(f"no usable kubeconfig ({default}) and not in a cluster")
+    return endpoint
+
+
+def _from_kubeconfig(config_file: str, *, context: str | None) -> Endpoint:
+    """A kubeconfig (or a `:`-separated list, merged), read by the kubernetes package's loader."""
     kubernetes = _import_config()
     configuration = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_kube_config(
-            config_file=str(kubeconfig) if kubeconfig is not None else default,
-            context=context,
-            client_configuration=configuration,
-        )
+        kubernetes.config.load_kube_config(config_file=config_file, context=context, client_configuration=configuration)
     except kubernetes.config.ConfigException as exc:
-        where = kubeconfig or default
-        raise ConfigError(f"no usable kubeconfig ({where}) and not in a cluster: {exc}") from None
+        raise ConfigError(f"cannot use kubeconfig {config_file}: {exc}") from None
     except UNUSABLE as exc:
-        raise _unusable(kubeconfig or default, exc) from None
+        raise _unusable(config_file, exc) from None
     return _from_configuration(configuration)
 
 
