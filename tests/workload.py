@@ -241,9 +241,9 @@ def time_of_day() -> float:
     return _seconds(now.strftime("%H:%M:%S.%f"), now.date())
 
 
-def _klog_day(header: str) -> date:
+def _klog_day(header: str, today: date | None = None) -> date:
     """klog's `Lmmdd` says month and day, not the year: the latest such day not after tomorrow."""
-    today = date.today()
+    today = today or date.today()
     month, day = int(header[1:3]), int(header[3:5])
     for year in (today.year + 1, today.year, today.year - 1):
         try:

@@ -3,6 +3,8 @@ the scheduler, the kubelet and the agent write (taken from a real run, names sho
 
 from __future__ import annotations
 
+from datetime import date
+
 from tests.workload import _klog_day, _klog_time, _seconds, flushed_before_bound, scheduler_race, timeline
 
 NS = "real-x"
@@ -78,12 +80,11 @@ def test_admission_times_can_come_from_a_played_kubelet() -> None:
 
 
 def test_times_on_either_side_of_midnight_keep_their_order() -> None:
-    before = "I1231 23:59:59.900000   1 store.go:1] \"x\""
-    after = "I0101 00:00:00.100000   1 store.go:1] \"x\""
-    first, second = _klog_time(before), _klog_time(after)
-    assert first is not None
-    assert second is not None
-    assert 0 < second - first < 1, (first, second)
+    new_year = date(2027, 1, 1)
+    before, after = _klog_day("I1231", today=new_year), _klog_day("I0101", today=new_year)
+    assert (before, after) == (date(2026, 12, 31), new_year), "klog names no year: the latest day not after tomorrow"
+    assert 0 < _seconds("00:00:00.100000", after) - _seconds("23:59:59.900000", before) < 1
+    assert _klog_time("I0101 00:00:00.100000   1 store.go:1] x") is not None
 
 
 def agent_naming(*pods: str) -> str:
