@@ -264,6 +264,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="do not read the kubelet's podresources API (state files only)",
     )
     group.add_argument(
+        "--no-state-files",
+        dest="state_files",
+        action="store_false",
+        help="do not read the kubelet's state files: account from its podresources API alone, so that only "
+        '<path.kubelet>/pod-resources needs mounting (what this loses: docs/product.md, "Podresources only")',
+    )
+    group.add_argument(
         "--path.cgroup", dest="cgroup", type=Path, default=DEFAULT_CGROUP, help="cgroup mount (observed placement)"
     )
     group.add_argument(
@@ -312,7 +319,10 @@ def _host_path_map(text: str) -> tuple[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "podresources", True) and not getattr(args, "state_files", True):
+        parser.error("--no-podresources and --no-state-files leave nothing that says what the kubelet holds")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # --log-level is the exporter's own: the libraries under it (HTTP/2 and HPACK framing of every podresources
     # call, urllib3's connection pool) would log each frame and header at debug, slowing every refresh.
@@ -343,7 +353,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def builder(args: argparse.Namespace) -> SnapshotBuilder:
     profiles = load_profiles(args.profiles) if args.profiles is not None else None
-    return SnapshotBuilder(host_paths(args), profiles=profiles, use_nvml=args.nvml, use_podresources=args.podresources)
+    return SnapshotBuilder(
+        host_paths(args),
+        profiles=profiles,
+        use_nvml=args.nvml,
+        use_podresources=args.podresources,
+        use_state_files=args.state_files,
+    )
 
 
 def _snapshot(args: argparse.Namespace) -> int:

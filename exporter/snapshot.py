@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from exporter.errors import SourceContradicted, SourceError, SourceMissing
 from exporter.hardware.discovery import discover
+from exporter.kubelet import podresources_state
 from exporter.kubelet.accounting import (
     KubeletState,
     ReservedCpus,
@@ -78,6 +79,7 @@ UNVERIFIED_DRA = (
     "cannot be reproduced"
 )
 RESOURCE_SLICES = "resource_slices"
+NOT_READ = "not read (--no-state-files): accounted from the podresources API alone"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -226,8 +228,12 @@ class SnapshotBuilder:
         pods_reader: Callable[[], tuple[PodRef, ...]] | None = None,
         dra_reader: Callable[[], DraApiReading] | None = None,
         use_podresources: bool = True,
+        use_state_files: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`use_state_files` False: the podresources-only mode (podresources_state.py); needs `use_podresources`."""
+        if not (use_podresources or use_state_files):
+            raise ValueError("neither the state files nor the podresources API: nothing says what the kubelet holds")
         self.paths = paths
         self.profiles = profiles
         self._use_nvml = use_nvml
@@ -241,6 +247,7 @@ class SnapshotBuilder:
         self._slice_memory: dict[DraDeviceRef, SliceDevice] = {}
         self._clock = clock
         self._use_podresources = use_podresources
+        self._use_state_files = use_state_files
         self._podresources_client: Any = None
         self._effective_config = EffectiveConfigReader(paths)
         self._last: dict[str, Any] = {}
@@ -274,42 +281,24 @@ class SnapshotBuilder:
             note=lambda read: read.flags_unchecked or None,
         )
         config = config or KubeletConfig()
-        state = KubeletState(
-            config=config,
-            cpu=self._read(
-                "cpu_manager_state",
-                lambda: cpu_manager.read_cpu_manager_state(self.paths),
-                needed=config.cpu_manager_policy == "static",
-            ),
-            memory=self._read(
-                "memory_manager_state",
-                lambda: memory_manager.read_memory_manager_state(self.paths),
-                needed=config.memory_manager_policy == "Static",
-            ),
-            devices=self._read(
-                "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
-            ),
+        state = self._state_files(config) if self._use_state_files else KubeletState(config=config)
+        state = dataclasses.replace(
+            state,
             pods=self._read("pods", self.pods_reader, needed=False),
-            dra=self._read(
-                dra_state.SOURCE,
-                lambda: dra_state.read_dra_manager_state(self.paths),
-                needed=False,
-                note=lambda checkpoint: None if checkpoint.checksum_verified else UNVERIFIED_DRA,
-            ),
-            dra_health=self._read(
-                dra_state.HEALTH_SOURCE, lambda: dra_state.read_dra_health_state(self.paths), needed=False
-            ),
             dra_api=self._read(RESOURCE_SLICES, self._read_dra_api, needed=False) if self.dra_reader else None,
-            podresources=self._read(PODRESOURCES, self._read_podresources, needed=False)
+            podresources=self._read(PODRESOURCES, self._read_podresources, needed=not self._use_state_files)
             if self._use_podresources
             else None,
         )
         if self._use_podresources and not self._statuses[PODRESOURCES].up:
             state = dataclasses.replace(state, podresources_current=False)
+        if not self._use_state_files:
+            state = self._from_podresources(topology, state)
         state = dataclasses.replace(
             state,
             gone_pods=self._gone_pods & entry_pods(state),
-            unreadable=frozenset(
+            unreadable=state.unreadable
+            | frozenset(
                 name
                 for name, status in self._statuses.items()
                 if not status.up and status.available and status.reason == "permission" and self._last.get(name) is None
@@ -342,9 +331,61 @@ class SnapshotBuilder:
             duration_seconds=time.perf_counter() - started,
         )
 
+    def _state_files(self, config: KubeletConfig) -> KubeletState:
+        """The kubelet's state files, each its last good reading."""
+        return KubeletState(
+            config=config,
+            cpu=self._read(
+                "cpu_manager_state",
+                lambda: cpu_manager.read_cpu_manager_state(self.paths),
+                needed=config.cpu_manager_policy == "static",
+            ),
+            memory=self._read(
+                "memory_manager_state",
+                lambda: memory_manager.read_memory_manager_state(self.paths),
+                needed=config.memory_manager_policy == "Static",
+            ),
+            devices=self._read(
+                "device_checkpoint", lambda: device_checkpoint.read_device_checkpoint(self.paths), needed=False
+            ),
+            dra=self._read(
+                dra_state.SOURCE,
+                lambda: dra_state.read_dra_manager_state(self.paths),
+                needed=False,
+                note=lambda checkpoint: None if checkpoint.checksum_verified else UNVERIFIED_DRA,
+            ),
+            dra_health=self._read(
+                dra_state.HEALTH_SOURCE, lambda: dra_state.read_dra_health_state(self.paths), needed=False
+            ),
+        )
+
+    def _from_podresources(self, topology: Topology, state: KubeletState) -> KubeletState:
+        """The podresources-only mode: the state files are not read (each source says so), their records are
+        built from the podresources reading (podresources_state.py). With no reading yet, what the static
+        policies hold is unknown: nothing depending on it is published as a number."""
+        for source in KUBELET_SOURCES[1:]:
+            self._set(source, SourceStatus(source=source, up=False, available=False, reason="not read",
+                                           message=NOT_READ))  # fmt: skip
+        reading, config = state.podresources, state.config
+        if reading is None:
+            return dataclasses.replace(state, unreadable=frozenset({"cpu_manager_state", "memory_manager_state"}))
+        pods = state.pods or ()
+        return dataclasses.replace(
+            state,
+            cpu=podresources_state.cpu_state(reading, topology, config, pods=pods)
+            if config.cpu_manager_policy == "static"
+            else None,
+            memory=podresources_state.memory_state(reading, topology, config, pods=pods)
+            if config.memory_manager_policy.casefold() == "static"
+            else None,
+            devices=podresources_state.device_checkpoint(reading, pods=pods),
+        )
+
     def _kubelet_node(self) -> bool:
         """A kubelet runs here (its state files are there): its configuration is then needed, and not finding it
         is an error, where on a machine without a kubelet it is an absent source."""
+        if not self._use_state_files:
+            return present(self.paths.podresources_socket)
         return any(
             present(path)
             for path in (self.paths.cpu_manager_state, self.paths.memory_manager_state, self.paths.device_checkpoint)
@@ -463,4 +504,3 @@ class SnapshotBuilder:
             else:
                 log.info("%s: not present (%s)", source, status.message)
         self._statuses[source] = status
-
