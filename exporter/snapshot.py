@@ -184,7 +184,8 @@ def config_contradiction(state: KubeletState) -> str | None:
     config, where = state.config, " + ".join(state.config.origin) or "the configuration read"
     if state.cpu is not None and state.cpu.policy_name and state.cpu.policy_name != config.cpu_manager_policy:
         return (
-            f"cpu_manager_state is written by the {state.cpu.policy_name} policy but {where} says cpuManagerPolicy "
+            f"{_written(state.cpu.version, 'cpu_manager_state')} the {state.cpu.policy_name} policy but {where} says "
+            f"cpuManagerPolicy "
             f"{config.cpu_manager_policy}: not the configuration the kubelet runs with; {kubelet_config.WHERE}"
         )
     memory = state.memory
@@ -194,10 +195,15 @@ def config_contradiction(state: KubeletState) -> str | None:
         and memory.policy_name.casefold() != config.memory_manager_policy.casefold()
     ):
         return (
-            f"memory_manager_state is written by the {memory.policy_name} policy but {where} says memoryManagerPolicy "
-            f"{config.memory_manager_policy}: not the configuration the kubelet runs with; {kubelet_config.WHERE}"
+            f"{_written(memory.version, 'memory_manager_state')} the {memory.policy_name} policy but {where} says "
+            f"memoryManagerPolicy {config.memory_manager_policy}: not the configuration the kubelet runs with; "
+            f"{kubelet_config.WHERE}"
         )
     return None
+
+
+def _written(version: str, file: str) -> str:
+    return "the podresources API shows" if version == podresources_state.VERSION else f"{file} is written by"
 
 
 def api_synced(pods: tuple[PodRef, ...] | None) -> bool:
@@ -372,12 +378,8 @@ class SnapshotBuilder:
         pods = state.pods or ()
         return dataclasses.replace(
             state,
-            cpu=podresources_state.cpu_state(reading, topology, config, pods=pods)
-            if config.cpu_manager_policy == "static"
-            else None,
-            memory=podresources_state.memory_state(reading, topology, config, pods=pods)
-            if config.memory_manager_policy.casefold() == "static"
-            else None,
+            cpu=podresources_state.cpu_state(reading, topology, config, pods=pods),
+            memory=podresources_state.memory_state(reading, topology, config, pods=pods),
             devices=podresources_state.device_checkpoint(reading, pods=pods),
         )
 

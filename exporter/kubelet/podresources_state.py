@@ -21,6 +21,10 @@ kubelet's own file would hold it where the API says enough (docs/product.md, "Po
   the devices the kubelet may hand out, which stand in for the registered ones (lost: a registered device
   whose plugin withdrew it is not listed, where the checkpoint keeps it).
 
+Each record names the policy the API shows, as a state file names the policy that wrote it: only the static
+CPU policy lists allocatable CPUs, only the Static memory policy allocatable memory. So a configuration read
+that is not the one the kubelet runs with is caught here as with the files (snapshot.py config_contradiction).
+
 Pods are named by UID where the API watch knows them, else `<namespace>/<name>` (crosscheck.py's key for a
 pod it cannot identify).
 """
@@ -73,7 +77,7 @@ def cpu_state(
     default = every - assigned - (reserved if config.strict_cpu_reservation else frozenset())
     return CpuManagerState(
         version=VERSION,
-        policy_name=config.cpu_manager_policy,
+        policy_name="static" if reading.allocatable_cpus else "none",
         default_cpuset=frozenset(default),
         entries=entries,
         pod_entries={},
@@ -130,7 +134,7 @@ def memory_state(
             memory_map=tables,
             cells=tuple(sorted(cells[numa_node])),
         )
-    policy = config.memory_manager_policy
+    policy = "Static" if reading.allocatable_memory else "None"
     return MemoryManagerState(
         version=VERSION, policy_name=policy, machine_state=machine, entries=entries, pod_entries={}
     )

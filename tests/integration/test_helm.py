@@ -112,7 +112,8 @@ def _assert_least_privilege(pod: dict[str, Any]) -> None:
     assert not pod.get("hostIPC")
     host_volumes = {v["name"] for v in pod["volumes"] if "hostPath" in v}
     optional = {"pod-resources", "cgroup", "container-logs", "kubelet-config", "kubelet-config-d"}
-    assert host_volumes - optional == {"sys", "proc", "kubelet", "pod-logs"}
+    assert host_volumes - optional - {"kubelet"} == {"sys", "proc", "pod-logs"}
+    assert ("kubelet" in host_volumes) != ("--no-state-files" in container["args"]), "podresources.only: no kubelet"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert all(mounts[name]["readOnly"] is True for name in host_volumes), "every hostPath read-only"
     assert all(mounts[name]["mountPath"].startswith("/host/") for name in host_volumes)
@@ -220,6 +221,34 @@ def test_the_podresources_socket_is_reached_read_only_and_can_be_turned_off() ->
     }  # fmt: skip
     off, _ = container_of({"podresources": {"enabled": False}})
     assert "--no-podresources" in off["args"]
+
+
+@pytest.mark.parametrize("distribution", ["kubeadm", "gke"])
+def test_podresources_only_mounts_no_kubelet_directory(distribution: str) -> None:
+    """podresources.only: of the kubelet's directory only pod-resources/ is mounted, read-only, and kubeadm's
+    config file on its own (a File mount), never the directory holding pki/ and the pods' volumes."""
+    values = {**SCENARIOS["podresources-only-values"], "exporter": {"kubeletConfig": {"distribution": distribution}}}
+    pod = daemonset(values)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    parsed = build_parser().parse_args(container["args"])
+    assert parsed.state_files is False
+    assert parsed.podresources
+    assert str(parsed.podresources_socket) == "/host/pod-resources/kubelet.sock"
+    paths = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+    assert "/var/lib/kubelet" not in paths
+    under_kubelet = {path: kind for path, kind in paths.items() if path.startswith("/var/lib/kubelet")}
+    if distribution == "kubeadm":
+        assert under_kubelet == {"/var/lib/kubelet/pod-resources": "Directory", "/var/lib/kubelet/config.yaml": "File"}
+        assert str(parsed.kubelet_config) == "/host/kubelet-config/config.yaml"
+        assert ("/var/lib/kubelet", Path("/host/kubelet-config")) in parsed.host_path_map
+    else:
+        assert under_kubelet == {"/var/lib/kubelet/pod-resources": "Directory"}
+        assert paths["/home/kubernetes"] == "Directory"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert all(m["readOnly"] for m in mounts.values())
+    assert "/host/var/lib/kubelet" not in mounts
+    with pytest.raises(Exception, match=r"podresources\.only needs podresources\.enabled"):
+        daemonset({"podresources": {"only": True, "enabled": False}})
 
 
 def test_dra_reads_are_granted_only_when_dra_is_on() -> None:
