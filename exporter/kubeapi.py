@@ -14,11 +14,13 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import ssl
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ from exporter.model import PodRef
 from exporter.views.nrt import GROUP, PLURAL, VERSION
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 30.0
 TERMINAL_PHASES = ("Succeeded", "Failed")
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -265,6 +268,9 @@ class KubeApi:
         options: dict[str, Any] = {"ssl_context": context, "maxsize": 4, "retries": False}
         if not endpoint.verify:
             options.update(cert_reqs="CERT_NONE", assert_hostname=False)
+            # Said once here, not by urllib3 on every request (a warning per call, each watch and write).
+            log.warning("the API server's certificate is not verified (insecure-skip-tls-verify): %s", endpoint.server)
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         if endpoint.server_hostname:
             options["server_hostname"] = endpoint.server_hostname
         self._pool: urllib3.PoolManager = (

@@ -316,6 +316,11 @@ class SnapshotBuilder:
             # topologyManagerPolicy in the NRT object), the source is down and says why.
             self._fail("kubelet_config", SourceContradicted("kubelet_config", contradiction))
             state = dataclasses.replace(state, config=dataclasses.replace(config, known=False))
+        said = self._statuses.get("kubelet_config")
+        if said is not None and not said.up and said.available and not state.config.known:
+            # A kubelet runs here and its configuration is not known (unreadable, missing, contradicted): what it
+            # reserves is not known either, so no CPU or memory number that depends on it is published.
+            state = dataclasses.replace(state, unreadable=state.unreadable | {"kubelet_config"})
         accounting = account(topology, state, profiles=self.profiles)
         self._gone_pods = state.gone_pods | accounting.released_pods
         if accounting.crosscheck is not None:

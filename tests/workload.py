@@ -8,15 +8,18 @@ same workload under four scheduler arms). Nothing here plays the kubelet: the re
 from __future__ import annotations
 
 import ast
+import json
 import random
 import re
+import threading
 import time
+import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from tests.controlplane import ControlPlane, wait_until
+from tests.controlplane import NRT_PATH, ControlPlane, wait_until
 from tests.realnodes import GPU, RealNode, pending_that_fit
 
 REJECTIONS = ("TopologyAffinityError", "UnexpectedAdmissionError")
@@ -235,12 +238,6 @@ def _seconds(stamp: str, day: date | None = None) -> float:
     return days * 86400 + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
-def time_of_day() -> float:
-    """Now, on the scale the klog and agent log times are compared in."""
-    now = datetime.now()
-    return _seconds(now.strftime("%H:%M:%S.%f"), now.date())
-
-
 def _klog_day(header: str, today: date | None = None) -> date:
     """klog's `Lmmdd` says month and day, not the year: the latest such day not after tomorrow."""
     today = today or date.today()
@@ -268,6 +265,129 @@ def _agent_time(line: str, stamp: str) -> float:
         return _seconds(stamp, date.fromisoformat(line.split(" ", 1)[0]))
     except ValueError:
         return _seconds(stamp)
+
+
+def time_of_day() -> float:
+    """Now, on the scale the klog and agent log times are compared in."""
+    now = datetime.now()
+    return _seconds(now.strftime("%H:%M:%S.%f"), now.date())
+
+
+FINGERPRINT_ANNOTATION = "topology.node.k8s.io/fingerprint"
+# The longest the agent may take from a bind to the write that names the bound pod (its pod watch, one refresh,
+# one write) for a rejection that follows to be the scheduler's race: 0.12-0.16 s seen on the 2-core CI machine
+# (the write alone ~0.1 s), `reaction` below holds the median of every bind to less.
+REACTION_BOUND_SECONDS = 0.3
+
+
+class NrtChanges:
+    """Every change of the NodeResourceTopology objects' pod fingerprint as the test's own watch sees it, with
+    the time it arrived: the evidence of when an object named a pod, independent of the agent's account."""
+
+    def __init__(self, kube: ControlPlane) -> None:
+        self._kube = kube
+        self.changes: dict[str, list[tuple[float, str]]] = {}
+        self._stop = threading.Event()
+        listing = kube.ok("GET", NRT_PATH)
+        for item in listing.get("items") or []:
+            self._note(item)
+        self._thread = threading.Thread(
+            target=self._watch, args=(listing["metadata"]["resourceVersion"],), name="nrt-changes", daemon=True
+        )
+        self._thread.start()
+
+    def _note(self, obj: Mapping[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        value = (obj["metadata"].get("annotations") or {}).get(FINGERPRINT_ANNOTATION, "")
+        seen = self.changes.setdefault(name, [])
+        if not seen or seen[-1][1] != value:
+            seen.append((time_of_day(), value))
+
+    def _watch(self, version: str) -> None:
+        while not self._stop.is_set():
+            request = urllib.request.Request(
+                f"{self._kube.url}{NRT_PATH}?watch=1&resourceVersion={version}&timeoutSeconds=5"
+            )
+            request.add_header("Authorization", f"Bearer {self._kube.tokens['admin']}")
+            try:
+                with urllib.request.urlopen(request, context=self._kube._context, timeout=15) as response:
+                    for line in response:
+                        event = json.loads(line)
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._note(event["object"])
+                            version = event["object"]["metadata"]["resourceVersion"]
+            except (OSError, ValueError) as exc:
+                if not self._stop.is_set():
+                    raise AssertionError(f"the test's NRT watch failed: {exc}") from exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=20)
+
+    def at(self, node: str, t: float) -> str | None:
+        """The fingerprint the object of `node` carried at `t`."""
+        return next((value for when, value in reversed(self.changes.get(node, [])) if when <= t), None)
+
+    def next_change(self, node: str, t: float) -> float | None:
+        """When the object of `node` first carried another fingerprint than at `t`."""
+        before = self.at(node, t)
+        return next((when for when, value in self.changes.get(node, []) if when > t and value != before), None)
+
+    def reaction(self, namespace: str, scheduler_log: list[str]) -> list[float]:
+        """Seconds from each bind of a pod of `namespace` (the scheduler's log) to its node's object changing."""
+        found = []
+        for line in scheduler_log:
+            m = re.search(rf'"Successfully bound pod to node" pod="{re.escape(namespace)}/[^"]+" node="([^"]+)"', line)
+            if m and (bound := _klog_time(line)) is not None and (changed := self.next_change(m.group(1), bound)):
+                found.append(changed - bound)
+        return found
+
+
+def race_seen(
+    namespace: str, pod: str, node: str, *, scheduler_log: list[str], changes: NrtChanges,
+    bound: float = REACTION_BOUND_SECONDS,
+) -> str | None:  # fmt: skip
+    """The scheduler cache's race, shown by the scheduler's log and the test's own watch of the objects, never
+    by the agent's account: before `pod` was reserved on `node`, the cache flushed `node` on a fingerprint check
+    that ran after another pod Q's reservation there, and either before Q's bind (no object can name a pod not
+    bound) or after it, from the object as it was at the bind (the check's expected fingerprint is the one the
+    watch saw then), which changed within `bound` of the bind, after the check, and no flush of `node` came
+    between that change and `pod`'s reservation. None where that is not shown: then the rejection is a failure."""
+
+    def when(what: str, who: str) -> float | None:
+        line = next((line for line in scheduler_log if what in line and f'pod="{namespace}/{who}"' in line
+                     and f'node="{node}"' in line), None)  # fmt: skip
+        return _klog_time(line) if line is not None else None
+
+    reserved_at = when('"post reserve"', pod)
+    if reserved_at is None:
+        return None
+    checks = [(t, m.group(2)) for line in scheduler_log if (m := FLUSH.search(line)) and m.group(1) == node
+              and m.group(2) == m.group(3) and (t := _klog_time(line)) is not None and t <= reserved_at]  # fmt: skip
+    ns = re.escape(namespace)
+    for line in scheduler_log:
+        found = re.search(rf'"post reserve".* pod="{ns}/([^"]+)".* node="{re.escape(node)}"', line)
+        if found is None or found.group(1) == pod or (q_reserved := _klog_time(line)) is None:
+            continue
+        other = found.group(1)
+        q_bound = when('"Successfully bound pod to node"', other)
+        if q_bound is None:
+            continue
+        for checked, expected in checks:
+            if not q_reserved < checked:
+                continue
+            if checked < q_bound:
+                return (f"the scheduler flushed {node} at {_clock(checked)}, after {other}'s reservation "
+                        f"({_clock(q_reserved)}) and before its bind ({_clock(q_bound)}): no object names a pod "
+                        "before it is bound")  # fmt: skip
+            changed = changes.next_change(node, q_bound)
+            later = [t for t, _ in checks if changed is not None and changed < t]
+            if (changes.at(node, q_bound) == expected and changed is not None and checked < changed
+                    and changed - q_bound <= bound and not later):  # fmt: skip
+                return (f"the scheduler flushed {node} at {_clock(checked)}, {(checked - q_bound) * 1000:.0f} ms "
+                        f"after {other}'s bind ({_clock(q_bound)}), from the object as it was at the bind; the "
+                        f"test's watch saw it change {(changed - q_bound) * 1000:.0f} ms after the bind")  # fmt: skip
+    return None
 
 
 FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]+)" computed="([^"]+)"')

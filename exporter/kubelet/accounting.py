@@ -78,6 +78,9 @@ class ResourceAccount:
     allocatable: int
     available: int | None
     stranded: int = 0
+    # False where allocatable depends on a kubelet configuration that could not be read (its reserved CPUs and
+    # memory): the number is then not published.
+    allocatable_known: bool = True
 
     @property
     def unit(self) -> str:
@@ -187,12 +190,15 @@ def resource_accounts(
     memory_static = state.memory_policy.casefold() == "static"
     reserved_memory = state.config.reserved_memory
     numa_cpus = (cpus or CpuTopology.from_topology(topology)).numa_node_cpus()
+    # The kubelet's configuration is unknown: what it reserves, so every CPU and memory number but those its
+    # memory manager's own table gives.
+    config_unknown = "kubelet_config" in state.unreadable
     for numa in topology.numa_nodes:
         n = numa.numa_node
         node_cpus = numa_cpus.get(n, frozenset())
         capacity = len(node_cpus)
         allocatable = len(node_cpus - reserved)
-        if state.cpu is None and state.unknown("cpu_manager_state"):
+        if config_unknown or (state.cpu is None and state.unknown("cpu_manager_state")):
             available: int | None = None
         elif not cpu_static:
             available = len(node_cpus - reserved - dra.exclusive_cpus)
@@ -200,7 +206,7 @@ def resource_accounts(
             available = None
         else:
             available = len((state.cpu.default_cpuset & node_cpus) - reserved - dra.exclusive_cpus)
-        accounts.append(_bounded(n, "cpu", capacity, allocatable, available))
+        accounts.append(_bounded(n, "cpu", capacity, allocatable, available, allocatable_known=not config_unknown))
 
         tables: Mapping[str, MemoryTable] = {}
         grouped = False
@@ -219,6 +225,7 @@ def resource_accounts(
                 static=memory_static or (state.memory is None and state.unknown("memory_manager_state")),
                 state_read=state.memory is not None,
                 grouped=grouped,
+                config_unknown=config_unknown,
             )
         )
         for pool in numa.hugepages:
@@ -234,6 +241,7 @@ def resource_accounts(
                     static=memory_static or (state.memory is None and state.unknown("memory_manager_state")),
                     state_read=state.memory is not None,
                     grouped=grouped,
+                    config_unknown=config_unknown,
                 )
             )
     accounts.extend(device_accounts(state.devices, placement=placement, allocatable=allocatable_devices))
@@ -253,22 +261,33 @@ def _memory_account(
     static: bool,
     state_read: bool,
     grouped: bool,
+    config_unknown: bool = False,
 ) -> ResourceAccount:
+    """`config_unknown`: reservedMemory is not known, so neither is anything but the memory manager's own table."""
+    if table is not None and static:
+        return _bounded(numa, resource, capacity, table.allocatable_bytes, 0 if grouped else table.free_bytes)
+    if config_unknown:
+        return _bounded(numa, resource, capacity, unpinned_allocatable, None, allocatable_known=False)
     if not static:
         return _bounded(numa, resource, capacity, unpinned_allocatable, unpinned_allocatable)
-    if table is None:
-        # Static, but the state file has never been read or has no row for this NUMA node / size.
-        return _bounded(numa, resource, capacity, unpinned_allocatable, 0 if state_read else None)
-    return _bounded(numa, resource, capacity, table.allocatable_bytes, 0 if grouped else table.free_bytes)
+    # Static, but the state file has never been read or has no row for this NUMA node / size.
+    return _bounded(numa, resource, capacity, unpinned_allocatable, 0 if state_read else None)
 
 
-def _bounded(numa: int, resource: str, capacity: int, allocatable: int, available: int | None) -> ResourceAccount:
+def _bounded(
+    numa: int, resource: str, capacity: int, allocatable: int, available: int | None, *, allocatable_known: bool = True
+) -> ResourceAccount:
     """Clamp so that capacity >= allocatable >= available >= 0 holds whatever a file claims."""
     capacity = max(capacity, 0)
     allocatable = min(max(allocatable, 0), capacity)
     bounded = None if available is None else min(max(available, 0), allocatable)
     return ResourceAccount(
-        numa_node=numa, resource=resource, capacity=capacity, allocatable=allocatable, available=bounded
+        numa_node=numa,
+        resource=resource,
+        capacity=capacity,
+        allocatable=allocatable,
+        available=bounded,
+        allocatable_known=allocatable_known,
     )
 
 

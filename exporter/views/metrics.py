@@ -160,7 +160,8 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     for account in sorted(accounting.accounts, key=lambda a: (a.resource, a.numa_node)):
         labels = [str(account.numa_node), account.resource, account.unit]
         families["capacity"].add_metric(labels, account.capacity)
-        families["allocatable"].add_metric(labels, account.allocatable)
+        if account.allocatable_known:
+            families["allocatable"].add_metric(labels, account.allocatable)
         if account.available is not None:
             families["available"].add_metric(labels, account.available)
             families["stranded"].add_metric(labels, account.stranded)

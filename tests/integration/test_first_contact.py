@@ -58,9 +58,10 @@ def test_a_kubelet_directory_this_process_cannot_read(machine: HostTree, capless
     document = json.loads(run(capless, "snapshot", "--format", "json", *paths).stdout)
     cpu = [a for a in document["accounting"]["accounts"] if a["resource"] == "cpu"]
     assert cpu, "the CPUs are listed"
-    assert all(account["available"] is None for account in cpu), cpu
+    assert [(account["available"], account["allocatable"]) for account in cpu] == [(None, None)] * 2, cpu
     memory = [a for a in document["accounting"]["accounts"] if a["resource"] == "memory"]
-    assert all(account["available"] is None for account in memory), memory
+    assert [(account["available"], account["allocatable"]) for account in memory] == [(None, None)] * 2, memory
+    assert table.stdout.count("unknown") >= 8, "allocatable and available of CPUs and memory on both NUMA nodes"
     doctor = run(capless, "doctor", *paths)
     assert doctor.returncode == 1
     assert "Traceback" not in doctor.stderr

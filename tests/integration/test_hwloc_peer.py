@@ -343,3 +343,44 @@ def test_the_committed_golden_metrics_say_what_hwloc_says(hwloc_trees: dict[str,
                     if ("resource", "cpu") in labels]  # fmt: skip
     assert sum(cpu_capacity) == len(peer.machine_cpus), "every CPU counted once"
     assert checked == len(numa_ids) >= 1
+
+
+GOLDEN_NRT = Path(__file__).parents[1] / "golden" / "nrt"
+
+
+@pytest.mark.parametrize("name", HWLOC_NAMES)
+def test_the_committed_golden_nrt_objects_say_what_hwloc_says(hwloc_trees: dict[str, Path], name: str) -> None:
+    """The NRT golden files of test_nrt.py are the product's own output too: each zone held to hwloc's view of
+    the same tree (one zone per NUMA node, its CPUs, memory, hugepages and its row of the distance matrix as
+    costs). No kubelet runs on these trees: allocatable and available are capacity (memory's less hugepages)."""
+    import yaml
+
+    peer = run_lstopo(hwloc_trees[name], name)
+    obj = yaml.safe_load((GOLDEN_NRT / f"{name}.yaml").read_text())
+    zones = {int(zone["name"].removeprefix("node-")): zone for zone in obj["zones"]}
+    if name in BUGGY_NUMA:  # every node lists every CPU there: counted once, on the first
+        assert sum(r["capacity"] for z in zones.values() for r in z["resources"] if r["name"] == "cpu") == len(
+            peer.machine_cpus
+        )
+        return
+    assert sorted(zones) == sorted(peer.numa_nodes)
+    for numa, zone in zones.items():
+        theirs = peer.numa_nodes[numa]
+        resources = {r["name"]: r for r in zone["resources"]}
+        assert resources["memory"]["capacity"] == theirs.memory_bytes, f"memory of zone {numa}"
+        # A CPU-less memory node: hwloc gives it its initiators' CPUs (DIVERGENCES.md); counted once below.
+        assert resources["cpu"]["capacity"] in (0, len(theirs.cpus)), f"CPUs of zone {numa}"
+        for size, pages in theirs.hugepages.items():
+            label = f"{size >> 30}Gi" if size >= 1 << 30 else f"{size >> 20}Mi"
+            assert resources[f"hugepages-{label}"]["capacity"] == size * pages, f"{label} of zone {numa}"
+        hugepages = sum(size * pages for size, pages in theirs.hugepages.items())
+        for resource in resources.values():
+            # memory less the hugepages carved out of it (the kubelet's node allocatable rule, per NUMA node)
+            allocatable = resource["capacity"] - (hugepages if resource["name"] == "memory" else 0)
+            assert allocatable == resource["allocatable"] == resource["available"], resource
+        costs = {int(cost["name"].removeprefix("node-")): cost["value"] for cost in zone["costs"]}
+        assert {(numa, other): value for other, value in costs.items()} == {
+            pair: value for pair, value in peer.distances.items() if pair[0] == numa
+        }, f"costs of zone {numa}"
+    cpus = sum(r["capacity"] for z in zones.values() for r in z["resources"] if r["name"] == "cpu")
+    assert cpus == len(peer.machine_cpus), "every CPU in one zone"

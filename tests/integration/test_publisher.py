@@ -380,3 +380,38 @@ def test_each_burst_of_writes_is_followed_by_one_requeue_update_after_the_schedu
     assert obj is not None
     assert "numa-topology-exporter.io/requeue" in obj["metadata"]["annotations"]
     assert cpu_available(kube, node) == 16, "the content is the newest write's"
+
+
+def test_a_pod_bound_to_the_node_is_named_at_once_whatever_the_debounce(
+    static_machine: HostTree, kube: ControlPlane, node: str
+) -> None:
+    """Until the object names a pod bound here, the scheduler's cache may resync from it and drop that pod's
+    reservation (docs/product.md): the agent names it (`<name>#pending`, no kubelet admits it here) as soon as
+    its pod watch shows the bind, not after the debounce (1 s here). Timed by the test's own watch of the
+    object, from the moment the API server answered the pod's creation, bound."""
+    from exporter.fingerprint import fingerprint
+    from exporter.views.nrt import PENDING
+    from tests.workload import NrtChanges, time_of_day
+
+    kube.ensure_namespace("team-b")
+    extra = ["--kubeconfig", str(kube.kubeconfig(AGENT_USER)), "--node-name", node, "--debounce", "1", "--no-nvml"]
+    with Daemon(static_machine.paths, extra=extra):
+        wait_for(lambda: kube.nrt(node), what="the NRT object")
+        changes = NrtChanges(kube)
+        try:
+            named: list[tuple[str, str]] = []
+            latencies = []
+            for index in range(4):
+                name = f"bound-{index}-{node}"[:60]
+                before = changes.at(node, time_of_day())
+                kube.ok("POST", "/api/v1/namespaces/team-b/pods", guaranteed_pod(name, node, cpu="2"))
+                created = time_of_day()
+                named.append(("team-b", name + PENDING))
+                want = fingerprint(named)
+                wait_for(lambda w=want: changes.at(node, time_of_day()) == w, what=f"{name} named #pending")
+                arrived = next(t for t, value in changes.changes[node] if value == want)
+                assert changes.at(node, created) in (before, want)
+                latencies.append(arrived - created)
+        finally:
+            changes.stop()
+    assert max(latencies) < 0.5, f"seconds from a bind to the object naming the pod: {latencies}"

@@ -36,14 +36,15 @@ from tests.realnodes import (
     start_real_node,
 )
 from tests.workload import (
+    REACTION_BOUND_SECONDS,
     WRITTEN,
+    NrtChanges,
     Workload,
-    flushed_before_bound,
     log_size,
     pending_that_fit_after,
     pod_body,
+    race_seen,
     scheduler_log_since,
-    scheduler_race,
     timeline,
 )
 
@@ -186,14 +187,18 @@ def test_bursts_and_churn_on_real_kubelets_reject_nothing(
     log_start = log_size(kube)  # a restarted scheduler appends to the same log
     kube.start_scheduler(**SCHEDULERS[scheduler])
     work = Workload(kube, f"real-{scheduler}", scheduler="topo-aware-scheduler", seed=SEED)
+    changes = NrtChanges(kube)
     try:
-        judge(kube, real_cluster, work, scheduler, log_start)
+        judge(kube, real_cluster, work, scheduler, log_start=log_start, changes=changes)
     finally:
+        changes.stop()
         work.cleanup()
     agreement(kube, real_cluster)
 
 
-def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, scheduler: str, log_start: int) -> None:
+def judge(
+    kube: ControlPlane, real_cluster: RealCluster, work: Workload, scheduler: str, *, log_start: int, changes: NrtChanges
+) -> None:
     agreement(kube, real_cluster)
     for _ in range(STEPS):
         work.burst(BURST)
@@ -215,29 +220,37 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
           f"p50 {outcome.percentile(0.5):.2f} s p99 {outcome.percentile(0.99):.2f} s to Running; bind to admission "
           f"p50 {outcome.percentile(0.5, outcome.bind_to_admission):.2f} s "
           f"p99 {outcome.percentile(0.99, outcome.bind_to_admission):.2f} s")  # fmt: skip
-    # The verdict is 0 rejected after binding, but for the scheduler cache's own race. Shown from its log alone
-    # (tests/workload.py `flushed_before_bound`: a fingerprint check after another pod's reservation and before,
-    # or less than 50 ms after, its bind), or from the logs with the agent's (`scheduler_race`: the check came
-    # before the agent's write naming that pod; on this 2-core machine the agent's watch, refresh and write
-    # took 143-216 ms after a bind in the runs that caught it). Each is printed and counted apart; any other
-    # rejection fails with its timeline. That the agent names a bound pod before its admission at all (the
-    # race fix) is held by tests/integration/test_nrt.py, where no timing is involved.
+    # The verdict is 0 rejected after binding, but for the scheduler cache's own race, and that only where the
+    # scheduler's log and the test's own watch of the objects show it (tests/workload.py `race_seen`), never the
+    # agent's account: its cache flushed the node between another pod Q's reservation and its bind (no object
+    # can name a pod not bound), or from the object as it was at Q's bind, which then changed within 0.3 s, after
+    # the check (the agent saw the bind and wrote Q's `#pending` name, but the API write alone takes ~0.1 s on
+    # this machine). Why not 0 outright: the race is in the consumer (docs/product.md), no agent closes it, and
+    # it met 1 of 18 scheduler runs of this test on 2026-12-07 (`for i in 1 2 3 4 5 6; do .venv/bin/pytest -s
+    # tests/integration/test_real_nodes.py -k bursts; done`, 2160 pods; a check 96 ms after a bind, the object
+    # changed 125 ms after it). Each is printed and counted; any other rejection fails with its timeline. That
+    # the agent reacts to binds at all is held below from the same watch (the median bind-to-change), and that
+    # it names a bound pod before its admission by tests/integration/test_nrt.py, with no timing involved.
     lines, _ = scheduler_log_since(kube, log_start)
-    evidence, unexplained, races = [], [], []
-    rejected_names = [rejection.split(" ", 1)[0] for rejection in outcome.rejected]
+    reaction = sorted(changes.reaction(work.namespace, lines))
+    assert len(reaction) >= outcome.running, "every bind seen by the test's own watch"
+    quartile, median = reaction[len(reaction) // 4], reaction[len(reaction) // 2]
+    for name, value in (("first quartile", quartile), ("median", median), ("p90", reaction[len(reaction) * 9 // 10])):
+        COUNTS[f"{scheduler}: {name} ms from a bind to the object changing (test's watch)"] = round(value * 1000)
+    assert median <= REACTION_BOUND_SECONDS, f"the objects follow binds slowly: median {median:.3f} s"
+    races, unexplained, evidence = [], [], []
     for rejection in outcome.rejected:
         pod, node = rejection.split(" ", 1)[0], rejection.split(" on ", 1)[1].split(":", 1)[0]
-        node_dir, daemon = real_cluster[node]
-        logs = {"scheduler_log": lines, "agent_log": daemon.text,
-                "kubelet_log": (node_dir.directory / "kubelet.log").read_text(errors="replace")}  # fmt: skip
-        why = flushed_before_bound(work.namespace, pod, node, scheduler_log=lines) or scheduler_race(
-            work.namespace, pod, node, rejected=rejected_names, **logs
-        )
+        why = race_seen(work.namespace, pod, node, scheduler_log=lines, changes=changes)
         if why is not None:
             races.append(f"{rejection}: {why}")
             continue
         unexplained.append(rejection)
-        evidence += [f"--- {rejection}", *timeline(work.namespace, pod, node, **logs)]
+        node_dir, daemon = real_cluster[node]
+        logs = {"scheduler_log": lines, "agent_log": daemon.text,
+                "kubelet_log": (node_dir.directory / "kubelet.log").read_text(errors="replace")}  # fmt: skip
+        evidence += [f"--- {rejection}", f"the test's watch of {node}: {changes.changes.get(node, [])[-12:]}",
+                     *timeline(work.namespace, pod, node, **logs)]  # fmt: skip
     COUNTS[f"{scheduler}: rejections from the scheduler cache's race"] = len(races)
     for line in races:
         print(f"REAL E2E {scheduler} scheduler race: {line}")
@@ -247,6 +260,9 @@ def judge(kube: ControlPlane, real_cluster: RealCluster, work: Workload, schedul
     assert outcome.running >= NODES * 3, counts  # the nodes took pods
     for name, (_, daemon) in real_cluster.items():  # --log-level debug is the exporter's, not its libraries'
         assert " DEBUG hpack" not in daemon.text, f"{name}'s agent logged HTTP/2 frames at debug"
+        # The test kubeconfig skips TLS verification: said once, not by urllib3 on every request.
+        assert daemon.text.count("certificate is not verified") == 1, f"{name}'s agent"
+        assert "InsecureRequestWarning" not in daemon.text, f"{name}'s agent warned on every request"
     for name, (_, daemon) in real_cluster.items():
         # The evidence printed beside a rejection reads what each write named from the agent's log: those names
         # are the fingerprint's pods (a check of the log, not of the fingerprint: `scheduler_in_sync` below holds
