@@ -192,3 +192,42 @@ def test_a_flush_between_a_reservation_and_its_bind_is_told_from_the_schedulers_
     assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.490000")) is not None, "13 ms after"
     assert flushed_before_bound(NS, "p", "n-0", scheduler_log=log("05:37:31.540000")) is None, "63 ms after the bind"
     assert flushed_before_bound(NS, "q", "n-0", scheduler_log=log("05:37:31.470835")) is None, "Q itself"
+
+
+def test_the_race_is_told_from_the_schedulers_log_and_the_tests_own_watch_never_the_agents() -> None:
+    """From a real run (2026-12-07): Q reserved on n-0 at 19.086 and bound at 19.123; the cache checked n-0 at
+    19.219 against the object as it was before the bind (pfpA), flushed, and P was reserved at 19.367 on what Q
+    held. The test's watch saw the object change to name Q at 19.248, after the check. Anything short of that is
+    not the race: the object changed before the check, changed too late, a flush came after the change, or the
+    check's object is not the one the watch saw at the bind."""
+    from tests.workload import NrtChanges, race_seen
+
+    log = [
+        f'I1207 12:43:19.086446   24976 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/q" podUID="u" node="n-0" assumedResources="x"',
+        f'I1207 12:43:19.123450   24976 schedule_one.go:481] "Successfully bound pod to node" pod="{NS}/q" node="n-0" evaluatedNodes=3 feasibleNodes=1',
+        'I1207 12:43:19.218960   24976 store.go:433] "podset fingerprint check" logger="nrtcache.resync" generation=10 node="n-0" expected="pfpA" computed="pfpA" onlyExclusiveResources=true',
+        f'I1207 12:43:19.366796   24976 overreserve.go:185] "post reserve" logger="nrtcache" pod="{NS}/p" podUID="v" node="n-0" assumedResources="x"',
+    ]  # fmt: skip
+
+    def watched(*changes: tuple[str, str]) -> NrtChanges:
+        seen = object.__new__(NrtChanges)
+        day = _klog_day("I1207")  # the day the klog lines above are read on (they carry no year)
+        seen.changes = {"n-0": [(_seconds(stamp, day), value) for stamp, value in changes]}
+        return seen
+
+    def judge(changes: NrtChanges, lines: list[str] = log) -> str | None:
+        return race_seen(NS, "p", "n-0", scheduler_log=lines, changes=changes)
+
+    real = watched(("12:43:18.100000", "pfpA"), ("12:43:19.248000", "pfpB"))
+    why = judge(real)
+    assert why is not None
+    assert "96 ms after q's bind" in why
+    assert "125 ms after the bind" in why
+    assert judge(watched(("12:43:18.100000", "pfpA"), ("12:43:19.200000", "pfpB"))) is None, "named before the check"
+    assert judge(watched(("12:43:18.100000", "pfpA"), ("12:43:19.500000", "pfpB"))) is None, "named 377 ms late"
+    assert judge(watched(("12:43:18.100000", "pfpZ"), ("12:43:19.248000", "pfpB"))) is None, "another object"
+    later = [*log[:3], log[2].replace("19.218960", "19.300000"), log[3]]
+    assert judge(real, later) is None, "a flush after the object named Q gave the cache Q"
+    before_bind = [log[0], log[2].replace("19.218960", "19.100000"), log[1], log[3]]
+    assert judge(watched(), before_bind) is not None, "a flush before the bind needs no watch"
+    assert judge(real, [line for line in log if '"post reserve"' not in line or "/p" not in line]) is None
