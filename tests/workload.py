@@ -394,45 +394,6 @@ FLUSH = re.compile(r'"podset fingerprint check".* node="([^"]+)" expected="([^"]
 WRITTEN = re.compile(r"^\S+ (\S+) .*NodeResourceTopology (\S+) written: (\S+), available .*?(?:, pods (\[.*\]))?$")
 
 
-BIND_REACTION_SECONDS = 0.05
-
-
-def flushed_before_bound(
-    namespace: str, pod: str, node: str, *, scheduler_log: list[str], grace: float = BIND_REACTION_SECONDS
-) -> str | None:
-    """The scheduler cache's race that no agent can see coming, read from the scheduler's own log alone: before
-    `pod` was reserved on `node`, the cache flushed `node` on a fingerprint check that ran after another pod Q's
-    reservation there and before Q's bind, or less than `grace` after it. An agent names the pods bound to its
-    node (`<name>#pending` before their admission) as soon as its pod watch shows the bind, with one refresh
-    and one write; before the bind no object can name Q, and 50 ms after it is less than that watch, refresh
-    and write take on the test machine (a check 16 ms after a bind was seen in CI). None where the log does not
-    show that (then the rejection is one an agent could have prevented: a check 139 ms after the bind was)."""
-    def when(what: str, who: str) -> float | None:
-        line = next((line for line in scheduler_log if what in line and f'pod="{namespace}/{who}"' in line
-                     and f'node="{node}"' in line), None)  # fmt: skip
-        return _klog_time(line) if line is not None else None
-
-    reserved_at = when('"post reserve"', pod)
-    if reserved_at is None:
-        return None
-    checks = [t for line in scheduler_log if (m := FLUSH.search(line)) and m.group(1) == node
-              and m.group(2) == m.group(3) and (t := _klog_time(line)) is not None and t <= reserved_at]  # fmt: skip
-    ns = re.escape(namespace)
-    for line in scheduler_log:
-        found = re.search(rf'"post reserve".* pod="{ns}/([^"]+)".* node="{re.escape(node)}"', line)
-        if found is None or found.group(1) == pod or (q_reserved := _klog_time(line)) is None:
-            continue
-        q_bound = when('"Successfully bound pod to node"', found.group(1))
-        if q_bound is None:
-            continue
-        for checked in checks:
-            if q_reserved < checked < q_bound + grace:
-                return (f"the scheduler checked {node}'s fingerprint at {_clock(checked)}, after {found.group(1)}'s "
-                        f"reservation ({_clock(q_reserved)}) and {(checked - q_bound) * 1000:+.0f} ms from its bind "
-                        f"({_clock(q_bound)}), and flushed the node: no agent names a pod before it sees the bind")  # fmt: skip
-    return None
-
-
 def scheduler_race(
     namespace: str,
     pod: str,
