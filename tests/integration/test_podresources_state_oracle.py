@@ -28,6 +28,7 @@ from exporter.model import (
 from exporter.sources import cpu_manager, kubelet_config, memory_manager
 from exporter.sources import device_checkpoint as checkpoint_source
 from tests.oracle import MachineSpec, ask
+from tests.realnodes import DEFAULT_CONFIG
 
 GIB = 1 << 30
 MACHINE = MachineSpec(
@@ -36,15 +37,8 @@ MACHINE = MachineSpec(
     hugepages={0: {2 << 20: 512}, 1: {2 << 20: 512}},
     devices={"example.com/gpu": [("gpu0", (0,), 0), ("gpu1", (0,), 0), ("gpu2", (1,), 1), ("gpu3", (1,), 1)]},
 )
-CONFIG: dict[str, Any] = {
-    "cpuManagerPolicy": "static",
-    "reservedSystemCPUs": "0",
-    "memoryManagerPolicy": "Static",
-    "kubeReserved": {"memory": "1948Mi"},
-    "evictionHard": {"memory.available": "100Mi"},
-    "reservedMemory": [{"numaNode": 0, "limits": {"memory": "1Gi"}}, {"numaNode": 1, "limits": {"memory": "1Gi"}}],
-    "topologyManagerPolicy": "none",
-}
+# The real nodes' configuration, with a policy that lets memory span NUMA nodes.
+CONFIG: dict[str, Any] = {**DEFAULT_CONFIG, "reservedSystemCPUs": "0", "topologyManagerPolicy": "none"}
 # Two pods whose memory spans both NUMA nodes (9 GiB, then 2 GiB: the second fits only beside the first in
 # their group), each with a GPU and exclusive CPUs.
 SPANNING = [
