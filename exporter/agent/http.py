@@ -30,6 +30,10 @@ MAX_REQUEST_BYTES = 16 * 1024
 REQUEST_SECONDS = 10.0  # to receive a whole request once its first byte came
 KEEP_ALIVE_SECONDS = 75.0  # an idle connection between requests (aiohttp's and nginx's default)
 READ_BYTES = 64 * 1024
+# After refusing a request whose body or rest was not read: what is still read (and dropped) before the close,
+# so that the kernel does not reset the connection over unread data and take the refusal with it.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 4 << 20
 SERVER = f"numa-topology-exporter/{__version__}"
 
 INDEX = """<!doctype html>
@@ -143,7 +147,10 @@ class HttpServer:
         if task is not None:
             self._connections.add(task)
         try:
-            await Connection(self.endpoints, reader, writer).run()
+            connection = Connection(self.endpoints, reader, writer)
+            await connection.run()
+            if connection.unread:
+                await _linger(reader, writer)
         except (OSError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
             pass  # the client went away, or never finished: nothing to answer
         finally:
@@ -158,6 +165,7 @@ class Connection:
     def __init__(self, endpoints: Endpoints, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.endpoints, self.reader, self.writer = endpoints, reader, writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        self.unread = False  # the connection ends with the client's input not read to its end
 
     async def run(self) -> None:
         while True:
@@ -169,6 +177,7 @@ class Connection:
             if answer.then is not None:
                 answer.then()
             if not self._request_read() or self.h11.our_state is not h11.DONE:
+                self.unread = self.h11.their_state is not h11.DONE
                 return  # a request body not read (a refused upload), or a close asked for: close
             self.h11.start_next_cycle()
 
@@ -248,3 +257,20 @@ class Connection:
             return
         with contextlib.suppress(h11.LocalProtocolError):
             await self._send(Answer(status, text.encode()), close=True)
+            self.unread = True
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The answer is sent; end our side and read what the client still sends, up to LINGER_BYTES for up to
+    LINGER_SECONDS, before the close (a close over unread input is a reset, which may reach the client before
+    the answer does: seen in CI as ECONNRESET on a refused 1 MiB upload)."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    loop = asyncio.get_running_loop()
+    deadline, left = loop.time() + LINGER_SECONDS, LINGER_BYTES
+    with contextlib.suppress(TimeoutError, OSError):
+        while left > 0:
+            chunk = await asyncio.wait_for(reader.read(min(left, READ_BYTES)), max(deadline - loop.time(), 0))
+            if not chunk:
+                return
+            left -= len(chunk)

@@ -44,7 +44,10 @@ def test_requests_are_refused_cleanly(static_machine: HostTree) -> None:
         assert request(base + "/../../etc/passwd") == 404
         assert request(base + "/metrics", method="POST", data=b"x") == 405
         assert request(base + "/metrics", method="DELETE") == 405
-        assert request(base + "/metrics", method="PUT", data=b"x" * (1 << 20)) in (405, 413)
+        # A refused upload still gets its answer: the server reads the rest before closing (a close over unread
+        # input is a reset that overtook the answer, ECONNRESET in CI; 60 of these reproduced it every time).
+        refused = [request(base + "/metrics", method="PUT", data=b"x" * (4 << 20)) for _ in range(30)]
+        assert set(refused) <= {405, 413}, refused
         assert request(base + "/metrics", headers={"X-Big": "y" * 20000}) in (400, 431)
         host, port = base.removeprefix("http://").rsplit(":", 1)
         with socket.create_connection((host, int(port)), timeout=5) as raw:
