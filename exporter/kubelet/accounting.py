@@ -75,12 +75,9 @@ class ResourceAccount:
     numa_node: int
     resource: str
     capacity: int
-    allocatable: int
+    allocatable: int | None  # None where it depends on a kubelet configuration not known (what it reserves)
     available: int | None
     stranded: int = 0
-    # False where allocatable depends on a kubelet configuration that could not be read (its reserved CPUs and
-    # memory): the number is then not published.
-    allocatable_known: bool = True
 
     @property
     def unit(self) -> str:
@@ -206,7 +203,7 @@ def resource_accounts(
             available = None
         else:
             available = len((state.cpu.default_cpuset & node_cpus) - reserved - dra.exclusive_cpus)
-        accounts.append(_bounded(n, "cpu", capacity, allocatable, available, allocatable_known=not config_unknown))
+        accounts.append(_bounded(n, "cpu", capacity, None if config_unknown else allocatable, available))
 
         tables: Mapping[str, MemoryTable] = {}
         grouped = False
@@ -267,7 +264,7 @@ def _memory_account(
     if table is not None and static:
         return _bounded(numa, resource, capacity, table.allocatable_bytes, 0 if grouped else table.free_bytes)
     if config_unknown:
-        return _bounded(numa, resource, capacity, unpinned_allocatable, None, allocatable_known=False)
+        return _bounded(numa, resource, capacity, None, None)
     if not static:
         return _bounded(numa, resource, capacity, unpinned_allocatable, unpinned_allocatable)
     # Static, but the state file has never been read or has no row for this NUMA node / size.
@@ -275,19 +272,15 @@ def _memory_account(
 
 
 def _bounded(
-    numa: int, resource: str, capacity: int, allocatable: int, available: int | None, *, allocatable_known: bool = True
+    numa: int, resource: str, capacity: int, allocatable: int | None, available: int | None
 ) -> ResourceAccount:
-    """Clamp so that capacity >= allocatable >= available >= 0 holds whatever a file claims."""
+    """Clamp so that capacity >= allocatable >= available >= 0 holds whatever a file claims. An unknown
+    allocatable makes available unknown too."""
     capacity = max(capacity, 0)
-    allocatable = min(max(allocatable, 0), capacity)
-    bounded = None if available is None else min(max(available, 0), allocatable)
+    bounded_allocatable = None if allocatable is None else min(max(allocatable, 0), capacity)
+    bounded = None if available is None or bounded_allocatable is None else min(max(available, 0), bounded_allocatable)
     return ResourceAccount(
-        numa_node=numa,
-        resource=resource,
-        capacity=capacity,
-        allocatable=allocatable,
-        available=bounded,
-        allocatable_known=allocatable_known,
+        numa_node=numa, resource=resource, capacity=capacity, allocatable=bounded_allocatable, available=bounded
     )
 
 

@@ -297,7 +297,11 @@ def _host_findings(snapshot: Snapshot) -> list[Finding]:
     if config.topology_manager_policy == "single-numa-node" and len(topology.numa_nodes) > 1:
         largest: dict[str, tuple[int, int]] = {}
         for account in accounting.accounts:
-            if account.resource in accounting.numa_accounted and account.numa_node >= 0:
+            if (
+                account.resource in accounting.numa_accounted
+                and account.numa_node >= 0
+                and account.allocatable is not None
+            ):
                 best = largest.get(account.resource)
                 if best is None or account.allocatable > best[0]:
                     largest[account.resource] = (account.allocatable, account.numa_node)

@@ -160,7 +160,7 @@ def snapshot_metrics(snapshot: Snapshot, placement: PlacementView | None = None)
     for account in sorted(accounting.accounts, key=lambda a: (a.resource, a.numa_node)):
         labels = [str(account.numa_node), account.resource, account.unit]
         families["capacity"].add_metric(labels, account.capacity)
-        if account.allocatable_known:
+        if account.allocatable is not None:
             families["allocatable"].add_metric(labels, account.allocatable)
         if account.available is not None:
             families["available"].add_metric(labels, account.available)

@@ -20,12 +20,9 @@ from exporter.units import hugepage_size_name, human_bytes
 def to_jsonable(value: Any) -> Any:
     """Dataclasses to dicts, sets to sorted lists, mappings with stringified keys. A set renders in one order
     whatever it holds: numbers by value, then strings, then anything else by its JSON text (a dataclass by its
-    fields in order). An allocatable not known (ResourceAccount.allocatable_known) is null, never a number."""
+    fields in order)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
-        if fields.get("allocatable_known") is False:
-            fields["allocatable"] = None
-        return fields
+        return {field.name: to_jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
     if isinstance(value, frozenset | set):
         return sorted((to_jsonable(item) for item in value), key=_set_order)
     if isinstance(value, Mapping):
@@ -254,7 +251,7 @@ def render_snapshot(snapshot: Snapshot, *, placement: PlacementView | None = Non
                     account.numa_node,
                     account.resource + _marker(account.resource, accounting.numa_accounted),
                     _amount(account.resource, account.capacity),
-                    _amount(account.resource, account.allocatable) if account.allocatable_known else "unknown",
+                    "unknown" if account.allocatable is None else _amount(account.resource, account.allocatable),
                     "unknown" if account.available is None else _amount(account.resource, account.available),
                     "-" if account.available is None else _amount(account.resource, account.stranded),
                 )
