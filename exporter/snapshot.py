@@ -384,7 +384,7 @@ class SnapshotBuilder:
         return dataclasses.replace(
             state,
             cpu=podresources_state.cpu_state(reading, topology, config, pods=pods),
-            memory=podresources_state.memory_state(reading, topology, config, pods=pods),
+            memory=podresources_state.memory_state(reading, topology, pods=pods),
             devices=podresources_state.device_checkpoint(reading, pods=pods),
         )
 

@@ -85,9 +85,7 @@ def cpu_state(
     )
 
 
-def memory_state(
-    reading: PodResourcesReading, topology: Topology, config: KubeletConfig, *, pods: tuple[PodRef, ...]
-) -> MemoryManagerState:
+def memory_state(reading: PodResourcesReading, topology: Topology, *, pods: tuple[PodRef, ...]) -> MemoryManagerState:
     """The Static policy's record: each container's blocks, and each NUMA node's table with what they reserve."""
     uids = {(pod.namespace, pod.name): pod.uid for pod in pods}
     totals: dict[int, dict[str, int]] = {}

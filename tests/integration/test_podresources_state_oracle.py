@@ -7,8 +7,10 @@ memory blocks over two NUMA nodes (a topology policy that allows them), and stri
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -47,11 +49,18 @@ SPANNING = [
 ]
 
 
-def admitted(config: dict[str, Any], shapes: list[dict[str, str]]) -> tuple[dict[str, Any], list[ReportedPod], Any]:
-    """Admit the shapes one after another on the oracle (each on the state the one before left); the final state
-    files, what podresources lists for each pod, and the last answer (allocatable memory)."""
+@dataclass(frozen=True)
+class Admitted:
+    state: dict[str, Any]  # the state files the kubelet's managers wrote
+    reading: PodResourcesReading  # what its podresources API answers
+    pods: tuple[PodRef, ...]  # the pods, with the UIDs the state files name them by
+
+
+def admitted(config: dict[str, Any], shapes: list[dict[str, str]]) -> Admitted:
+    """Admit the shapes one after another on the oracle (each on the state the one before left)."""
     state: dict[str, Any] | None = None
     pods: list[ReportedPod] = []
+    refs: list[PodRef] = []
     answer: dict[str, Any] = {}
     for index, shape in enumerate(shapes):
         request = {"machine": MACHINE.oracle_machine(), "kubeletConfig": config, "devices": MACHINE.oracle_devices(),
@@ -81,12 +90,9 @@ def admitted(config: dict[str, Any], shapes: list[dict[str, str]]) -> tuple[dict
             for container in result["pods"][0]["containers"]
         )
         pods.append(ReportedPod(namespace="ns", name=f"p{index}", containers=containers))
-        _UIDS[("ns", f"p{index}")] = result["pods"][0]["uid"]
+        refs.append(PodRef(uid=result["pods"][0]["uid"], namespace="ns", name=f"p{index}"))
     assert state is not None
-    return state, pods, answer
-
-
-_UIDS: dict[tuple[str, str], str] = {}
+    return Admitted(state=state, reading=reading(answer, pods), pods=tuple(refs))
 
 
 def _numa_of(device: str) -> tuple[int, ...]:
@@ -109,10 +115,6 @@ def reading(answer: dict[str, Any], pods: list[ReportedPod]) -> PodResourcesRead
                                allocatable_devices=devices, allocatable_memory=tuple(memory))  # fmt: skip
 
 
-def refs() -> tuple[PodRef, ...]:
-    return tuple(PodRef(uid=uid, namespace=ns, name=name) for (ns, name), uid in _UIDS.items())
-
-
 def blocks(memory: MemoryManagerState) -> dict[tuple[str, str], list[Any]]:
     """Each container's memory blocks, in no order (the kubelet writes and lists them in Go map order)."""
     return {
@@ -127,28 +129,28 @@ def files(state: dict[str, Any], name: str, parse: Any) -> Any:
 
 
 def test_memory_over_two_numa_nodes_is_rebuilt_as_the_kubelet_split_it() -> None:
-    _UIDS.clear()
-    state, pods, answer = admitted(CONFIG, SPANNING)
+    run = admitted(CONFIG, SPANNING)
     config = kubelet_config.parse_kubelet_config(yaml.safe_dump(CONFIG).encode())
     topology = MACHINE.topology()
-    kubelet: MemoryManagerState = files(state, "memory_manager_state", memory_manager.parse_memory_manager_state)
+    kubelet: MemoryManagerState = files(run.state, "memory_manager_state", memory_manager.parse_memory_manager_state)
     assert kubelet.machine_state[0].cells == (0, 1), "the first pod's memory spans both NUMA nodes"
-    ours = memory_state(reading(answer, pods), topology, config, pods=refs())
+    ours = memory_state(run.reading, topology, pods=run.pods)
     assert blocks(ours) == blocks(kubelet)
     assert ours.machine_state == kubelet.machine_state
     # Listed the other way round, the split is the same (every block of a group fills its nodes lowest first).
     # It can differ after a pod of the group has left (the kubelet's release empties the lowest node first,
     # whoever filled it), which no podresources answer shows: only per-node free bytes inside a group, which
     # publishes no available memory (docs/product.md, "Podresources only").
-    assert memory_state(reading(answer, pods[::-1]), topology, config, pods=refs()).machine_state == ours.machine_state
+    reversed_ = dataclasses.replace(run.reading, pods=run.reading.pods[::-1])
+    assert memory_state(reversed_, topology, pods=run.pods).machine_state == ours.machine_state
 
-    cpu = files(state, "cpu_manager_state", cpu_manager.parse_cpu_manager_state)
-    rebuilt = cpu_state(reading(answer, pods), topology, config, pods=refs())
+    cpu = files(run.state, "cpu_manager_state", cpu_manager.parse_cpu_manager_state)
+    rebuilt = cpu_state(run.reading, topology, config, pods=run.pods)
     assert (rebuilt.default_cpuset, rebuilt.entries) == (cpu.default_cpuset, cpu.entries)
     assert sum(len(cpus) for containers in cpu.entries.values() for cpus in containers.values()) == 5
 
-    devices = files(state, "kubelet_internal_checkpoint", checkpoint_source.parse_device_checkpoint)
-    ours_devices = device_checkpoint(reading(answer, pods), pods=refs())
+    devices = files(run.state, "kubelet_internal_checkpoint", checkpoint_source.parse_device_checkpoint)
+    ours_devices = device_checkpoint(run.reading, pods=run.pods)
     key = defaultdict(set)
     for allocation in devices.allocations:
         key[(allocation.pod_uid, allocation.container, allocation.resource)] |= allocation.device_ids
@@ -161,14 +163,13 @@ def test_memory_over_two_numa_nodes_is_rebuilt_as_the_kubelet_split_it() -> None
 
 @pytest.mark.parametrize("option", ["strict-cpu-reservation", "full-pcpus-only"])
 def test_the_default_cpuset_follows_the_cpu_policy_options(option: str) -> None:
-    _UIDS.clear()
     config = {**CONFIG, "topologyManagerPolicy": "single-numa-node", "reservedSystemCPUs": "0-1",
               "cpuManagerPolicyOptions": {option: "true"}}  # fmt: skip
     if option == "strict-cpu-reservation":
         config["featureGates"] = {"CPUManagerPolicyAlphaOptions": True, "CPUManagerPolicyBetaOptions": True}
-    state, pods, answer = admitted(config, [{"cpu": "4", "memory": "1Gi"}])
-    cpu = files(state, "cpu_manager_state", cpu_manager.parse_cpu_manager_state)
+    run = admitted(config, [{"cpu": "4", "memory": "1Gi"}])
+    cpu = files(run.state, "cpu_manager_state", cpu_manager.parse_cpu_manager_state)
     parsed = kubelet_config.parse_kubelet_config(yaml.safe_dump(config).encode())
-    rebuilt = cpu_state(reading(answer, pods), MACHINE.topology(), parsed, pods=refs())
+    rebuilt = cpu_state(run.reading, MACHINE.topology(), parsed, pods=run.pods)
     assert (rebuilt.default_cpuset, rebuilt.entries) == (cpu.default_cpuset, cpu.entries)
     assert len(cpu.default_cpuset) == 16 - 4 - (2 if option == "strict-cpu-reservation" else 0)

@@ -388,7 +388,7 @@ def test_a_pod_bound_to_the_node_is_named_at_once_whatever_the_debounce(
     """Until the object names a pod bound here, the scheduler's cache may resync from it and drop that pod's
     reservation (docs/product.md): the agent names it (`<name>#pending`, no kubelet admits it here) as soon as
     its pod watch shows the bind, not after the debounce (1 s here). Timed by the test's own watch of the
-    object, from the moment the API server answered the pod's creation, bound."""
+    object, from the moment the pod's creation, bound, was sent."""
     from exporter.fingerprint import fingerprint
     from exporter.views.nrt import PENDING
     from tests.workload import NrtChanges, time_of_day
@@ -403,14 +403,12 @@ def test_a_pod_bound_to_the_node_is_named_at_once_whatever_the_debounce(
             latencies = []
             for index in range(4):
                 name = f"bound-{index}-{node}"[:60]
-                before = changes.at(node, time_of_day())
+                created = time_of_day()  # before the request: the latency below includes the API server's
                 kube.ok("POST", "/api/v1/namespaces/team-b/pods", guaranteed_pod(name, node, cpu="2"))
-                created = time_of_day()
                 named.append(("team-b", name + PENDING))
                 want = fingerprint(named)
                 wait_for(lambda w=want: changes.at(node, time_of_day()) == w, what=f"{name} named #pending")
                 arrived = next(t for t, value in changes.changes[node] if value == want)
-                assert changes.at(node, created) in (before, want)
                 latencies.append(arrived - created)
         finally:
             changes.stop()

@@ -30,7 +30,7 @@ def state(reading: PodResourcesReading, config: KubeletConfig) -> KubeletState:
     return KubeletState(
         config=config,
         cpu=cpu_state(reading, topology, config, pods=()),
-        memory=memory_state(reading, topology, config, pods=()),
+        memory=memory_state(reading, topology, pods=()),
         podresources=reading,
     )
 
