@@ -44,6 +44,7 @@ class Rule:
     matches: Callable[[str, str], bool]  # (method, path with query)
     status: int | None = None
     delay: float = 0.0
+    reply_delay: float = 0.0  # after the upstream server answered: its watches report the change first
     times: int | None = None  # None: until cleared
 
 
@@ -102,6 +103,11 @@ class FaultProxy:
     def slow(self, seconds: float, *, when: Callable[[str, str], bool] = lambda m, p: True) -> None:
         with self._lock:
             self.faults.rules.append(Rule(matches=when, delay=seconds))
+
+    def slow_reply(self, seconds: float, *, when: Callable[[str, str], bool] = lambda m, p: True) -> None:
+        """Answers held back after the server made the change, as a slow network back would."""
+        with self._lock:
+            self.faults.rules.append(Rule(matches=when, reply_delay=seconds))
 
     def warn(self, text: str) -> None:
         """Add `Warning: 299 - "<text>"` to every answer from now on, as an API server does (RFC 7234)."""
@@ -212,6 +218,8 @@ class FaultProxy:
             request.method, self.upstream + request.path_qs, headers=headers, data=data or None
         ) as upstream:
             self._record(request, upstream.status)
+            if rule is not None and rule.reply_delay:
+                await asyncio.sleep(rule.reply_delay)
             response = web.StreamResponse(
                 status=upstream.status,
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in HOP_HEADERS},

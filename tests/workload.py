@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -70,6 +70,33 @@ class Outcome:
         return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def watch_objects(
+    kube: ControlPlane, path: str, version: str, on_object: Callable[[Mapping[str, Any]], None], stop: threading.Event
+) -> threading.Thread:
+    """A thread that hands every object added or modified under `path` after `version` to `on_object` as the
+    event arrives, until `stop` (the test's own watch: independent of the agent and of any polling)."""
+
+    def run() -> None:
+        since = version
+        while not stop.is_set():
+            request = urllib.request.Request(f"{kube.url}{path}?watch=1&resourceVersion={since}&timeoutSeconds=5")
+            request.add_header("Authorization", f"Bearer {kube.tokens['admin']}")
+            try:
+                with urllib.request.urlopen(request, context=kube._context, timeout=15) as response:
+                    for line in response:
+                        event = json.loads(line)
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            on_object(event["object"])
+                            since = event["object"]["metadata"]["resourceVersion"]
+            except (OSError, ValueError) as exc:
+                if not stop.is_set():
+                    raise AssertionError(f"the test's watch of {path} failed: {exc}") from exc
+
+    thread = threading.Thread(target=run, name=f"watch {path}", daemon=True)
+    thread.start()
+    return thread
+
+
 class Workload:
     def __init__(
         self, kube: ControlPlane, namespace: str, *, scheduler: str, seed: int, gpu_share: float = 0.3
@@ -84,7 +111,14 @@ class Workload:
         self._decided: set[str] = set()
         self._rejected: set[str] = set()
         self._index = 0
+        self._lock = threading.Lock()  # _observe runs on the watch's thread and on the caller's
         kube.ensure_namespace(namespace)
+        # Times to Running and to admission come from the test's own watch of the pods, as each change arrives:
+        # a poll (every 0.1 s at best, and not during the kubelet-oracle checks) would add its own lag.
+        self._stop = threading.Event()
+        listing = kube.ok("GET", self.path)
+        self._watch = watch_objects(kube, self.path, listing["metadata"]["resourceVersion"],
+                                    lambda pod: self._observe([pod]), self._stop)  # fmt: skip
 
     @property
     def path(self) -> str:
@@ -108,8 +142,11 @@ class Workload:
         self._observe(items)
         return items
 
-    def _observe(self, items: Iterable[dict[str, Any]]) -> None:
-        now = time.monotonic()
+    def _observe(self, items: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._observe_locked(items, time.monotonic())
+
+    def _observe_locked(self, items: Iterable[Mapping[str, Any]], now: float) -> None:
         for pod in items:
             name, status = pod["metadata"]["name"], pod.get("status") or {}
             if pod["spec"].get("nodeName") and name not in self._bound_at:
@@ -164,6 +201,7 @@ class Workload:
         return not present & set(names)
 
     def cleanup(self) -> None:
+        self._stop.set()
         for pod in self.kube.ok("GET", self.path)["items"]:
             self.kube.request("DELETE", f"{self.path}/{pod['metadata']['name']}")
         wait_until(lambda: not self.kube.ok("GET", self.path)["items"], timeout=120, what=f"{self.namespace} empty")
@@ -291,10 +329,7 @@ class NrtChanges:
         listing = kube.ok("GET", NRT_PATH)
         for item in listing.get("items") or []:
             self._note(item)
-        self._thread = threading.Thread(
-            target=self._watch, args=(listing["metadata"]["resourceVersion"],), name="nrt-changes", daemon=True
-        )
-        self._thread.start()
+        self._thread = watch_objects(kube, NRT_PATH, listing["metadata"]["resourceVersion"], self._note, self._stop)
 
     def _note(self, obj: Mapping[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -302,23 +337,6 @@ class NrtChanges:
         seen = self.changes.setdefault(name, [])
         if not seen or seen[-1][1] != value:
             seen.append((time_of_day(), value))
-
-    def _watch(self, version: str) -> None:
-        while not self._stop.is_set():
-            request = urllib.request.Request(
-                f"{self._kube.url}{NRT_PATH}?watch=1&resourceVersion={version}&timeoutSeconds=5"
-            )
-            request.add_header("Authorization", f"Bearer {self._kube.tokens['admin']}")
-            try:
-                with urllib.request.urlopen(request, context=self._kube._context, timeout=15) as response:
-                    for line in response:
-                        event = json.loads(line)
-                        if event["type"] in ("ADDED", "MODIFIED"):
-                            self._note(event["object"])
-                            version = event["object"]["metadata"]["resourceVersion"]
-            except (OSError, ValueError) as exc:
-                if not self._stop.is_set():
-                    raise AssertionError(f"the test's NRT watch failed: {exc}") from exc
 
     def stop(self) -> None:
         self._stop.set()

@@ -51,7 +51,12 @@ class NrtWatcher:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         def deliver(obj: dict[str, Any] | None, synced: bool) -> None:
-            loop.call_soon_threadsafe(self._observer, obj, synced)
+            if self._stopped.is_set():
+                return
+            try:
+                loop.call_soon_threadsafe(self._observer, obj, synced)
+            except RuntimeError:  # the loop closed under a watch still reporting: the agent is stopping
+                self._stopped.set()
 
         threading.Thread(target=self._loop, args=(deliver,), name="nrt-watch", daemon=True).start()
 

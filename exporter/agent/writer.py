@@ -8,12 +8,16 @@ synced, or not allowed) the writer reads the object back itself, as it does afte
 With `min_interval_seconds`, changes closer together than that are coalesced into one write of the
 newest content (freshness traded for API load; off by default).
 
-With `requeue_after_seconds` (the NUMA-aware scheduler's cache resync period and a margin), each write is
-followed, once the scheduler's cache has had time to resync from it, by one update of the object's
+With `requeue_after_seconds` (the NUMA-aware scheduler's cache resync period and a margin), each write the
+cache can resync from is followed, once the cache has had time to, by one update of the object's
 REQUEUE_ANNOTATION: the NRT update event that NodeResourceTopologyMatch requeues the pods it turned away on
 (its flush requeues nothing). Coalesced: one update covers every write made `requeue_after_seconds` before
 it, and two are at least that far apart; an idle node costs nothing (docs/product.md, "Pods that fit do not
-wait").
+wait"). A write whose fingerprint names a pod the kubelet has not admitted yet (`#pending`) is one the cache
+never resyncs from, so it is followed by no requeue update; and while the object already names such a pod,
+a newer content that still does is held back (PENDING_HOLD_SECONDS at most): the cache could use neither,
+and every update is an event on which the scheduler retries each pod it turned away, against a cache that
+has not changed. The write that names no pending pod any more goes out at once.
 
 Failures: 404 creates; 409 re-reads and retries; 422 logs the server's message, is counted and not
 retried until the content changes; 429, 5xx and connection errors back off exponentially with jitter;
@@ -37,7 +41,7 @@ from exporter.kubeapi import KubeApi
 from exporter.model import PodRef
 from exporter.snapshot import Snapshot
 from exporter.views.metrics import NrtStats
-from exporter.views.nrt import build_nrt, content, fingerprint_pods
+from exporter.views.nrt import PENDING, build_nrt, content, fingerprint_pods
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ BACKOFF_MAX_SECONDS = 60.0
 SLOW_RETRY_SECONDS = 60.0
 REQUEUE_ANNOTATION = "numa-topology-exporter.io/requeue"
 REQUEUE_MARGIN_SECONDS = 0.5  # the scheduler's informer lag and its flush waiting for the cache's lock (~0.1 s seen)
+# The longest a content the reserve cache cannot resync from waits behind another such one (a burst's admissions
+# on one node took 0.2-1 s here): its numbers still reach readers other than that cache within this.
+PENDING_HOLD_SECONDS = 1.0
 
 
 class NrtWriter:
@@ -81,6 +88,9 @@ class NrtWriter:
         self._uncovered: list[float] = []  # monotonic times of the writes no requeue update has followed yet
         self._requeue_wake = asyncio.Event()
         self._last_requeue_at: float | None = None
+        self._hold_pending = self._requeue_after > 0  # a reserve cache reads the object: hold what it cannot use
+        self._published_pending = False  # the object as we last wrote it names a pod not admitted yet
+        self._held_since: float | None = None
         self._api_lock = asyncio.Lock()  # one write at a time: a requeue update never races a content write
         self._sleep = sleep
         self._clock = clock
@@ -91,6 +101,7 @@ class NrtWriter:
         self._resync = asyncio.Event()  # cuts a backoff short: every resync is a chance to recover
         self._reassert = True
         self._written: dict[str, Any] | None = None
+        self._sending: dict[str, Any] | None = None  # the content of the write in flight
         self._rejected: dict[str, Any] | None = None
         self._node_uid: str | None = None
         self._server: dict[str, Any] | None = None  # the object as the server last returned it
@@ -116,7 +127,9 @@ class NrtWriter:
             # Deleted: by the garbage collector when its Node went away (ownerReference), so the Node may have
             # been registered again under a new UID. The owner is looked up again before it is recreated.
             self._node_uid, self._node_lookup_due = None, True
-        if obj is None or content(obj) != content(self.desired()):
+        # Ours: what we last wrote, or what we are writing (the watch may report it before the response comes).
+        ours = [want for want in (self._written, self._sending) if want is not None] or [content(self.desired())]
+        if obj is None or content(obj) not in ours:
             if self._written is not None:
                 self.repairs += 1
                 log.info(
@@ -162,7 +175,18 @@ class NrtWriter:
             body = self.desired(finished)
             want = content(body)
             if not self._reassert and want in (self._written, self._rejected):
+                self._held_since = None
                 return
+            pending = self._hold_pending and any(
+                pod.name.endswith(PENDING) for pod in fingerprint_pods(snapshot, method=self.method, finished=finished)
+            )
+            if pending and self._published_pending and not self._reassert:
+                now = self._monotonic()
+                self._held_since = now if self._held_since is None else self._held_since
+                wait = self._held_since + PENDING_HOLD_SECONDS - now
+                if wait > 0:
+                    await self._until_woken(wait)  # a newer snapshot, or the hold is over
+                    continue
             if self._last_write_at is not None and self._min_interval > 0:
                 wait = self._last_write_at + self._min_interval - self._monotonic()
                 if wait > 0:
@@ -171,7 +195,8 @@ class NrtWriter:
             try:
                 named = functools.partial(fingerprint_pods, snapshot, method=self.method, finished=finished)
                 async with self._api_lock:
-                    await self._write(body, want, named)
+                    await self._write(body, want, named, pending=pending)
+                self._held_since = None
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -198,6 +223,17 @@ class NrtWriter:
                 delay = self._backoff(failures)
                 log.warning("NodeResourceTopology write failed (%s); retrying in %.1f s", exc, delay)
                 await self._pause(delay)
+
+    async def _until_woken(self, seconds: float) -> None:
+        """Wait `seconds`, or until a newer snapshot wakes the writer, whichever comes first."""
+        self._wake.clear()
+        woken = asyncio.ensure_future(self._wake.wait())
+        pause = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            await asyncio.wait({woken, pause}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            woken.cancel()
+            pause.cancel()
 
     async def _pause(self, seconds: float) -> None:
         """Wait before retrying: `seconds`, or until the next resync, whichever comes first."""
@@ -227,7 +263,9 @@ class NrtWriter:
                 )
                 self._said_node_missing = True
 
-    async def _write(self, body: dict[str, Any], want: dict[str, Any], named: Callable[[], Sequence[PodRef]]) -> None:
+    async def _write(
+        self, body: dict[str, Any], want: dict[str, Any], named: Callable[[], Sequence[PodRef]], *, pending: bool
+    ) -> None:
         """One attempt. Between resyncs, when our last write's resourceVersion is known, the object is
         replaced directly (one request per change; a 409 means someone else wrote, and the retry re-reads).
         At start, on a resync and after a conflict, it is read back first and written only if it differs.
@@ -238,9 +276,11 @@ class NrtWriter:
                 self._server = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
                 operation = "update" if self._server is not None else "create"
             if self._server is not None and content(self._server) == want:
+                self._published_pending = pending
                 self._confirmed(want)  # the server's copy (read back, or as the watch last saw it) is current
                 return
             current = self._server
+            self._sending = want
             if current is None:
                 written = await in_daemon_thread(lambda: self._api.create_nrt(body))
             else:
@@ -256,16 +296,19 @@ class NrtWriter:
                 }
                 written = await in_daemon_thread(lambda: self._api.replace_nrt(self.node_name, update))
         except ApiError as exc:
+            self._sending = None
             if isinstance(exc, ApiConflict | ApiNotFound):
                 self._server = None  # someone else wrote or deleted it: read it back before the retry
                 self._watched = False  # until the watch reports again
             self.stats.record(operation=operation, result=exc.result)
             raise
-        self._server = written
+        self._server, self._sending = written, None
         self.writes += 1
         self._last_write_at = self._monotonic()
         self.stats.record(operation=operation, result="success", when=self._clock())
-        self._requeue_later(self._last_write_at)
+        self._published_pending = pending
+        if not pending:
+            self._requeue_later(self._last_write_at)  # the cache never resyncs from an object naming a pending pod
         self._confirmed(want)
         log.info("NodeResourceTopology %s: %s", self.node_name, operation)
         if log.isEnabledFor(logging.DEBUG):

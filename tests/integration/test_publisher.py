@@ -228,6 +228,38 @@ def test_slow_responses_do_not_block_the_event_loop(
     assert kube.nrt(node) is not None
 
 
+def test_our_own_write_reported_before_its_answer_is_not_a_repair(
+    builder: SnapshotBuilder, static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
+) -> None:
+    """The writer's own watch may report a write before the server's answer reaches the writer (here the
+    answer is held 0.5 s): that object is ours, not someone else's edit to repair."""
+    from exporter.agent.ownwatch import NrtWatcher
+
+    writer = make_writer(kube, proxy, node)
+    api = KubeApi(client_from(kube.kubeconfig(AGENT_USER, server=proxy.url)))
+
+    async def scenario() -> None:
+        watcher = NrtWatcher(api, node_name=node, observer=writer.observe)
+        watcher.start(asyncio.get_running_loop())
+        try:
+            await publish(writer, builder, {"start"})
+            for _ in range(200):
+                if writer._watched:
+                    break
+                await asyncio.sleep(0.01)
+            proxy.slow_reply(0.5, when=lambda method, path: method == "PUT")
+            replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_EMPTY)
+            await publish(writer, builder)
+            await asyncio.sleep(0.3)  # the watch's report of the write, had it come after the answer
+        finally:
+            watcher.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    assert [method for method, _ in writes(proxy)] == ["POST", "PUT"]
+    assert writer.repairs == 0, "our own write, reported before its answer came, was repaired"
+    assert cpu_available(kube, node) == 16
+
+
 def state_for(uid: str) -> bytes:
     """The two-pod CPU state with pod A renamed to a real pod's UID (checksum 0: the kubelet accepts it)."""
     state = json.loads(CPU_STATIC_2PODS)
@@ -388,7 +420,8 @@ def test_a_pod_bound_to_the_node_is_named_at_once_whatever_the_debounce(
     """Until the object names a pod bound here, the scheduler's cache may resync from it and drop that pod's
     reservation (docs/product.md): the agent names it (`<name>#pending`, no kubelet admits it here) as soon as
     its pod watch shows the bind, not after the debounce (1 s here). Timed by the test's own watch of the
-    object, from the moment the pod's creation, bound, was sent."""
+    object, from the moment the pod's creation, bound, was sent; each pod is deleted (and the object seen
+    without it) before the next is bound, so that every bind finds an object the cache could resync from."""
     from exporter.fingerprint import fingerprint
     from exporter.views.nrt import PENDING
     from tests.workload import NrtChanges, time_of_day
@@ -399,17 +432,101 @@ def test_a_pod_bound_to_the_node_is_named_at_once_whatever_the_debounce(
         wait_for(lambda: kube.nrt(node), what="the NRT object")
         changes = NrtChanges(kube)
         try:
-            named: list[tuple[str, str]] = []
             latencies = []
             for index in range(4):
                 name = f"bound-{index}-{node}"[:60]
                 created = time_of_day()  # before the request: the latency below includes the API server's
                 kube.ok("POST", "/api/v1/namespaces/team-b/pods", guaranteed_pod(name, node, cpu="2"))
-                named.append(("team-b", name + PENDING))
-                want = fingerprint(named)
+                want = fingerprint([("team-b", name + PENDING)])
                 wait_for(lambda w=want: changes.at(node, time_of_day()) == w, what=f"{name} named #pending")
-                arrived = next(t for t, value in changes.changes[node] if value == want)
+                arrived = next(t for t, value in changes.changes[node] if value == want and t >= created)
                 latencies.append(arrived - created)
+                kube.request("DELETE", f"/api/v1/namespaces/team-b/pods/{name}?gracePeriodSeconds=0")
+                empty = fingerprint([])
+                wait_for(lambda e=empty: changes.at(node, time_of_day()) == e, what=f"{name} no longer named")
         finally:
             changes.stop()
     assert max(latencies) < 0.5, f"seconds from a bind to the object naming the pod: {latencies}"
+
+
+def test_while_the_object_names_a_pending_pod_the_writes_the_cache_cannot_use_are_held(
+    builder: SnapshotBuilder, kube: ControlPlane, proxy: FaultProxy, node: str
+) -> None:
+    """Told of a scheduler with the reserve cache (`requeue_after_seconds`), the writer holds back a content
+    that names a pod the kubelet has not admitted (`#pending`) while the object already names one: the cache
+    resyncs from neither, and every update is an event on which the scheduler retries each pod it turned
+    away, against a cache that has not changed. The first pending name goes out at once (it is what keeps
+    the cache from resyncing), the content that names no pending pod any more at once too, and only that one
+    is followed by a requeue update. A pod left pending holds a newer content back PENDING_HOLD_SECONDS at
+    most."""
+    from exporter.agent.writer import PENDING_HOLD_SECONDS
+    from exporter.fingerprint import ATTRIBUTE, fingerprint
+    from exporter.model import PodRef
+    from exporter.views.nrt import PENDING
+
+    after = 0.4
+    pods: dict[str, PodRef] = {}
+    builder.use_pods_reader(lambda: tuple(pods.values()))
+    writer = make_writer(kube, proxy, node, requeue_after_seconds=after)
+
+    def bind(name: str, *, running: bool = False) -> None:
+        pods[name] = PodRef(uid=f"uid-{name}", namespace="team", name=name, spec_known=True, exclusive_native=True,
+                            running=running)  # fmt: skip
+
+    def published() -> str:
+        obj = kube.nrt(node)
+        assert obj is not None
+        return next(a["value"] for a in obj["attributes"] if a["name"] == ATTRIBUTE)
+
+    async def until(condition: object, what: str) -> None:
+        for _ in range(400):
+            if callable(condition) and condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"not within 4 s: {what}")
+
+    async def scenario() -> tuple[float, float]:
+        requeues = asyncio.create_task(writer.run_requeues())
+        task = asyncio.create_task(writer.run())
+        await writer.on_snapshot(builder.build(), {"start"})
+        await until(lambda: writer.requeues == 1 and not writer.requeue_pending, "the creation's requeue update")
+        for step in (lambda: bind("a"), lambda: bind("b"), lambda: bind("a", running=True)):
+            step()
+            await writer.on_snapshot(builder.build(), {"pods"})
+            await until(lambda: writer.writes >= 2, "the first pending name written")
+            await asyncio.sleep(0.1)  # the writer's turn: a write here would be seen below
+        bind("b", running=True)
+        admitted = asyncio.get_running_loop().time()
+        await writer.on_snapshot(builder.build(), {"pods"})
+        await until(lambda: writer.writes >= 3, "the admitted content written")
+        final_after = asyncio.get_running_loop().time() - admitted
+        await until(lambda: writer.requeues == 2 and not writer.requeue_pending, "its requeue update")
+        bind("c")
+        await writer.on_snapshot(builder.build(), {"pods"})
+        await until(lambda: writer.writes >= 4, "c named")
+        bind("d")
+        held = asyncio.get_running_loop().time()
+        await writer.on_snapshot(builder.build(), {"pods"})
+        await until(lambda: writer.writes >= 5, "d named after the hold")
+        hold = asyncio.get_running_loop().time() - held
+        task.cancel()
+        requeues.cancel()
+        bind("e")  # a newer snapshot, not written yet, when the watch reports our own last write
+        await writer.on_snapshot(builder.build(), {"pods"})
+        writer.observe(kube.nrt(node), True)
+        return final_after, hold
+
+    mark_all = len(proxy.requests())
+    final_after, hold = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    seen = [(s.method, s.at) for s in proxy.requests(since=mark_all) if s.method in WRITES]
+    assert [m for m, _ in seen[:2]] == ["POST", "PUT"], seen  # the creation, its requeue update
+    after_creation = seen[2:5]
+    assert [m for m, _ in after_creation] == ["PUT", "PUT", "PUT"], seen
+    pending_write, admitted_write, requeue_write = (at for _, at in after_creation)
+    assert admitted_write - pending_write >= 0.3, "b's bind and a's admission were held, not written"
+    assert final_after < 0.3, f"the content naming no pending pod waited {final_after:.2f} s"
+    assert requeue_write >= admitted_write + after, "the one requeue update follows the admitted content"
+    assert writer.stats.writes[("requeue", "success")] == 2, "none after the pending name alone"
+    assert PENDING_HOLD_SECONDS - 0.05 <= hold <= PENDING_HOLD_SECONDS + 0.5, f"d waited {hold:.2f} s"
+    assert published() == fingerprint([("team", "a"), ("team", "b"), ("team", "c" + PENDING), ("team", "d" + PENDING)])
+    assert writer.repairs == 0, "our own write, reported while a newer content waits, is not someone else's edit"
