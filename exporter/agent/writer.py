@@ -226,24 +226,20 @@ class NrtWriter:
 
     async def _until_woken(self, seconds: float) -> None:
         """Wait `seconds`, or until a newer snapshot wakes the writer, whichever comes first."""
-        self._wake.clear()
-        woken = asyncio.ensure_future(self._wake.wait())
-        pause = asyncio.ensure_future(self._sleep(seconds))
-        try:
-            await asyncio.wait({woken, pause}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            woken.cancel()
-            pause.cancel()
+        await self._until(self._wake, seconds)
 
     async def _pause(self, seconds: float) -> None:
         """Wait before retrying: `seconds`, or until the next resync, whichever comes first."""
-        self._resync.clear()
-        resync = asyncio.ensure_future(self._resync.wait())
+        await self._until(self._resync, seconds)
+
+    async def _until(self, event: asyncio.Event, seconds: float) -> None:
+        event.clear()
+        set_ = asyncio.ensure_future(event.wait())
         pause = asyncio.ensure_future(self._sleep(seconds))
         try:
-            await asyncio.wait({resync, pause}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({set_, pause}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            resync.cancel()
+            set_.cancel()
             pause.cancel()
 
     def _backoff(self, failures: int) -> float:
