@@ -45,6 +45,7 @@ class Rule:
     status: int | None = None
     delay: float = 0.0
     reply_delay: float = 0.0  # after the upstream server answered: its watches report the change first
+    lost_reply: int | None = None  # forwarded, then this status instead of the server's answer
     times: int | None = None  # None: until cleared
 
 
@@ -108,6 +109,13 @@ class FaultProxy:
         """Answers held back after the server made the change, as a slow network back would."""
         with self._lock:
             self.faults.rules.append(Rule(matches=when, reply_delay=seconds))
+
+    def lose_replies(
+        self, status: int, *, when: Callable[[str, str], bool] = lambda m, p: True, times: int | None = None
+    ) -> None:
+        """The server makes the change, the client gets `status` (a gateway timing out after the commit)."""
+        with self._lock:
+            self.faults.rules.append(Rule(matches=when, lost_reply=status, times=times))
 
     def warn(self, text: str) -> None:
         """Add `Warning: 299 - "<text>"` to every answer from now on, as an API server does (RFC 7234)."""
@@ -208,15 +216,16 @@ class FaultProxy:
             await asyncio.sleep(rule.delay)
         if rule is not None and rule.status:
             self._record(request, rule.status)
-            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": f"injected {rule.status}",
-                    "reason": "InjectedFault", "code": rule.status}  # fmt: skip
-            headers = {"Retry-After": "1"} if rule.status == 429 else {}
-            return web.json_response(body, status=rule.status, headers=headers)
+            return _injected(rule.status)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         data = await request.read()
         async with self._session.request(
             request.method, self.upstream + request.path_qs, headers=headers, data=data or None
         ) as upstream:
+            if rule is not None and rule.lost_reply:
+                await upstream.read()
+                self._record(request, rule.lost_reply)
+                return _injected(rule.lost_reply)
             self._record(request, upstream.status)
             if rule is not None and rule.reply_delay:
                 await asyncio.sleep(rule.reply_delay)
@@ -235,6 +244,12 @@ class FaultProxy:
             finally:
                 self._streams.discard(response)
             return response
+
+
+def _injected(status: int) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": f"injected {status}",
+            "reason": "InjectedFault", "code": status}  # fmt: skip
+    return web.json_response(body, status=status, headers={"Retry-After": "1"} if status == 429 else {})
 
 
 def fault_proxy(upstream: str) -> Iterator[FaultProxy]:

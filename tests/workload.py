@@ -79,14 +79,23 @@ def watch_objects(
     def run() -> None:
         since = version
         while not stop.is_set():
-            request = urllib.request.Request(f"{kube.url}{path}?watch=1&resourceVersion={since}&timeoutSeconds=5")
+            request = urllib.request.Request(
+                f"{kube.url}{path}?watch=1&allowWatchBookmarks=true&resourceVersion={since}&timeoutSeconds=5"
+            )
             request.add_header("Authorization", f"Bearer {kube.tokens['admin']}")
             try:
                 with urllib.request.urlopen(request, context=kube._context, timeout=15) as response:
                     for line in response:
                         event = json.loads(line)
+                        if event["type"] == "ERROR":  # 410 Gone: the version compacted away; list again
+                            listing = kube.ok("GET", path)
+                            for item in listing.get("items") or []:
+                                on_object(item)
+                            since = listing["metadata"]["resourceVersion"]
+                            break
                         if event["type"] in ("ADDED", "MODIFIED"):
                             on_object(event["object"])
+                        if event["type"] in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
                             since = event["object"]["metadata"]["resourceVersion"]
             except (OSError, ValueError) as exc:
                 if not stop.is_set():
@@ -158,7 +167,10 @@ class Workload:
                 self._seen_running.add(name)
                 if name in self._created_at:
                     self.outcome.to_running.append(now - self._created_at[name])
-            if status.get("phase") == "Failed" and name not in self._rejected:
+            # Failed while not being deleted: the kubelet's verdict, not a churned pod's end.
+            if status.get("phase") == "Failed" and name not in self._rejected and not pod["metadata"].get(
+                "deletionTimestamp"
+            ):
                 self._rejected.add(name)
                 node = pod["spec"].get("nodeName")
                 self.outcome.rejected.append(f"{name} on {node}: {status.get('reason')}: {status.get('message')}")

@@ -89,7 +89,10 @@ class NrtWriter:
         self._requeue_wake = asyncio.Event()
         self._last_requeue_at: float | None = None
         self._hold_pending = self._requeue_after > 0  # a reserve cache reads the object: hold what it cannot use
-        self._published_pending = False  # the object as we last wrote it names a pod not admitted yet
+        # The object as we last wrote it names a pod not admitted yet. After a failed write the server may hold
+        # what we sent or not: False then, so that nothing is held behind an object we do not know.
+        self._published_pending = False
+        self._unanswered = False  # a write failed after it was sent: the server may have taken it
         self._held_since: float | None = None
         self._api_lock = asyncio.Lock()  # one write at a time: a requeue update never races a content write
         self._sleep = sleep
@@ -192,11 +195,11 @@ class NrtWriter:
                 if wait > 0:
                     await self._sleep(wait)  # coalesce: publish the newest content once the interval is over
                     continue
+            self._held_since = None
             try:
                 named = functools.partial(fingerprint_pods, snapshot, method=self.method, finished=finished)
                 async with self._api_lock:
                     await self._write(body, want, named, pending=pending)
-                self._held_since = None
                 self._reassert = False
                 self._said_crd_missing = False
                 return
@@ -272,7 +275,9 @@ class NrtWriter:
                 self._server = await in_daemon_thread(lambda: self._api.get_nrt(self.node_name))
                 operation = "update" if self._server is not None else "create"
             if self._server is not None and content(self._server) == want:
-                self._published_pending = pending
+                if self._unanswered and not pending:
+                    self._requeue_later(self._monotonic())  # our failed write had landed: it needs its requeue
+                self._published_pending, self._unanswered = pending, False
                 self._confirmed(want)  # the server's copy (read back, or as the watch last saw it) is current
                 return
             current = self._server
@@ -292,7 +297,8 @@ class NrtWriter:
                 }
                 written = await in_daemon_thread(lambda: self._api.replace_nrt(self.node_name, update))
         except ApiError as exc:
-            self._sending = None
+            if self._sending is not None:
+                self._sending, self._unanswered, self._published_pending = None, True, False
             if isinstance(exc, ApiConflict | ApiNotFound):
                 self._server = None  # someone else wrote or deleted it: read it back before the retry
                 self._watched = False  # until the watch reports again
@@ -302,7 +308,7 @@ class NrtWriter:
         self.writes += 1
         self._last_write_at = self._monotonic()
         self.stats.record(operation=operation, result="success", when=self._clock())
-        self._published_pending = pending
+        self._published_pending, self._unanswered = pending, False
         if not pending:
             self._requeue_later(self._last_write_at)  # the cache never resyncs from an object naming a pending pod
         self._confirmed(want)

@@ -232,32 +232,90 @@ def test_our_own_write_reported_before_its_answer_is_not_a_repair(
     builder: SnapshotBuilder, static_machine: HostTree, kube: ControlPlane, proxy: FaultProxy, node: str
 ) -> None:
     """The writer's own watch may report a write before the server's answer reaches the writer (here the
-    answer is held 0.5 s): that object is ours, not someone else's edit to repair."""
+    answer is held 0.5 s, and a newer change is seen meanwhile): that object is ours, not someone else's edit
+    to repair."""
+    import time
+
     from exporter.agent.ownwatch import NrtWatcher
+    from exporter.views.nrt import content
 
     writer = make_writer(kube, proxy, node)
     api = KubeApi(client_from(kube.kubeconfig(AGENT_USER, server=proxy.url)))
+    reported: list[tuple[float, dict[str, object] | None]] = []
 
-    async def scenario() -> None:
-        watcher = NrtWatcher(api, node_name=node, observer=writer.observe)
+    def observer(obj: dict[str, object] | None, synced: bool) -> None:
+        reported.append((time.monotonic(), content(obj) if obj is not None else None))
+        writer.observe(obj, synced)  # type: ignore[arg-type]
+
+    async def scenario() -> dict[str, object]:
+        watcher = NrtWatcher(api, node_name=node, observer=observer)
         watcher.start(asyncio.get_running_loop())
         try:
             await publish(writer, builder, {"start"})
-            for _ in range(200):
-                if writer._watched:
+            for _ in range(500):
+                if writer._watched and reported and reported[-1][1] == writer._written:
                     break
                 await asyncio.sleep(0.01)
+            assert writer._watched, "the writer's own watch synced"
             proxy.slow_reply(0.5, when=lambda method, path: method == "PUT")
             replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_EMPTY)
-            await publish(writer, builder)
-            await asyncio.sleep(0.3)  # the watch's report of the write, had it come after the answer
+            await writer.on_snapshot(builder.build(), {"inotify"})
+            sent = writer.desired()
+            task = asyncio.create_task(writer.sync())
+            while writer._sending is None:  # the write is on its way: its report cannot have come yet
+                await asyncio.sleep(0.001)
+            replace_atomically(static_machine.paths.cpu_manager_state, CPU_STATIC_2PODS)
+            await writer.on_snapshot(builder.build(), {"inotify"})  # newer than what is in flight
+            await task
+            return content(sent)
         finally:
             watcher.stop()
 
-    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
-    assert [method for method, _ in writes(proxy)] == ["POST", "PUT"]
+    sent = asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    put = next(seen for seen in proxy.requests() if seen.method == "PUT")
+    early = [at for at, reported_content in reported if reported_content == sent and at < put.at + 0.5]
+    assert early, "the watch reported the write before its answer came (else this test proves nothing)"
     assert writer.repairs == 0, "our own write, reported before its answer came, was repaired"
-    assert cpu_available(kube, node) == 16
+
+
+def test_a_write_whose_answer_was_lost_still_gets_its_requeue(
+    builder: SnapshotBuilder, kube: ControlPlane, proxy: FaultProxy, node: str
+) -> None:
+    """The server takes a write and the answer is lost (a 504 after the commit): the retry finds the object
+    already as wanted. Where that content is one the scheduler's cache can resync from (here: the pod that
+    was pending now admitted), the requeue update that follows such a write still comes."""
+    from exporter.model import PodRef
+
+    pods: dict[str, PodRef] = {}
+    builder.use_pods_reader(lambda: tuple(pods.values()))
+    writer = make_writer(kube, proxy, node, requeue_after_seconds=0.3)
+
+    def bind(name: str, *, running: bool = False) -> None:
+        pods[name] = PodRef(uid=f"uid-{name}", namespace="team", name=name, spec_known=True, exclusive_native=True,
+                            running=running)  # fmt: skip
+
+    async def scenario() -> None:
+        requeues = asyncio.create_task(writer.run_requeues())
+        await publish(writer, builder, {"start"})
+        bind("a")
+        await publish(writer, builder, {"pods"})  # a#pending: no requeue follows it
+        for _ in range(200):
+            if writer.requeues == 1 and not writer.requeue_pending:
+                break
+            await asyncio.sleep(0.01)
+        proxy.lose_replies(504, when=lambda method, path: method == "PUT", times=1)
+        bind("a", running=True)
+        await publish(writer, builder, {"pods"})
+        for _ in range(300):
+            if writer.requeues == 2:
+                break
+            await asyncio.sleep(0.01)
+        requeues.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=20))
+    failed = {key: count for key, count in writer.stats.writes.items() if key[0] == "update" and key[1] != "success"}
+    assert sum(failed.values()) >= 1, f"the answer was lost: {writer.stats.writes}"
+    assert writer.requeues == 2, "the admitted content, taken by the server unanswered, got no requeue update"
 
 
 def state_for(uid: str) -> bytes:
@@ -495,6 +553,7 @@ def test_while_the_object_names_a_pending_pod_the_writes_the_cache_cannot_use_ar
             await writer.on_snapshot(builder.build(), {"pods"})
             await until(lambda: writer.writes >= 2, "the first pending name written")
             await asyncio.sleep(0.1)  # the writer's turn: a write here would be seen below
+        assert writer.writes == 2, "b's bind and a's admission were written while a#pending was published"
         bind("b", running=True)
         admitted = asyncio.get_running_loop().time()
         await writer.on_snapshot(builder.build(), {"pods"})
