@@ -63,6 +63,12 @@ REQUEUE_MARGIN_SECONDS = 0.5  # exporter/agent/writer.py
 DEBOUNCE_SECONDS = CHART_DEBOUNCE_SECONDS  # tests/realnodes.py agent()
 
 
+def allowance(resync: int) -> float:
+    """The scheduler's own delays after the last change: two cache resyncs, the requeue margin, its longest retry
+    backoff, the agents' debounce. A pod that fits and waits longer is counted."""
+    return 2 * resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
+
+
 @dataclass(frozen=True)
 class Arm:
     scheduler: str
@@ -109,8 +115,8 @@ class Result:
     cpus: int  # held by Running pods at the end
     writes_per_node: float
     seconds: float
-    races: int = 0
-    resync: int = 0  # the scheduler's cache resync period in this arm  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
+    races: int = 0  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
+    resync: int = 0  # the scheduler's cache resync period in this arm
 
 
 class Agents:
@@ -233,8 +239,7 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, *, 
             work.burst(min(burst // 3, pods - work.outcome.created))
             wait_until(lambda v=victims: work.gone(v), timeout=120, what="the deleted pods gone", interval=0.2)
             work.settle(timeout=300)
-        allowance = 2 * arm.resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
-        points = sorted({10.0, allowance, 60.0})
+        points = sorted({10.0, allowance(arm.resync), 60.0})
         fit = pending_that_fit_after(work, nodes, points)
         outcome = work.outcome
         items = work.pods()
@@ -268,9 +273,8 @@ def missed(result: Result, blind: Result | None) -> list[str]:
     """What `result` misses of the goal: 0 rejected after binding but for the scheduler cache's own race, 0 pods
     that fit left Pending past the scheduler's own delays, as many CPUs held as blind, p99 within GOAL_RATIO."""
     misses = [f"{result.rejected - result.races} rejected"] if result.rejected > result.races else []
-    allowance = 2 * result.resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
     for point, count in sorted(result.fit_at.items()):
-        if point >= allowance - 1e-9 and count:
+        if point >= allowance(result.resync) and count:
             misses.append(f"{count} that fit Pending at {point:g} s")
     if blind is None:
         return [*misses, "CPUs and p99 not judged: no blind run of this seed"]

@@ -180,9 +180,12 @@ class NrtWriter:
             if not self._reassert and want in (self._written, self._rejected):
                 self._held_since = None
                 return
-            pending = self._hold_pending and any(
-                pod.name.endswith(PENDING) for pod in fingerprint_pods(snapshot, method=self.method, finished=finished)
+            named: Callable[[], Sequence[PodRef]] = functools.partial(
+                fingerprint_pods, snapshot, method=self.method, finished=finished
             )
+            if self._hold_pending:  # computed once, for the hold and for the debug log
+                named = functools.partial(tuple, named())
+            pending = self._hold_pending and any(pod.name.endswith(PENDING) for pod in named())
             if pending and self._published_pending and not self._reassert:
                 now = self._monotonic()
                 self._held_since = now if self._held_since is None else self._held_since
@@ -197,7 +200,6 @@ class NrtWriter:
                     continue
             self._held_since = None
             try:
-                named = functools.partial(fingerprint_pods, snapshot, method=self.method, finished=finished)
                 async with self._api_lock:
                     await self._write(body, want, named, pending=pending)
                 self._reassert = False
