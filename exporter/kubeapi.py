@@ -41,7 +41,7 @@ from exporter.errors import (
     ApiUnavailable,
     ConfigError,
 )
-from exporter.kubelet.podspec import container_claims, container_ids, exclusivity
+from exporter.kubelet.podspec import GUARANTEED, app_containers, container_claims, container_ids, exclusivity, qos_class
 from exporter.model import PodRef
 from exporter.views.nrt import GROUP, PLURAL, VERSION
 
@@ -426,4 +426,6 @@ def pod_ref(pod: Any, *, finished_too: bool = False) -> PodRef | None:
         finished=finished,
         claims=container_claims(pod),
         container_ids=container_ids(pod),
+        guaranteed=qos_class(pod) == GUARANTEED,
+        app_containers=app_containers(pod),
     )

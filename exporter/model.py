@@ -292,10 +292,21 @@ class KubeletConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AppContainer:
+    """One of a pod's app containers (`spec.containers`) as the kubelet's resource managers record it when
+    they admit the pod (podspec.py `app_containers`)."""
+
+    name: str
+    exclusive_cpu: bool = False  # Guaranteed with an integral CPU request: the static CPU manager pins it
+    extended: frozenset[str] = frozenset()  # the extended resources it requests (a device plugin's, where one)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PodRef:
     """A pod on this node. `spec_known`: it came from the API, so `exclusive_native` (Guaranteed with an
     integral CPU, memory or hugepages request in a steady-state container) and `non_native` (the extended
-    resources those containers request) say what the scheduler's fingerprint rule needs (podspec.py)."""
+    resources those containers request) say what the scheduler's fingerprint rule needs (podspec.py), and
+    `guaranteed` and `app_containers` what the kubelet's managers record when they admit it."""
 
     uid: str
     namespace: str
@@ -307,6 +318,8 @@ class PodRef:
     finished: bool = False  # status.phase Succeeded or Failed: it holds nothing (kept only for the fingerprint)
     claims: tuple[ContainerClaim, ...] = ()  # the DRA claims its containers use
     container_ids: tuple[tuple[str, str], ...] = ()  # (runtime container ID, container name), from its statuses
+    guaranteed: bool = False  # QoS class Guaranteed: the Static memory manager records every container
+    app_containers: tuple[AppContainer, ...] = ()
 
 
 # --- the kubelet's podresources API (sources/podresources.py) ---------------------------------------------

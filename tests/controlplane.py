@@ -132,7 +132,13 @@ class ControlPlane:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start_scheduler(
-        self, *, verbosity: int = 5, resync_seconds: int = 1, informer_mode: str | None = None, reserve: bool = True
+        self,
+        *,
+        verbosity: int = 5,
+        resync_seconds: int = 1,
+        informer_mode: str | None = None,
+        reserve: bool = True,
+        max_backoff_seconds: int | None = None,
     ) -> None:
         """The scheduler with a `topo-aware-scheduler` profile. scheduler-plugins' knobs users set:
         `cacheResyncPeriodSeconds` (0 turns the reserve cache off: the plugin then reads NRT objects as they
@@ -158,6 +164,7 @@ class ControlPlane:
                     "apiVersion": "kubescheduler.config.k8s.io/v1",
                     "kind": "KubeSchedulerConfiguration",
                     "leaderElection": {"leaderElect": False},
+                    **({} if max_backoff_seconds is None else {"podMaxBackoffSeconds": max_backoff_seconds}),
                     "clientConnection": {"kubeconfig": str(self.kubeconfig("admin"))},
                     "profiles": [
                         {"schedulerName": "default-scheduler"},

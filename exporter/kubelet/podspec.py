@@ -7,6 +7,9 @@ init container with `restartPolicy: Always`, a sidecar; regular init containers 
 requests a non-native resource the node's NodeResourceTopology lists, or the pod is Guaranteed and a
 steady-state container requests an integral CPU count, or memory or hugepages above zero. The QoS class is
 `status.qosClass` when the API server set it, else computed as the kubelet's `ComputePodQOS` does.
+
+`app_containers`: what the kubelet's resource managers record for each app container when they admit the pod
+(exporter/views/nrt.py waits for all of it before it counts the pod admitted).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from typing import Any
 
-from exporter.model import ContainerClaim
+from exporter.model import AppContainer, ContainerClaim
 from exporter.units import parse_quantity_exact
 
 GUARANTEED = "Guaranteed"
@@ -42,6 +45,32 @@ def exclusivity(pod: Mapping[str, Any]) -> tuple[bool, frozenset[str]]:
             elif guaranteed and _exclusive_native(resource, quantity):
                 exclusive_native = True
     return exclusive_native, frozenset(non_native)
+
+
+def app_containers(pod: Mapping[str, Any]) -> tuple[AppContainer, ...]:
+    """The app containers (`spec.containers`), in order: what the kubelet's managers pin for each at admission.
+    They go last: the Topology Manager admits the init containers first, then these, each through every
+    manager in turn, and each manager writes its state file as it goes."""
+    spec = pod.get("spec") or {}
+    guaranteed = qos_class(pod) == GUARANTEED
+    found = []
+    for container in spec.get("containers") or []:
+        if not isinstance(container, dict):
+            continue
+        requests = _requests(container)
+        extended = set()
+        for resource, quantity in requests.items():
+            value = _quantity(quantity)
+            if not is_native(resource) and value is not None and value > 0:
+                extended.add(resource)
+        found.append(
+            AppContainer(
+                name=str(container.get("name") or ""),
+                exclusive_cpu=guaranteed and _exclusive_native("cpu", requests.get("cpu")),
+                extended=frozenset(extended),
+            )
+        )
+    return tuple(found)
 
 
 def _steady_containers(spec: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

@@ -23,6 +23,7 @@ from exporter.fingerprint import (
     METHOD_NONE,
     fingerprint,
 )
+from exporter.kubelet.accounting import KubeletState
 from exporter.kubelet.dra import is_dra_resource
 from exporter.model import UNKNOWN_NUMA_NODE, KubeletConfig, PodRef
 from exporter.snapshot import Snapshot
@@ -48,7 +49,8 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
     keeps (podspec.py): Guaranteed with an integral CPU, memory or hugepages request, or requesting a
     non-native resource this object's zones list, in a steady-state container.
 
-    A pod counts once the kubelet admitted it (its allocation is in the state files, or it runs). A pod the
+    A pod counts once the kubelet admitted it (every record its managers make for it is in their state
+    files, `_admitted`, or it runs). A pod the
     API shows bound here that the kubelet has not admitted yet counts as `<name>#pending`, a name no pod
     has: the consumer's cache compares our fingerprint with the Running pods it sees, so while any bound
     pod waits for the kubelet the two cannot agree, and the scheduler keeps its own reservation for that
@@ -62,7 +64,9 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
     zones subtract nothing for them; a pod the snapshot still has as live counts once."""
     pinned = _pinned_pods(snapshot)
     pods = [
-        pod if not pod.spec_known or pod.running or pod.uid in pinned else replace(pod, name=pod.name + PENDING)
+        pod
+        if not pod.spec_known or pod.running or _admitted(pod, snapshot.kubelet)
+        else replace(pod, name=pod.name + PENDING)
         for pod in snapshot.kubelet.pods or ()
     ]
     live = {pod.uid for pod in pods}
@@ -75,6 +79,34 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
         for pod in pods
         if (pod.exclusive_native or bool(pod.non_native & listed) if pod.spec_known else pod.uid in pinned)
     ]
+
+
+def _admitted(pod: PodRef, state: KubeletState) -> bool:
+    """Whether the kubelet's managers have recorded all they pin for a pod that does not run yet: for each app
+    container, its exclusive CPUs (static CPU manager), its memory (Static memory manager, Guaranteed pods) and
+    the devices of every registered device plugin resource it requests. The managers write their files one
+    after another (tens of ms apart on a real kubelet), so a pod one of them has recorded may be missing from
+    the next one's file: named then, the object would be one the scheduler's cache resyncs from while its zones
+    do not subtract that pod there yet. A file that cannot be read says nothing, and a pod no manager pins for
+    counts once it runs."""
+    checks: list[bool] = []
+    cpu = state.cpu.entries.get(pod.uid, {}) if state.cpu is not None else {}
+    cpu_pod = state.cpu is not None and bool(state.cpu.pod_entries.get(pod.uid))
+    memory = state.memory.entries.get(pod.uid, {}) if state.memory is not None else {}
+    memory_pod = state.memory is not None and bool(state.memory.pod_entries.get(pod.uid))
+    registered = state.devices.registered.keys() if state.devices is not None else set()
+    allocated = {
+        (allocation.container, allocation.resource)
+        for allocation in (state.devices.allocations if state.devices is not None else ())
+        if allocation.pod_uid == pod.uid and allocation.device_ids
+    }
+    for container in pod.app_containers:
+        if container.exclusive_cpu and state.cpu_policy == "static":
+            checks.append(cpu_pod or bool(cpu.get(container.name)))
+        if pod.guaranteed and state.memory_policy.casefold() == "static":
+            checks.append(memory_pod or bool(memory.get(container.name)))
+        checks.extend((container.name, resource) in allocated for resource in container.extended & registered)
+    return bool(checks) and all(checks)
 
 
 def _pinned_pods(snapshot: Snapshot) -> set[str]:

@@ -105,7 +105,7 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
     """The consumer compares our fingerprint with the Running pods it sees: a pod bound here that the
     kubelet has not admitted yet must keep the two apart (named `<name>#pending`), and count by its own
     name once admitted (pinned in the state files) or Running."""
-    from exporter.model import PodRef
+    from exporter.model import AppContainer, PodRef
     from exporter.views.nrt import PENDING
     from tests.kubelet_files import POD_A, POD_B, fixture_config, install
 
@@ -117,7 +117,8 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
         return next(a["value"] for a in obj["attributes"] if a["name"] == "nodeTopologyPodsFingerprint")
 
     def api_pod(uid: str, name: str, *, running: bool) -> PodRef:
-        return PodRef(uid=uid, namespace="team", name=name, spec_known=True, exclusive_native=True, running=running)
+        return PodRef(uid=uid, namespace="team", name=name, spec_known=True, exclusive_native=True, running=running,
+                      guaranteed=True, app_containers=(AppContainer(name="app", exclusive_cpu=True),))  # fmt: skip
 
     pinned_pending = api_pod(POD_A, "a", running=False)  # admitted: its CPUs are in cpu_manager_state
     running = api_pod(POD_B, "b", running=True)
@@ -128,6 +129,52 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
     scheduler_views = [fingerprint(view) for view in ([("team", "b")], [("team", "a"), ("team", "b")],
                                                       [("team", "a"), ("team", "b"), ("team", "c")])]  # fmt: skip
     assert with_bound not in scheduler_views, "no set of Running pods matches while one waits for the kubelet"
+
+
+def test_a_pod_counts_as_admitted_only_once_every_manager_recorded_it(machine) -> None:  # type: ignore[no-untyped-def]
+    """The kubelet's managers write their state files one after another as they admit a pod (devices, CPUs,
+    then memory, tens of ms apart on a real kubelet). A pod named as admitted once the first had it made an
+    object the scheduler's cache could resync from whose memory did not subtract it yet. It stays
+    `#pending` until each file that pins something for it has it, whatever the order they arrive in."""
+    from exporter.kubeapi import pod_ref
+    from exporter.model import AppContainer
+    from exporter.views.nrt import PENDING
+    from tests.kubelet_files import POD_A, fixture_config, install
+
+    wants = {"cpu": "4", "memory": "4Gi", "hugepages-1Gi": "2Gi", "nvidia.com/gpu": "1",
+             "intel.com/sriov_netdevice": "1"}  # fmt: skip
+    body = {"metadata": {"uid": POD_A, "namespace": "team", "name": "a"},
+            "spec": {"containers": [{"name": "app", "resources": {"requests": wants, "limits": wants}}]},
+            "status": {"phase": "Pending"}}  # fmt: skip
+    pod = pod_ref(body)
+    assert pod is not None
+    assert pod.guaranteed
+    extended = frozenset({"nvidia.com/gpu", "intel.com/sriov_netdevice"})
+    assert pod.app_containers == (AppContainer(name="app", exclusive_cpu=True, extended=extended),)
+    files = {"devices": ("kubelet_internal_checkpoint.empty.json", "kubelet_internal_checkpoint.gpu-sriov.json"),
+             "cpu": ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json"),
+             "memory": ("memory_manager_state.static-empty.json", "memory_manager_state.static-hugepages.json")}  # fmt: skip
+
+    def named(recorded: set[str], *, config: str = fixture_config(), running: bool = False, **fixed: str) -> str:
+        install(machine, config=config, **{kind: files[kind][kind in recorded] for kind in files} | fixed)
+        reader = (lambda: (replace(pod, running=True),)) if running else (lambda: (pod,))
+        snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, pods_reader=reader).build()
+        obj = build_nrt(snapshot, node_name="worker-1", node_uid=None, method="with-exclusive-resources")
+        return next(a["value"] for a in obj["attributes"] if a["name"] == "nodeTopologyPodsFingerprint")
+
+    admitted, waiting = fingerprint([("team", "a")]), fingerprint([("team", "a" + PENDING)])
+    for recorded in ({"cpu"}, {"memory"}, {"devices"}, {"devices", "cpu"}, {"cpu", "memory"}, {"devices", "memory"}):
+        assert named(recorded) == waiting, f"named with only {sorted(recorded)} in the state files"
+    assert named({"devices", "cpu", "memory"}) == admitted
+    assert named(set(), running=True) == admitted, "a pod that runs is admitted whatever the files say"
+    # What no manager pins is not waited for: without the Static memory manager, CPUs and devices are all.
+    no_memory = {"config": fixture_config(memory="None"), "memory": "memory_manager_state.none.json"}
+    assert named({"devices", "cpu"}, **no_memory) == admitted
+    assert named({"devices"}, **no_memory) == waiting
+    neither = {"config": fixture_config(cpu="none", memory="None"), "cpu": "cpu_manager_state.none.json",
+               "memory": "memory_manager_state.none.json"}  # fmt: skip
+    assert named({"devices"}, **neither) == admitted
+    assert named(set(), **neither) == waiting
 
 
 def test_for_a_dedicated_informer_finished_and_rejected_pods_are_named_and_subtract_nothing(machine) -> None:  # type: ignore[no-untyped-def]
