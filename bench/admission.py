@@ -21,7 +21,8 @@ Per arm and seed: pods rejected after binding (TopologyAffinityError / Unexpecte
 own verdict); time from creation to Running (p50, p99, max); after the last change, the pods left Pending that
 some node's kubelet would admit right now (kubelet-oracle on that node's state files, the kubelet's own
 managers) at 10 s, at the scheduler's own delays (two resync periods, the requeue margin, the 10 s retry
-backoff, the debounce) and at 60 s; CPUs held by Running pods at the end; NRT writes per node (the API
+backoff, the debounce) and at 60 s; CPUs held by Running pods at the end; how many times the scheduler tried
+each pod (p50, p99: its log; each failed try doubles that pod's backoff); NRT writes per node (the API
 server's own count of create, update and patch requests on noderesourcetopologies).
 
     .venv/bin/python bench/admission.py [--nodes 5] [--pods 300] [--seeds 1,2,3] [--arms blind,ours,...]
@@ -56,7 +57,7 @@ from tests.realnodes import (
     require_real_nodes,
     start_real_node,
 )
-from tests.workload import Workload, pending_that_fit_after, scheduler_race
+from tests.workload import Workload, log_size, pending_that_fit_after, scheduler_log_since, scheduler_race
 
 BACKOFF_MAX_SECONDS = 10.0  # the scheduler's podMaxBackoffSeconds default
 REQUEUE_MARGIN_SECONDS = 0.5  # exporter/agent/writer.py
@@ -117,6 +118,7 @@ class Result:
     seconds: float
     races: int = 0  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
     resync: int = 0  # the scheduler's cache resync period in this arm
+    tries: tuple[int, int] = (0, 0)  # scheduling attempts per pod, p50 and p99 (the scheduler's log)
 
 
 class Agents:
@@ -208,6 +210,22 @@ def quiet(kube: ControlPlane, nodes: list[RealNode]) -> None:
                    what=f"{node.name} empty")  # fmt: skip
 
 
+ATTEMPT = re.compile(r'"Attempting to schedule pod" pod="([^"]+)"')
+
+
+def tries(scheduler_log: list[str], namespace: str) -> tuple[int, int]:
+    """How many times the scheduler tried each pod of `namespace` (its `--v=3` "Attempting to schedule pod"),
+    p50 and p99: every try that fails doubles the pod's backoff."""
+    counts: dict[str, int] = {}
+    for line in scheduler_log:
+        if (match := ATTEMPT.search(line)) and match.group(1).startswith(namespace + "/"):
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+    ordered = sorted(counts.values())
+    if not ordered:
+        return (0, 0)
+    return ordered[len(ordered) // 2], ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+
+
 def cpus_held(work: Workload) -> int:
     return sum(
         int(container["resources"]["requests"]["cpu"])
@@ -222,6 +240,7 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, *, 
     agents = Agents(kube, nodes, arm, bin_dir)
     started = time.monotonic()
     writes_before = nrt_writes(kube)
+    log_from = log_size(kube)  # the scheduler appends to one log across its restarts: this arm's part only
     try:
         kube.stop_scheduler()
         # --v=4: the cache's fingerprint checks and flushes are logged (the race column reads them), not every
@@ -243,18 +262,19 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, *, 
         fit = pending_that_fit_after(work, nodes, points)
         outcome = work.outcome
         items = work.pods()
+        scheduler_log = scheduler_log_since(kube, log_from)[0]
         result = Result(
             arm=name, seed=seed, rejected=len(outcome.rejected), running=outcome.running,
             p50=outcome.percentile(0.5), p99=outcome.percentile(0.99), slowest=outcome.percentile(1.0),
             pending=sum(1 for pod in items if not pod["spec"].get("nodeName")),
             fit_at={point: len(names) for point, names in fit.items()}, cpus=cpus_held(work),
             writes_per_node=(nrt_writes(kube) - writes_before) / len(nodes), seconds=time.monotonic() - started,
-            resync=arm.resync,
+            resync=arm.resync, tries=tries(scheduler_log, work.namespace),
         )  # fmt: skip
         for line in outcome.rejected:
             pod, node = line.split(" ", 1)[0], line.split(" on ", 1)[1].split(":", 1)[0]
             index = [n.name for n in nodes].index(node)
-            why = scheduler_race(work.namespace, pod, node, scheduler_log=kube.log("kube-scheduler-nrt").splitlines(),
+            why = scheduler_race(work.namespace, pod, node, scheduler_log=scheduler_log,
                                  kubelet_log=nodes[index].log(), agent_log=agents.logs(index))  # fmt: skip
             result.races += why is not None
             print(f"  {name} seed {seed} rejected: {line[:160]}" + (f" [scheduler race: {why[:120]}]" if why else ""),
@@ -333,10 +353,11 @@ def main() -> int:
             " / ".join(str(r.pending) for r in mine),
             " / ".join(":".join(str(r.fit_at[point]) for point in sorted(r.fit_at)) for r in mine),
             " / ".join(str(r.cpus) for r in mine),
+            " / ".join(f"{r.tries[0]} / {r.tries[1]}" for r in mine),
             " / ".join(f"{r.writes_per_node:.0f} ({r.writes_per_node * 3600 / r.seconds:.0f}/h)" for r in mine),
         ))  # fmt: skip
     print_table(("arm", "rejected after binding (scheduler cache race), per seed", "s to Running p50 / p99 / max",
-                 "pending at end", "pending that fit at 10 s : delays : 60 s", "CPUs held",
+                 "pending at end", "pending that fit at 10 s : delays : 60 s", "CPUs held", "tries per pod p50 / p99",
                  "NRT writes per node (per hour of run)"), rows)  # fmt: skip
     print()
     for result in results:
