@@ -41,7 +41,14 @@ from exporter.errors import (
     ApiUnavailable,
     ConfigError,
 )
-from exporter.kubelet.podspec import GUARANTEED, app_containers, container_claims, container_ids, exclusivity, qos_class
+from exporter.kubelet.podspec import (
+    GUARANTEED,
+    container_claims,
+    container_ids,
+    exclusivity,
+    pinned_containers,
+    qos_class,
+)
 from exporter.model import PodRef
 from exporter.views.nrt import GROUP, PLURAL, VERSION
 
@@ -427,5 +434,5 @@ def pod_ref(pod: Any, *, finished_too: bool = False) -> PodRef | None:
         claims=container_claims(pod),
         container_ids=container_ids(pod),
         guaranteed=qos_class(pod) == GUARANTEED,
-        app_containers=app_containers(pod),
+        containers=pinned_containers(pod),
     )

@@ -292,9 +292,9 @@ class KubeletConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AppContainer:
-    """One of a pod's app containers (`spec.containers`) as the kubelet's resource managers record it when
-    they admit the pod (podspec.py `app_containers`)."""
+class PinnedContainer:
+    """One of a pod's containers (init containers too) as the kubelet's resource managers record it when they
+    admit the pod (podspec.py `pinned_containers`)."""
 
     name: str
     exclusive_cpu: bool = False  # Guaranteed with an integral CPU request: the static CPU manager pins it
@@ -306,7 +306,7 @@ class PodRef:
     """A pod on this node. `spec_known`: it came from the API, so `exclusive_native` (Guaranteed with an
     integral CPU, memory or hugepages request in a steady-state container) and `non_native` (the extended
     resources those containers request) say what the scheduler's fingerprint rule needs (podspec.py), and
-    `guaranteed` and `app_containers` what the kubelet's managers record when they admit it."""
+    `guaranteed` and `containers` what the kubelet's managers record when they admit it."""
 
     uid: str
     namespace: str
@@ -319,7 +319,7 @@ class PodRef:
     claims: tuple[ContainerClaim, ...] = ()  # the DRA claims its containers use
     container_ids: tuple[tuple[str, str], ...] = ()  # (runtime container ID, container name), from its statuses
     guaranteed: bool = False  # QoS class Guaranteed: the Static memory manager records every container
-    app_containers: tuple[AppContainer, ...] = ()
+    containers: tuple[PinnedContainer, ...] = ()
 
 
 # --- the kubelet's podresources API (sources/podresources.py) ---------------------------------------------

@@ -8,7 +8,7 @@ requests a non-native resource the node's NodeResourceTopology lists, or the pod
 steady-state container requests an integral CPU count, or memory or hugepages above zero. The QoS class is
 `status.qosClass` when the API server set it, else computed as the kubelet's `ComputePodQOS` does.
 
-`app_containers`: what the kubelet's resource managers record for each app container when they admit the pod
+`pinned_containers`: what the kubelet's resource managers record for each container when they admit the pod
 (exporter/views/nrt.py waits for all of it before it counts the pod admitted).
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from fractions import Fraction
 from typing import Any
 
-from exporter.model import AppContainer, ContainerClaim
+from exporter.model import ContainerClaim, PinnedContainer
 from exporter.units import parse_quantity_exact
 
 GUARANTEED = "Guaranteed"
@@ -47,14 +47,15 @@ def exclusivity(pod: Mapping[str, Any]) -> tuple[bool, frozenset[str]]:
     return exclusive_native, frozenset(non_native)
 
 
-def app_containers(pod: Mapping[str, Any]) -> tuple[AppContainer, ...]:
-    """The app containers (`spec.containers`), in order: what the kubelet's managers pin for each at admission.
-    They go last: the Topology Manager admits the init containers first, then these, each through every
-    manager in turn, and each manager writes its state file as it goes."""
+def pinned_containers(pod: Mapping[str, Any]) -> tuple[PinnedContainer, ...]:
+    """Every container the kubelet's managers admit, in their order (init containers, sidecars among them, then
+    the app containers), with what they pin for it: the Topology Manager takes each container through every
+    manager in turn, and each manager writes its state file as it goes. An init container's records stay
+    while the pod is there (the CPU and memory managers reuse them for the app containers)."""
     spec = pod.get("spec") or {}
     guaranteed = qos_class(pod) == GUARANTEED
     found = []
-    for container in spec.get("containers") or []:
+    for container in (*(spec.get("initContainers") or []), *(spec.get("containers") or [])):
         if not isinstance(container, dict):
             continue
         requests = _requests(container)
@@ -64,7 +65,7 @@ def app_containers(pod: Mapping[str, Any]) -> tuple[AppContainer, ...]:
             if not is_native(resource) and value is not None and value > 0:
                 extended.add(resource)
         found.append(
-            AppContainer(
+            PinnedContainer(
                 name=str(container.get("name") or ""),
                 exclusive_cpu=guaranteed and _exclusive_native("cpu", requests.get("cpu")),
                 extended=frozenset(extended),

@@ -82,13 +82,17 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
 
 
 def _admitted(pod: PodRef, state: KubeletState) -> bool:
-    """Whether the kubelet's managers have recorded all they pin for a pod that does not run yet: for each app
-    container, its exclusive CPUs (static CPU manager), its memory (Static memory manager, Guaranteed pods) and
-    the devices of every registered device plugin resource it requests. The managers write their files one
-    after another (tens of ms apart on a real kubelet), so a pod one of them has recorded may be missing from
-    the next one's file: named then, the object would be one the scheduler's cache resyncs from while its zones
-    do not subtract that pod there yet. A file that cannot be read says nothing, and a pod no manager pins for
-    counts once it runs."""
+    """Whether the kubelet's managers have recorded all they pin for a pod that does not run yet: for each
+    container (init containers too), its exclusive CPUs (static CPU manager), its memory (Static memory manager,
+    Guaranteed pods) and the devices of every registered device plugin resource it requests. The managers
+    write their files one after another (tens of ms apart on a real kubelet), so a pod one of them has
+    recorded may be missing from the next one's file: named then, the object would be one the scheduler's
+    cache resyncs from while its zones do not subtract that pod there yet. Each manager updates what the zones
+    subtract (the free CPUs, the NUMA nodes' free memory) before it records the container, but a pod-level
+    memory allocation (PodLevelResourceManagers) records the pod and its containers first: it counts once the
+    pod runs, as does a pod no manager pins for. A file never read says nothing: no device plugin resource is
+    registered then, and no device zone is published. DRA claims are prepared after admission and not waited
+    for."""
     checks: list[bool] = []
     cpu = state.cpu.entries.get(pod.uid, {}) if state.cpu is not None else {}
     cpu_pod = state.cpu is not None and bool(state.cpu.pod_entries.get(pod.uid))
@@ -100,11 +104,11 @@ def _admitted(pod: PodRef, state: KubeletState) -> bool:
         for allocation in (state.devices.allocations if state.devices is not None else ())
         if allocation.pod_uid == pod.uid and allocation.device_ids
     }
-    for container in pod.app_containers:
+    for container in pod.containers:
         if container.exclusive_cpu and state.cpu_policy == "static":
             checks.append(cpu_pod or bool(cpu.get(container.name)))
         if pod.guaranteed and state.memory_policy.casefold() == "static":
-            checks.append(memory_pod or bool(memory.get(container.name)))
+            checks.append(not memory_pod and bool(memory.get(container.name)))
         checks.extend((container.name, resource) in allocated for resource in container.extended & registered)
     return bool(checks) and all(checks)
 

@@ -105,7 +105,7 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
     """The consumer compares our fingerprint with the Running pods it sees: a pod bound here that the
     kubelet has not admitted yet must keep the two apart (named `<name>#pending`), and count by its own
     name once admitted (pinned in the state files) or Running."""
-    from exporter.model import AppContainer, PodRef
+    from exporter.model import PinnedContainer, PodRef
     from exporter.views.nrt import PENDING
     from tests.kubelet_files import POD_A, POD_B, fixture_config, install
 
@@ -118,7 +118,7 @@ def test_a_bound_pod_the_kubelet_has_not_admitted_keeps_the_fingerprint_from_mat
 
     def api_pod(uid: str, name: str, *, running: bool) -> PodRef:
         return PodRef(uid=uid, namespace="team", name=name, spec_known=True, exclusive_native=True, running=running,
-                      guaranteed=True, app_containers=(AppContainer(name="app", exclusive_cpu=True),))  # fmt: skip
+                      guaranteed=True, containers=(PinnedContainer(name="app", exclusive_cpu=True),))  # fmt: skip
 
     pinned_pending = api_pod(POD_A, "a", running=False)  # admitted: its CPUs are in cpu_manager_state
     running = api_pod(POD_B, "b", running=True)
@@ -137,7 +137,7 @@ def test_a_pod_counts_as_admitted_only_once_every_manager_recorded_it(machine) -
     object the scheduler's cache could resync from whose memory did not subtract it yet. It stays
     `#pending` until each file that pins something for it has it, whatever the order they arrive in."""
     from exporter.kubeapi import pod_ref
-    from exporter.model import AppContainer
+    from exporter.model import PinnedContainer
     from exporter.views.nrt import PENDING
     from tests.kubelet_files import POD_A, fixture_config, install
 
@@ -150,7 +150,7 @@ def test_a_pod_counts_as_admitted_only_once_every_manager_recorded_it(machine) -
     assert pod is not None
     assert pod.guaranteed
     extended = frozenset({"nvidia.com/gpu", "intel.com/sriov_netdevice"})
-    assert pod.app_containers == (AppContainer(name="app", exclusive_cpu=True, extended=extended),)
+    assert pod.containers == (PinnedContainer(name="app", exclusive_cpu=True, extended=extended),)
     files = {"devices": ("kubelet_internal_checkpoint.empty.json", "kubelet_internal_checkpoint.gpu-sriov.json"),
              "cpu": ("cpu_manager_state.static-empty.json", "cpu_manager_state.static-2pods.json"),
              "memory": ("memory_manager_state.static-empty.json", "memory_manager_state.static-hugepages.json")}  # fmt: skip
@@ -175,6 +175,66 @@ def test_a_pod_counts_as_admitted_only_once_every_manager_recorded_it(machine) -
                "memory": "memory_manager_state.none.json"}  # fmt: skip
     assert named({"devices"}, **neither) == admitted
     assert named(set(), **neither) == waiting
+
+
+def test_every_container_is_waited_for_by_name_and_pod_level_memory_until_the_pod_runs(machine) -> None:  # type: ignore[no-untyped-def]
+    """Each container the kubelet admits is recorded by name, init containers first: a pod counts once every
+    container's records are in, not once any of the pod's are. A pod-level memory allocation records the pod
+    before the NUMA nodes' free memory subtracts it, so it counts once the pod runs; a Burstable pod is not
+    waited for in the memory manager's file (it records none)."""
+    import json
+
+    from exporter.kubeapi import pod_ref
+    from exporter.views.nrt import PENDING
+    from tests.kubelet_files import (
+        KUBELET_FIXTURES,
+        POD_A,
+        cpu_state,
+        device_entry,
+        device_state,
+        fixture_config,
+        install,
+        memory_state,
+    )
+
+    def spec(name: str, cpu: str, memory: str, **extra: str) -> dict:  # type: ignore[type-arg]
+        wants = {"cpu": cpu, "memory": memory, **extra}
+        return {"name": name, "resources": {"requests": wants, "limits": wants}}
+
+    guaranteed = {"metadata": {"uid": POD_A, "namespace": "team", "name": "a"}, "status": {"phase": "Pending"},
+                  "spec": {"initContainers": [spec("init", "2", "1Gi")],
+                           "containers": [spec("app", "4", "4Gi", **{"nvidia.com/gpu": "1"}),
+                                          spec("side", "500m", "1Gi")]}}  # fmt: skip
+    gpu = "GPU-1b7c9a2e-0000-0000-0000-000000000000"
+    registered = {"nvidia.com/gpu": [gpu]}
+    memory_fixture = json.loads((KUBELET_FIXTURES / "memory_manager_state.static-hugepages.json").read_text())
+    block = [{"numaAffinity": [0], "type": "memory", "size": 1 << 30}]
+
+    def named(body: dict, *, cpu: tuple[str, ...] = ("init", "app"), memory: tuple[str, ...] = ("init", "app", "side"),  # type: ignore[type-arg]
+              devices: tuple[str, ...] = ("app",), pod_memory: bool = False) -> str:  # fmt: skip
+        pod = pod_ref(body)
+        assert pod is not None
+        memory_body = {**memory_fixture, "entries": {POD_A: dict.fromkeys(memory, block)} if memory else {}}
+        if pod_memory:
+            memory_body["podEntries"] = {POD_A: {"memoryBlocks": block}}
+        install(machine, config=fixture_config(), memory=memory_state(memory_body),
+                cpu=cpu_state(default=range(8, 32), entries={POD_A: {name: [2 + i] for i, name in enumerate(cpu)}}),
+                devices=device_state([device_entry(POD_A, name, "nvidia.com/gpu", {0: [gpu]}) for name in devices],
+                                     registered))  # fmt: skip
+        snapshot = SnapshotBuilder(machine.paths, use_nvml=False, use_udev=False, pods_reader=lambda: (pod,)).build()
+        obj = build_nrt(snapshot, node_name="worker-1", node_uid=None, method=METHOD_ALL)  # every pod named
+        return next(a["value"] for a in obj["attributes"] if a["name"] == "nodeTopologyPodsFingerprint")
+
+    admitted, waiting = fingerprint([("team", "a")]), fingerprint([("team", "a" + PENDING)])
+    assert named(guaranteed) == admitted
+    assert named(guaranteed, cpu=("app",)) == waiting, "the init container's CPUs are not in yet"
+    assert named(guaranteed, memory=("init", "app")) == waiting, "the last container's memory is not in yet"
+    assert named(guaranteed, devices=()) == waiting
+    assert named(guaranteed, pod_memory=True) == waiting, "pod-level memory: counted once it runs"
+    burstable = json.loads(json.dumps(guaranteed))
+    burstable["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "8"
+    assert named(burstable, cpu=(), memory=()) == admitted, "a Burstable pod: its devices are all it waits for"
+    assert named(burstable, cpu=(), memory=(), devices=()) == waiting
 
 
 def test_for_a_dedicated_informer_finished_and_rejected_pods_are_named_and_subtract_nothing(machine) -> None:  # type: ignore[no-untyped-def]

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from exporter.fingerprint import METHOD_ALL, METHOD_WITH_EXCLUSIVE_RESOURCES
-from exporter.kubelet.podspec import app_containers, container_ids, exclusivity, is_native, qos_class
-from exporter.model import AppContainer
+from exporter.kubelet.podspec import container_ids, exclusivity, is_native, pinned_containers, qos_class
+from exporter.model import PinnedContainer
 
 
 def pod(*containers: dict[str, Any], init: tuple[dict[str, Any], ...] = (), qos: str | None = None) -> dict[str, Any]:
@@ -43,21 +43,24 @@ def test_exclusivity(spec: dict[str, Any], expected: tuple[bool, frozenset[str]]
     ("spec", "expected"),
     [
         # The static CPU manager pins a Guaranteed pod's integral CPUs only.
-        (pod(container({"cpu": "2", "memory": "1Gi"})), (AppContainer(name="c", exclusive_cpu=True),)),
-        (pod(container({"cpu": "1500m", "memory": "1Gi"})), (AppContainer(name="c"),)),
-        (pod(container({"cpu": "2"}, {"cpu": "4"})), (AppContainer(name="c"),)),  # Burstable
-        # Extended resources with a count above zero, whatever the QoS; init containers are admitted before.
+        (pod(container({"cpu": "2", "memory": "1Gi"})), (PinnedContainer(name="c", exclusive_cpu=True),)),
+        (pod(container({"cpu": "1500m", "memory": "1Gi"})), (PinnedContainer(name="c"),)),
+        (pod(container({"cpu": "2"}, {"cpu": "4"})), (PinnedContainer(name="c"),)),  # Burstable
+        # Extended resources with a count above zero, whatever the QoS; init containers first, as admitted.
         (
             pod(
                 container({"cpu": "1", "example.com/nic": "1", "example.com/none": "0"}, {"cpu": "2"}),
-                init=(container({"example.com/fpga": "1"}),),
+                init=({**container({"example.com/fpga": "1"}), "name": "init"},),
             ),
-            (AppContainer(name="c", extended=frozenset({"example.com/nic"})),),
+            (
+                PinnedContainer(name="init", extended=frozenset({"example.com/fpga"})),
+                PinnedContainer(name="c", extended=frozenset({"example.com/nic"})),
+            ),
         ),
     ],
 )
-def test_app_containers(spec: dict[str, Any], expected: tuple[AppContainer, ...]) -> None:
-    assert app_containers(spec) == expected
+def test_pinned_containers(spec: dict[str, Any], expected: tuple[PinnedContainer, ...]) -> None:
+    assert pinned_containers(spec) == expected
 
 
 def test_regular_init_containers_do_not_count_and_sidecars_do() -> None:
