@@ -130,7 +130,7 @@ class Result:
     seconds: float
     races: int = 0  # rejections the scheduler cache's own race explains (tests/workload.py scheduler_race)
     allowance: float = 0.0  # the scheduler's own delays in this arm (allowance())
-    tries: tuple[int, int] = (0, 0)  # scheduling attempts per pod, p50 and p99 (the scheduler's log)
+    tries: tuple[float, float] = (0.0, 0.0)  # scheduling attempts per pod, p50 and p99 (the scheduler's log)
 
 
 class Agents:
@@ -225,17 +225,14 @@ def quiet(kube: ControlPlane, nodes: list[RealNode]) -> None:
 ATTEMPT = re.compile(r'"Attempting to schedule pod" pod="([^"]+)"')
 
 
-def tries(scheduler_log: list[str], namespace: str) -> tuple[int, int]:
-    """How many times the scheduler tried each pod of `namespace` (its `--v=3` "Attempting to schedule pod"),
-    p50 and p99: every try that fails doubles the pod's backoff."""
+def tries(scheduler_log: list[str], namespace: str) -> list[float]:
+    """How many times the scheduler tried each pod of `namespace` (its `--v=3` "Attempting to schedule pod"):
+    every try that fails doubles the pod's backoff."""
     counts: dict[str, int] = {}
     for line in scheduler_log:
         if (match := ATTEMPT.search(line)) and match.group(1).startswith(namespace + "/"):
             counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-    ordered = sorted(counts.values())
-    if not ordered:
-        return (0, 0)
-    return tuple(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] for q in (0.5, 0.99))  # type: ignore[return-value]
+    return [float(count) for count in counts.values()]
 
 
 def cpus_held(work: Workload) -> int:
@@ -275,13 +272,14 @@ def run_arm(kube: ControlPlane, nodes: list[RealNode], name: str, seed: int, *, 
         outcome = work.outcome
         items = work.pods()
         scheduler_log = scheduler_log_since(kube, log_from)[0]
+        attempts = tries(scheduler_log, work.namespace)
         result = Result(
             arm=name, seed=seed, rejected=len(outcome.rejected), running=outcome.running,
             p50=outcome.percentile(0.5), p99=outcome.percentile(0.99), slowest=outcome.percentile(1.0),
             pending=sum(1 for pod in items if not pod["spec"].get("nodeName")),
             fit_at={point: len(names) for point, names in fit.items()}, cpus=cpus_held(work),
             writes_per_node=(nrt_writes(kube) - writes_before) / len(nodes), seconds=time.monotonic() - started,
-            allowance=arm.allowance, tries=tries(scheduler_log, work.namespace),
+            allowance=arm.allowance, tries=(outcome.percentile(0.5, attempts), outcome.percentile(0.99, attempts)),
         )  # fmt: skip
         for line in outcome.rejected:
             pod, node = line.split(" ", 1)[0], line.split(" on ", 1)[1].split(":", 1)[0]
@@ -365,7 +363,7 @@ def main() -> int:
             " / ".join(str(r.pending) for r in mine),
             " / ".join(":".join(str(r.fit_at[point]) for point in (10.0, r.allowance, 60.0)) for r in mine),
             " / ".join(str(r.cpus) for r in mine),
-            " / ".join(f"{r.tries[0]} / {r.tries[1]}" for r in mine),
+            " / ".join(f"{r.tries[0]:.0f} / {r.tries[1]:.0f}" for r in mine),
             " / ".join(f"{r.writes_per_node:.0f} ({r.writes_per_node * 3600 / r.seconds:.0f}/h)" for r in mine),
         ))  # fmt: skip
     print_table(("arm", "rejected after binding (scheduler cache race), per seed", "s to Running p50 / p99 / max",

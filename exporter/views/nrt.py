@@ -63,9 +63,10 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
     counts until they are deleted (empty for Shared, which counts Running pods). They hold nothing, so the
     zones subtract nothing for them; a pod the snapshot still has as live counts once."""
     pinned = _pinned_pods(snapshot)
+    records = _manager_records(snapshot.kubelet)
     pods = [
         pod
-        if not pod.spec_known or pod.running or _admitted(pod, snapshot.kubelet)
+        if not pod.spec_known or pod.running or _admitted(pod, snapshot.kubelet, records)
         else replace(pod, name=pod.name + PENDING)
         for pod in snapshot.kubelet.pods or ()
     ]
@@ -81,7 +82,30 @@ def fingerprint_pods(snapshot: Snapshot, *, method: str, finished: Sequence[PodR
     ]
 
 
-def _admitted(pod: PodRef, state: KubeletState) -> bool:
+def _manager_records(state: KubeletState) -> frozenset[tuple[str, str, str]]:
+    """(pod UID, container, what) for every record the kubelet's managers hold: "cpu" for a container's exclusive
+    CPUs, "memory" for its memory blocks (container "" for a pod-level allocation), a device plugin resource's
+    name for the devices allocated to it."""
+    records: set[tuple[str, str, str]] = set()
+    if state.cpu is not None:
+        records.update(
+            (pod, name, "cpu") for pod, each in state.cpu.entries.items() for name, cpus in each.items() if cpus
+        )
+        records.update((pod, "", "cpu") for pod, cpus in state.cpu.pod_entries.items() if cpus)
+    if state.memory is not None:
+        records.update(
+            (pod, name, "memory")
+            for pod, each in state.memory.entries.items()
+            for name, blocks in each.items()
+            if blocks
+        )
+        records.update((pod, "", "memory") for pod, blocks in state.memory.pod_entries.items() if blocks)
+    if state.devices is not None:
+        records.update((a.pod_uid, a.container, a.resource) for a in state.devices.allocations if a.device_ids)
+    return frozenset(records)
+
+
+def _admitted(pod: PodRef, state: KubeletState, records: frozenset[tuple[str, str, str]]) -> bool:
     """Whether the kubelet's managers have recorded all they pin for a pod that does not run yet: for each
     container (init containers too), its exclusive CPUs (static CPU manager), its memory (Static memory manager,
     Guaranteed pods) and the devices of every registered device plugin resource it requests. The managers
@@ -93,23 +117,18 @@ def _admitted(pod: PodRef, state: KubeletState) -> bool:
     pod runs, as does a pod no manager pins for. A file never read says nothing: no device plugin resource is
     registered then, and no device zone is published. DRA claims are prepared after admission and not waited
     for."""
+    cpu_static = state.cpu_policy == "static"
+    memory_static = pod.guaranteed and state.memory_policy.casefold() == "static"
+    if memory_static and (pod.uid, "", "memory") in records:
+        return False
+    registered = state.devices.registered.keys() if state.devices is not None else frozenset()
     checks: list[bool] = []
-    cpu = state.cpu.entries.get(pod.uid, {}) if state.cpu is not None else {}
-    cpu_pod = state.cpu is not None and bool(state.cpu.pod_entries.get(pod.uid))
-    memory = state.memory.entries.get(pod.uid, {}) if state.memory is not None else {}
-    memory_pod = state.memory is not None and bool(state.memory.pod_entries.get(pod.uid))
-    registered = state.devices.registered.keys() if state.devices is not None else set()
-    allocated = {
-        (allocation.container, allocation.resource)
-        for allocation in (state.devices.allocations if state.devices is not None else ())
-        if allocation.pod_uid == pod.uid and allocation.device_ids
-    }
     for container in pod.containers:
-        if container.exclusive_cpu and state.cpu_policy == "static":
-            checks.append(cpu_pod or bool(cpu.get(container.name)))
-        if pod.guaranteed and state.memory_policy.casefold() == "static":
-            checks.append(not memory_pod and bool(memory.get(container.name)))
-        checks.extend((container.name, resource) in allocated for resource in container.extended & registered)
+        if container.exclusive_cpu and cpu_static:
+            checks.append((pod.uid, "", "cpu") in records or (pod.uid, container.name, "cpu") in records)
+        if memory_static:
+            checks.append((pod.uid, container.name, "memory") in records)
+        checks.extend((pod.uid, container.name, resource) in records for resource in container.extended & registered)
     return bool(checks) and all(checks)
 
 
