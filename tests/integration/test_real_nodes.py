@@ -26,7 +26,6 @@ from exporter.fingerprint import fingerprint
 from tests.controlplane import AGENT_USER, ControlPlane, wait_until
 from tests.daemon import Daemon
 from tests.realnodes import (
-    CHART_DEBOUNCE_SECONDS,
     RealNode,
     agent,
     disagreements,
@@ -40,6 +39,7 @@ from tests.workload import (
     WRITTEN,
     NrtChanges,
     Workload,
+    allowance,
     log_size,
     pending_that_fit_after,
     pod_body,
@@ -57,12 +57,6 @@ COUNTS: dict[str, int] = {}
 RealCluster = dict[str, tuple[RealNode, Daemon]]
 AGENT_MODES: dict[str, str] = {}  # node -> the informer mode its agent was told (absent: its default, Dedicated)
 AGENT_RESYNC: dict[str, int] = {}  # node -> the scheduler's cache resync period its agent was told (absent: 5 s)
-# How long a pod that fits may wait once nothing changes, by the scheduler's own delays: two cache resync
-# periods (the agent's write lands just after one; the cache flushes on the next), the requeue update's margin,
-# the scheduler's retry backoff at most (podMaxBackoffSeconds, 10 s by default) and the agent's debounce.
-BACKOFF_MAX_SECONDS = 10.0
-REQUEUE_MARGIN_SECONDS = 0.5
-DEBOUNCE_SECONDS = CHART_DEBOUNCE_SECONDS  # tests/realnodes.py agent()
 
 
 def tell_agents(
@@ -296,14 +290,14 @@ def no_pod_that_fits_waits(
 ) -> None:
     """Nothing outside the product acts (no hand-made requeue): within the scheduler's own delays after the
     last change, no pod a kubelet would admit (kubelet-oracle, on its state files) is left Pending."""
-    allowance = 2 * resync + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + DEBOUNCE_SECONDS
+    wait = allowance(resync)
     nodes = [node for node, _ in cluster.values()]
-    waiting = pending_that_fit_after(work, nodes, [allowance])[allowance]
-    COUNTS[f"{scheduler}: pods that fit left Pending past {allowance:.1f} s"] = (
-        COUNTS.get(f"{scheduler}: pods that fit left Pending past {allowance:.1f} s", 0) + len(waiting)
+    waiting = pending_that_fit_after(work, nodes, [wait])[wait]
+    COUNTS[f"{scheduler}: pods that fit left Pending past {wait:.1f} s"] = (
+        COUNTS.get(f"{scheduler}: pods that fit left Pending past {wait:.1f} s", 0) + len(waiting)
     )
     if waiting:
-        raise AssertionError(f"pods that a kubelet admits still Pending {allowance:.1f} s after the last change: "
+        raise AssertionError(f"pods that a kubelet admits still Pending {wait:.1f} s after the last change: "
                              f"{waiting}; evidence in {keep_evidence(kube, cluster)}")  # fmt: skip
 
 
@@ -389,7 +383,7 @@ def test_a_dedicated_cache_takes_a_node_holding_a_rejected_pod_only_from_an_agen
                    what=f"the cache to take {node}'s object from the agent told Dedicated")  # fmt: skip
         # Nothing else acts: the agent's requeue update, a resync period after its write, retries the pod.
         running = wait_until(lambda: (p := pod("after"))["status"].get("phase") == "Running" and p,
-                             timeout=2 * 1 + REQUEUE_MARGIN_SECONDS + BACKOFF_MAX_SECONDS + 5,
+                             timeout=allowance(1) + 5,
                              what="the waiting pod to run once the cache took the node again")  # fmt: skip
         assert running["spec"]["nodeName"] == node
         assert pod("too-big")["status"]["phase"] == "Failed", "the rejected pod was still there"
