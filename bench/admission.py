@@ -352,12 +352,13 @@ def missed(result: Result, blind: Result | None) -> list[str]:
 
 
 def reach(result: Result, blind: Result | None, results: list[Result]) -> str:
-    """Where `result` misses the p99 goal: whether its bound (the same arm with an update at each flush, which
-    no agent sees) meets it, i.e. whether any agent's requeue could."""
+    """Where `result` misses the p99 goal, what its bound (the same arm with an update at each flush the
+    scheduler's log shows, a moment no agent sees) says: it meets the goal (the rest is the flush's moment) or
+    misses it too (beyond any agent's requeue)."""
     bound = next((r for r in results if r.arm == f"{result.arm}-at-flush" and r.seed == result.seed), None)
     if blind is None or bound is None or result.p99 <= GOAL_RATIO * blind.p99:
         return ""
-    verdict = "within the agent's reach" if bound.p99 <= GOAL_RATIO * blind.p99 else "beyond any agent's requeue"
+    verdict = "the rest is the flush's moment" if bound.p99 <= GOAL_RATIO * blind.p99 else "beyond any agent's requeue"
     return f"; its bound {bound.arm}: p99 {bound.p99:.1f} s ({bound.p99 / blind.p99:.1f} x blind): {verdict}"
 
 
