@@ -426,7 +426,21 @@ def main() -> int:
         ratio = f", p99 {result.p99 / blind.p99:.1f} x blind" if blind is not None and blind.p99 > 0 else ""
         print(f"goal, {result.arm} seed {result.seed}: " + ("met" if not misses else "missed: " + "; ".join(misses))
               + ratio + reach(result, blind, results))  # fmt: skip
-    return 0
+    return headline(results)
+
+
+def headline(results: list[Result]) -> int:
+    """The exit status: 1 where the chart's defaults (`ours`) miss a part of the goal that is the agent's to
+    reach: a rejection the cache's race does not explain, a pod that fits left Pending past the scheduler's own
+    delays, fewer CPUs held than blind. The p99 is judged above, beside its bound."""
+    owed = []
+    for result in results:
+        blind = next((r for r in results if r.arm == "blind" and r.seed == result.seed), None)
+        if result.arm == "ours" and blind is not None:
+            owed += [f"seed {result.seed}: {miss}" for miss in missed(result, blind) if not miss.startswith("p99")]
+    if any(result.arm == "ours" for result in results):
+        print("goal of the chart's defaults (ours), the p99 aside: " + ("; ".join(owed) if owed else "met"))
+    return 1 if owed else 0
 
 
 if __name__ == "__main__":

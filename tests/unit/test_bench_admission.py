@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.admission import ARMS, FLUSHING, Result, missed, reach
+from bench.admission import ARMS, FLUSHING, Result, headline, missed, reach
 from exporter.agent.writer import REQUEUE_MARGIN_SECONDS
 from tests.workload import allowance
 
@@ -14,7 +14,7 @@ from tests.workload import allowance
 def result(arm: str, p99: float, *, seed: int = 1, cpus: int = 150, rejected: int = 0, races: int = 0) -> Result:
     return Result(arm=arm, seed=seed, rejected=rejected, running=50, p50=1.0, p99=p99, slowest=p99, pending=0,
                   fit_at={10.0: 0, 12.6: 0, 60.0: 0}, cpus=cpus, writes_per_node=10, seconds=40, races=races,
-                  allowance=12.6)  # fmt: skip
+                  allowance=20.6 if arm == "ours" else 12.6)  # fmt: skip
 
 
 def test_the_allowance_is_two_resyncs_the_requeue_margin_the_backoff_and_the_debounce() -> None:
@@ -59,3 +59,17 @@ def test_the_goal_and_whether_a_missed_p99_is_within_an_agents_reach() -> None:
     assert reach(ours, blind, flush_moment).endswith("p99 9.0 s (1.8 x blind): the rest is the flush's moment")
     assert reach(ours, blind, [blind, ours]) == "", "no bound run: nothing said"
     assert reach(result("ours-1s", 10.0), blind, flush_moment) == "", "the goal met: nothing to explain"
+
+
+def test_the_exit_status_is_the_chart_defaults_goal_but_the_p99() -> None:
+    blind = result("blind", 5.0, cpus=149)
+    assert headline([blind, result("ours", 30.0, cpus=150), result("ours-1s", 9.0, rejected=3)]) == 0
+    assert headline([blind, result("ours", 3.0, cpus=148)]) == 1
+    assert headline([blind, result("ours", 3.0, rejected=2, races=2)]) == 0, "the cache's own race"
+    assert headline([blind, result("ours", 3.0, rejected=2, races=1)]) == 1
+    waiting = result("ours", 3.0)
+    waiting.fit_at = {10.0: 4, 20.6: 1, 60.0: 0}
+    assert headline([blind, waiting]) == 1, "a pod that fits Pending past the scheduler's delays"
+    waiting.fit_at = {10.0: 4, 20.6: 0, 60.0: 0}
+    assert headline([blind, waiting]) == 0, "within them"
+    assert headline([result("ours", 3.0, rejected=1)]) == 0, "no blind run: not judged"
