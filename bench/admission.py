@@ -20,7 +20,7 @@ arrives), under these arms:
   no-reserve  ours without the scheduler's reserve cache (cacheResyncPeriodSeconds 0, no Reserve plugin)
   ours-at-flush, ours-1s-at-flush
               not the product: ours and ours-1s with one outside hand, a requeue at the moment the scheduler's
-              log says its cache flushed (an update of an NRT object of its own, BOUND_OBJECT, named for no
+              log says its cache flushed (an update of an NRT object of its own, REQUEUE_OBJECT, named for no
               node: the event the plugin retries every pod it turned away on, and no agent's write to wait
               on). The agents' own requeues still come; this one comes at the flush, which no agent sees
 
@@ -189,8 +189,8 @@ class Agents:
         """Start the -at-flush arms' hand, reading the scheduler's log from `offset` (the scheduler started there:
         call it once the scheduler runs, its log past the previous one's lines)."""
         body = {"apiVersion": "topology.node.k8s.io/v1alpha2", "kind": "NodeResourceTopology",
-                "metadata": {"name": BOUND_OBJECT}, "zones": [], "attributes": []}  # fmt: skip
-        self.kube.request("DELETE", f"{NRT_PATH}/{BOUND_OBJECT}")
+                "metadata": {"name": REQUEUE_OBJECT}, "zones": [], "attributes": []}  # fmt: skip
+        self.kube.request("DELETE", f"{NRT_PATH}/{REQUEUE_OBJECT}")
         self.kube.ok("POST", NRT_PATH, body)
         self.hand_writes = 1
         self._at_flush = threading.Thread(target=self._requeue_at_flush, args=(offset,), daemon=True)
@@ -198,7 +198,7 @@ class Agents:
 
     def _requeue_at_flush(self, offset: int) -> None:
         """The scheduler's log, polled every 20 ms, says when its cache flushed nodes (one tick flushes every
-        dirty node); BOUND_OBJECT is updated once per batch of such lines."""
+        dirty node); REQUEUE_OBJECT is updated once per batch of such lines."""
         buffered = b""
         try:
             with (self.kube.root / "kube-scheduler-nrt.log").open("rb") as stream:
@@ -209,7 +209,7 @@ class Agents:
                         patch = {"metadata": {"annotations": {"bench/flushed": str(self.flush_updates)}}}
                         self.flush_updates += 1
                         self.hand_writes += 1
-                        self.kube.request("PATCH", f"{NRT_PATH}/{BOUND_OBJECT}", patch,
+                        self.kube.request("PATCH", f"{NRT_PATH}/{REQUEUE_OBJECT}", patch,
                                           content_type="application/merge-patch+json")  # fmt: skip
         except OSError as exc:  # said by run_arm, which fails the arm
             self.flush_error = f"the requeue at each flush stopped: {exc}"
@@ -225,7 +225,7 @@ class Agents:
             if thread is not None:
                 thread.join(timeout=5)
         if self._at_flush is not None:
-            self.kube.request("DELETE", f"{NRT_PATH}/{BOUND_OBJECT}")
+            self.kube.request("DELETE", f"{NRT_PATH}/{REQUEUE_OBJECT}")
         for daemon in self.daemons:
             daemon.stop()
         for node in self.nodes:
@@ -233,7 +233,7 @@ class Agents:
 
 
 FLUSHING = re.compile(r'"flushing" .*node="([^"]+)"')
-BOUND_OBJECT = "bench-requeue-at-flush"  # an NRT object for no node: its updates are the -at-flush arms' events
+REQUEUE_OBJECT = "bench-requeue-at-flush"  # an NRT object for no node: its updates are the -at-flush arms' events
 
 
 def flushes(data: bytes) -> tuple[set[str], bytes]:

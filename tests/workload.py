@@ -27,11 +27,12 @@ REJECTIONS = ("TopologyAffinityError", "UnexpectedAdmissionError")
 BACKOFF_MAX_SECONDS = 10.0  # the scheduler's podMaxBackoffSeconds default
 
 
-def allowance(resync: int, backoff: float = BACKOFF_MAX_SECONDS, debounce: float = CHART_DEBOUNCE_SECONDS) -> float:
+def allowance(resync: int, backoff: float = BACKOFF_MAX_SECONDS) -> float:
     """How long a pod that fits may wait once nothing changes, by the scheduler's own delays: two cache resync
     periods (the agent's write lands just after one; the cache flushes on the next), the agent's requeue
-    update's margin, the scheduler's longest retry backoff (podMaxBackoffSeconds) and the agent's debounce."""
-    return 2 * resync + REQUEUE_MARGIN_SECONDS + backoff + debounce
+    update's margin, the scheduler's longest retry backoff (podMaxBackoffSeconds) and the chart's debounce
+    (tests/realnodes.py agent())."""
+    return 2 * resync + REQUEUE_MARGIN_SECONDS + backoff + CHART_DEBOUNCE_SECONDS
 
 
 def shape(rng: random.Random, *, gpu_share: float = 0.3) -> dict[str, str]:
